@@ -1,0 +1,149 @@
+"""The single entry point for the gossip monorepo: tests, lint, types, docs, demo, benchmarks.
+
+Sessions that need torch share one environment, ``.nox/dev``, built once and rebuilt only
+when ``constraints/ci.txt`` or a package's ``pyproject.toml`` changes (the 5 GB torch
+install is not repeated per session or per run). ``isolated`` sessions are separate on
+purpose: they prove each package installs with only what it declares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2024.3.2"
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+ROOT = Path(__file__).resolve().parent
+CONSTRAINTS = ROOT / "constraints" / "ci.txt"
+# Dependency order: each package depends only on those before it.
+PACKAGES = ["gossip-topology", "gossip-comm", "gossip-nn", "sgp-imagenet"]
+DEV_TOOLS = ["torch", "torchvision", "pytest", "pytest-timeout", "hypothesis", "matplotlib",
+             "mypy", "ruff"]
+DOCS_TOOLS = ["mkdocs", "mkdocs-material", "mkdocstrings[python]"]
+DEV_ENV = ROOT / ".nox" / "dev"
+
+
+def _pkg(name: str) -> Path:
+    return ROOT / "packages" / name
+
+
+def _dev_stamp() -> str:
+    h = hashlib.sha256(CONSTRAINTS.read_bytes())
+    h.update(" ".join(DEV_TOOLS).encode())
+    for name in PACKAGES:
+        h.update((_pkg(name) / "pyproject.toml").read_bytes())
+    return h.hexdigest()
+
+
+def _dev_python(session: nox.Session) -> str:
+    """Create or reuse ``.nox/dev``: torch, the tools and every package, editable."""
+    python = DEV_ENV / "bin" / "python"
+    stamp_file = DEV_ENV / ".gossip-stamp"
+    stamp = _dev_stamp()
+    if python.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+        session.log(f"Reusing {DEV_ENV} (up to date with constraints and pyproject files)")
+        return str(python)
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(DEV_ENV), external=True)
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
+           "-c", str(CONSTRAINTS)]
+    session.run(*pip, *DEV_TOOLS, external=True)
+    editable = [arg for name in PACKAGES for arg in ("-e", str(_pkg(name)))]
+    session.run(*pip, *editable, external=True)
+    stamp_file.write_text(stamp)
+    return str(python)
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """Run every package's test suite together against editable installs."""
+    python = _dev_python(session)
+    suites = [str(_pkg(name) / "tests") for name in PACKAGES]
+    session.run(python, "-m", "pytest", *suites, *session.posargs, external=True)
+
+
+def _declared_siblings(name: str) -> list[str]:
+    """Sibling packages ``name`` declares, transitively, in dependency order."""
+    meta = tomllib.loads((_pkg(name) / "pyproject.toml").read_text())["project"]
+    direct = {
+        dep.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip()
+        for dep in meta.get("dependencies", [])
+    }
+    found = set()
+    for sib in direct & set(PACKAGES):
+        found |= {sib, *_declared_siblings(sib)}
+    return [p for p in PACKAGES if p in found]
+
+
+@nox.session
+@nox.parametrize("package", PACKAGES)
+def isolated(session: nox.Session, package: str) -> None:
+    """Install one package (not editable) with only its declared siblings; run its tests."""
+    local = [str(_pkg(s)) for s in _declared_siblings(package)]
+    session.install("-c", str(CONSTRAINTS), *local, f"{_pkg(package)}[test]")
+    if package == "gossip-topology":
+        session.run(
+            "python", "-c",
+            "import importlib.util, sys; "
+            "sys.exit('torch is installed' if importlib.util.find_spec('torch') else 0)",
+        )
+        session.log("Confirmed: no torch in this environment.")
+    session.run("python", "-m", "pytest", str(_pkg(package) / "tests"), *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Lint and check formatting with ruff."""
+    session.install("-c", str(CONSTRAINTS), "ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(venv_backend="none")
+def typecheck(session: nox.Session) -> None:
+    """Run mypy --strict on every package's src/."""
+    python = _dev_python(session)
+    srcs = [str(p) for name in PACKAGES for p in (_pkg(name) / "src").iterdir() if p.is_dir()]
+    session.run(python, "-m", "mypy", "--strict", *srcs, external=True)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with mkdocs --strict."""
+    session.install("-c", str(CONSTRAINTS), *DOCS_TOOLS)
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
+
+
+@nox.session(venv_backend="none")
+def demo(session: nox.Session) -> None:
+    """Tour the topologies: schedules, spectral gaps, consensus speed and a plot."""
+    python = _dev_python(session)
+    out = ROOT / "demo-output"
+    out.mkdir(exist_ok=True)
+    session.run(python, "-m", "gossip_topology", "--world-size", "16",
+                "--plot", str(out / "consensus.png"), *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks in benchmarks/ and write JSON + markdown under benchmarks/results/."""
+    python = _dev_python(session)
+    session.run(python, str(ROOT / "benchmarks" / "bench_simulator.py"), *session.posargs,
+                external=True)
+
+
+@nox.session(venv_backend="none", name="clean")
+def clean(session: nox.Session) -> None:
+    """Remove the shared dev environment and build outputs."""
+    for path in (DEV_ENV, ROOT / "site", ROOT / "demo-output"):
+        if path.exists():
+            session.log(f"removing {path}")
+            shutil.rmtree(path)

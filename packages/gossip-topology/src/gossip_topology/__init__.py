@@ -1,0 +1,92 @@
+"""gossip-topology: who talks to whom in gossip-based distributed learning.
+
+Pure numpy: graphs, mixing matrices, spectral analysis and an ``n``-node simulator that
+serves as the oracle for the communication and training packages. It never imports torch.
+"""
+
+from importlib.metadata import version as _version
+
+from gossip_topology.graphs import (
+    Complete,
+    FromAdjacency,
+    Hypercube,
+    OnePeerExponential,
+    StaticExponential,
+    StaticTopology,
+    Star,
+    Torus2D,
+)
+from gossip_topology.mixing import (
+    CustomMixing,
+    MetropolisHastings,
+    Mixing,
+    UniformMixing,
+    is_column_stochastic,
+    is_doubly_stochastic,
+    mixing_matrix,
+)
+from gossip_topology.objectives import Quadratic
+from gossip_topology.phone_book import (
+    DynamicBipartiteExponential,
+    DynamicBipartiteLinear,
+    DynamicDirectedExponential,
+    DynamicDirectedLinear,
+    NPeerDynamicDirectedExponential,
+    PhoneBookTopology,
+    Ring,
+)
+from gossip_topology.registry import LEGACY_IDS, TOPOLOGY_NAMES, make_topology
+from gossip_topology.simulate import GossipTrace, simulate_push_pull, simulate_push_sum
+from gossip_topology.spectral import (
+    consensus_error,
+    is_exact_averaging,
+    is_strongly_connected,
+    period_product,
+    rounds_to_consensus,
+    second_singular_value,
+    spectral_gap,
+)
+from gossip_topology.topology import Topology
+
+__version__ = _version("gossip-topology")
+
+__all__ = [
+    "LEGACY_IDS",
+    "TOPOLOGY_NAMES",
+    "Complete",
+    "CustomMixing",
+    "DynamicBipartiteExponential",
+    "DynamicBipartiteLinear",
+    "DynamicDirectedExponential",
+    "DynamicDirectedLinear",
+    "FromAdjacency",
+    "GossipTrace",
+    "Hypercube",
+    "MetropolisHastings",
+    "Mixing",
+    "NPeerDynamicDirectedExponential",
+    "OnePeerExponential",
+    "PhoneBookTopology",
+    "Quadratic",
+    "Ring",
+    "Star",
+    "StaticExponential",
+    "StaticTopology",
+    "Topology",
+    "Torus2D",
+    "UniformMixing",
+    "__version__",
+    "consensus_error",
+    "is_column_stochastic",
+    "is_doubly_stochastic",
+    "is_exact_averaging",
+    "is_strongly_connected",
+    "make_topology",
+    "mixing_matrix",
+    "period_product",
+    "rounds_to_consensus",
+    "second_singular_value",
+    "simulate_push_pull",
+    "simulate_push_sum",
+    "spectral_gap",
+]

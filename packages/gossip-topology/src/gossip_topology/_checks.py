@@ -1,0 +1,50 @@
+"""Private argument checks shared by the modules of gossip-topology."""
+
+from __future__ import annotations
+
+import numbers
+
+__all__: list[str] = []
+
+
+def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
+    """Return ``value`` as an ``int`` or raise a ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+    result = int(value)
+    if minimum is not None and result < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {result}")
+    return result
+
+
+def check_rank(rank: object, world_size: int) -> int:
+    """Validate a rank against ``world_size``."""
+    r = check_int("rank", rank)
+    if not 0 <= r < world_size:
+        raise ValueError(f"rank must be in [0, {world_size - 1}] for world_size={world_size}; got {r}")
+    return r
+
+
+def is_power_of_two(n: int) -> bool:
+    """Whether ``n`` is a positive power of two (1 counts)."""
+    return n >= 1 and n & (n - 1) == 0
+
+
+def floor_log(base: int, value: int) -> int:
+    """Exact ``floor(log_base(value))`` for integers ``base >= 2`` and ``value >= 1``.
+
+    Computed with integer arithmetic only, so that ``floor_log(2, 8) == 3`` exactly,
+    which ``math.floor(math.log(8, 2))`` does not guarantee.
+    """
+    if base < 2 or value < 1:
+        raise ValueError(f"floor_log needs base >= 2 and value >= 1; got base={base}, value={value}")
+    exponent, power = 0, base
+    while power <= value:
+        exponent += 1
+        power *= base
+    return exponent
+
+
+def ceil_log2(value: int) -> int:
+    """Exact ``ceil(log2(value))`` for ``value >= 1``."""
+    return (value - 1).bit_length()

@@ -1,0 +1,99 @@
+"""Build a topology from its name, or from the 2019 code's integer graph id."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+from gossip_topology._checks import check_int
+from gossip_topology.graphs import (
+    Complete,
+    Hypercube,
+    OnePeerExponential,
+    StaticExponential,
+    Star,
+    Torus2D,
+)
+from gossip_topology.phone_book import (
+    DynamicBipartiteExponential,
+    DynamicBipartiteLinear,
+    DynamicDirectedExponential,
+    DynamicDirectedLinear,
+    NPeerDynamicDirectedExponential,
+    PhoneBookTopology,
+    Ring,
+)
+from gossip_topology.topology import Topology
+
+__all__ = ["LEGACY_IDS", "TOPOLOGY_NAMES", "make_topology"]
+
+_PHONE_BOOKS: dict[str, type[PhoneBookTopology]] = {
+    cls.name: cls
+    for cls in (
+        DynamicDirectedExponential,
+        DynamicBipartiteExponential,
+        DynamicDirectedLinear,
+        DynamicBipartiteLinear,
+        Ring,
+        NPeerDynamicDirectedExponential,
+    )
+}
+_FIXED: dict[str, Callable[[int], Topology]] = {
+    StaticExponential.name: StaticExponential,
+    OnePeerExponential.name: OnePeerExponential,
+    Torus2D.name: Torus2D,
+    Star.name: Star,
+    Complete.name: Complete,
+    Hypercube.name: Hypercube,
+}
+
+#: Every name :func:`make_topology` accepts.
+TOPOLOGY_NAMES: tuple[str, ...] = (*_PHONE_BOOKS, *_FIXED)
+#: The 2019 code's ``--graph_type`` ids and the names they map to.
+LEGACY_IDS: dict[int, str] = {cls.legacy_id: name for name, cls in _PHONE_BOOKS.items()}
+
+
+def make_topology(name: str | int, world_size: int, peers_per_itr: int = 1) -> Topology:
+    """Build a topology by kebab-case name or by 2019 integer id (0-5).
+
+    Args:
+        name: One of [`TOPOLOGY_NAMES`][gossip_topology.TOPOLOGY_NAMES], case-insensitive
+            with ``_`` accepted for ``-``, or an id in [`LEGACY_IDS`][gossip_topology.LEGACY_IDS].
+        world_size: Number of ranks, at least 1.
+        peers_per_itr: Out-peers per step. Graphs with a fixed out-degree (static
+            exponential, torus, star, complete, hypercube, one-peer exponential) accept only
+            the default 1 or their own out-degree.
+
+    Returns:
+        The topology.
+
+    Raises:
+        ValueError: For an unknown name or id, or arguments the graph rejects.
+        TypeError: If ``name`` is neither a string nor an int.
+
+    Example:
+        >>> make_topology(0, 8).out_peers(0, step=1)
+        [7]
+        >>> make_topology("ring", 4, peers_per_itr=2).out_peers(0, step=0)
+        [1, 3]
+    """
+    if isinstance(name, numbers.Integral) and not isinstance(name, bool):
+        if int(name) not in LEGACY_IDS:
+            raise ValueError(f"name: unknown graph id {name}; known ids are {sorted(LEGACY_IDS)}")
+        key = LEGACY_IDS[int(name)]
+    elif isinstance(name, str):
+        key = name.strip().lower().replace("_", "-")
+    else:
+        raise TypeError(f"name must be a str or an int; got {type(name).__name__}")
+    if key in _PHONE_BOOKS:
+        return _PHONE_BOOKS[key](world_size, peers_per_itr)
+    if key in _FIXED:
+        k = check_int("peers_per_itr", peers_per_itr, minimum=1)
+        topo = _FIXED[key](world_size)
+        if k not in (1, topo.peers_per_itr):
+            raise ValueError(
+                f"peers_per_itr must be 1 or {topo.peers_per_itr} for {key} with "
+                f"world_size={topo.world_size}, whose out-degree is fixed; got {k}"
+            )
+        return topo
+    raise ValueError(f"name: unknown topology {name!r}; choose one of {', '.join(TOPOLOGY_NAMES)}")

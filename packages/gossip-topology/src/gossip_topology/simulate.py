@@ -1,0 +1,232 @@
+r"""Vectorised numpy simulation of gossip over ``n`` virtual nodes: the test oracle.
+
+Push-sum, one step (Kempe et al. 2003; Assran et al. 2019, Algorithm 1):
+
+$$ x(t+1) = W(t)\,x(t), \qquad w(t+1) = W(t)\,w(t), \qquad z(t) = x(t) / w(t). $$
+
+With an objective and a learning rate :math:`\gamma`, each node first takes a gradient
+step at its de-biased point, :math:`x_i \leftarrow x_i - \gamma \nabla f_i(z_i)`, which is
+SGP with plain SGD. Push-pull (D-PSGD, Lian et al. 2017) uses a doubly-stochastic
+:math:`W` and no weights: :math:`x(t+1) = W(t)\,x(t) - \gamma \nabla f(x(t))`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from gossip_topology._checks import check_int
+from gossip_topology._plan import PlanCache
+from gossip_topology.mixing import Mixing, UniformMixing, is_doubly_stochastic, mixing_matrix
+from gossip_topology.objectives import Quadratic
+from gossip_topology.topology import Topology
+
+__all__ = ["GossipTrace", "simulate_push_pull", "simulate_push_sum"]
+
+Array = NDArray[np.float64]
+
+#: Columns processed together when no objective couples them; sized to stay in cache.
+_BLOCK_BYTES = 1 << 19
+
+
+@dataclass(frozen=True)
+class GossipTrace:
+    """What a simulation returns.
+
+    With ``record="all"`` every array has a leading axis of length ``steps + 1``, index 0
+    being the initial state; with ``record="last"`` only the final state is kept. For
+    push-pull the weights are all one and ``debiased`` equals ``numerators``.
+
+    Attributes:
+        numerators: ``x``, shape ``([steps + 1,] n, d)``.
+        weights: ``w``, shape ``([steps + 1,] n)``.
+        debiased: ``z = x / w``, shape ``([steps + 1,] n, d)``.
+    """
+
+    numerators: Array
+    weights: Array
+    debiased: Array
+
+
+def _prepare(
+    topology: Topology, x0: ArrayLike, steps: int, lr: float, record: str
+) -> tuple[Array, bool, int]:
+    x = np.array(x0, dtype=np.float64)
+    squeeze = x.ndim == 1
+    if squeeze:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] != topology.world_size:
+        raise ValueError(
+            f"x0 must have shape (world_size, d) = ({topology.world_size}, d); got {x.shape}"
+        )
+    steps = check_int("steps", steps, minimum=0)
+    if not (np.isfinite(lr) and lr >= 0):
+        raise ValueError(f"lr must be finite and >= 0; got {lr}")
+    if record not in ("all", "last"):
+        raise ValueError(f"record must be 'all' or 'last'; got {record!r}")
+    return x, squeeze, steps
+
+
+def _check_objective(objective: Quadratic | None, x: Array) -> None:
+    if objective is not None and objective.shape != x.shape:
+        raise ValueError(f"objective has shape {objective.shape} but x0 has shape {x.shape}")
+
+
+def _finish(x: Array, w: Array, squeeze: bool) -> GossipTrace:
+    z = x / w[..., None]
+    if squeeze:
+        x, z = x[..., 0], z[..., 0]
+    return GossipTrace(numerators=x, weights=w, debiased=z)
+
+
+def _run_mixing(
+    plans: PlanCache, x: Array, start: int, steps: int, hist: Array | None
+) -> Array:
+    """Mix ``x`` for ``steps`` steps with no gradients, block by block of columns."""
+    n, d = x.shape
+    block = max(1, _BLOCK_BYTES // (8 * n))
+    out = np.empty_like(x)
+    for c0 in range(0, d, block):
+        cur = np.ascontiguousarray(x[:, c0 : c0 + block])
+        nxt, tmp = np.empty_like(cur), np.empty_like(cur)
+        for t in range(steps):
+            plans[start + t].apply(cur, out=nxt, tmp=tmp)
+            cur, nxt = nxt, cur
+            if hist is not None:
+                hist[t + 1, :, c0 : c0 + block] = cur
+        out[:, c0 : c0 + block] = cur
+    return out
+
+
+def simulate_push_sum(
+    topology: Topology,
+    x0: ArrayLike,
+    steps: int,
+    mixing: Mixing | None = None,
+    *,
+    weights0: ArrayLike | None = None,
+    start_step: int = 0,
+    objective: Quadratic | None = None,
+    lr: float = 0.0,
+    record: Literal["all", "last"] = "all",
+) -> GossipTrace:
+    """Simulate push-sum (or SGP, with an ``objective``) on ``n`` virtual nodes.
+
+    Args:
+        topology: The graph; ``n = topology.world_size``.
+        x0: Initial numerators, shape ``(n, d)`` or ``(n,)``.
+        steps: Number of steps, ``>= 0``.
+        mixing: Mixing rule; uniform by default.
+        weights0: Initial push-sum weights, shape ``(n,)``; all ones by default.
+        start_step: Schedule step of the first simulated step.
+        objective: If given, each step first applies
+            ``x_i -= lr * objective.gradient(z)_i`` at the de-biased ``z``.
+        lr: Learning rate for the gradient step.
+        record: ``"all"`` keeps every step, ``"last"`` only the final state.
+
+    Returns:
+        A [`GossipTrace`][gossip_topology.GossipTrace].
+
+    Raises:
+        ValueError: On shapes that do not match ``world_size``, negative ``steps`` or a
+            non-positive initial weight.
+
+    Example:
+        >>> import numpy as np
+        >>> from gossip_topology import OnePeerExponential
+        >>> trace = simulate_push_sum(OnePeerExponential(4), np.arange(4.0), steps=2)
+        >>> trace.debiased[-1]
+        array([1.5, 1.5, 1.5, 1.5])
+    """
+    mixing = UniformMixing() if mixing is None else mixing
+    x, squeeze, steps = _prepare(topology, x0, steps, lr, record)
+    _check_objective(objective, x)
+    start = check_int("start_step", start_step, minimum=0)
+    n = topology.world_size
+    w = np.ones(n) if weights0 is None else np.array(weights0, dtype=np.float64)
+    if w.shape != (n,) or not (w > 0).all():
+        raise ValueError(f"weights0 must have shape ({n},) and be positive; got {w.shape}")
+    plans = PlanCache(topology, mixing)
+
+    w_hist = np.empty((steps + 1, n))
+    w_hist[0] = w
+    for t in range(steps):
+        w_hist[t + 1] = plans[start + t].apply(w_hist[t][:, None])[:, 0]
+
+    x_hist = np.empty((steps + 1, *x.shape)) if record == "all" else None
+    if x_hist is not None:
+        x_hist[0] = x
+    if objective is None:
+        x = _run_mixing(plans, x, start, steps, x_hist)
+    else:
+        for t in range(steps):
+            x = x - lr * objective.gradient(x / w_hist[t][:, None])
+            x = plans[start + t].apply(x)
+            if x_hist is not None:
+                x_hist[t + 1] = x
+    if x_hist is not None:
+        return _finish(x_hist, w_hist, squeeze)
+    return _finish(x, w_hist[-1], squeeze)
+
+
+def simulate_push_pull(
+    topology: Topology,
+    x0: ArrayLike,
+    steps: int,
+    mixing: Mixing | None = None,
+    *,
+    start_step: int = 0,
+    objective: Quadratic | None = None,
+    lr: float = 0.0,
+    record: Literal["all", "last"] = "all",
+) -> GossipTrace:
+    r"""Simulate push-pull gossip (or D-PSGD, with an ``objective``) on ``n`` virtual nodes.
+
+    Each step is :math:`x(t+1) = W(t)\,x(t) - \gamma \nabla f(x(t))`; ``W(t)`` must be
+    doubly stochastic, so no weights are tracked.
+
+    Args:
+        topology: The graph.
+        x0: Initial values, shape ``(n, d)`` or ``(n,)``.
+        steps: Number of steps, ``>= 0``.
+        mixing: Mixing rule; uniform by default.
+        start_step: Schedule step of the first simulated step.
+        objective: Optional objective for gradient steps.
+        lr: Learning rate.
+        record: ``"all"`` or ``"last"``.
+
+    Returns:
+        A [`GossipTrace`][gossip_topology.GossipTrace] whose weights are all one.
+
+    Raises:
+        ValueError: If some ``W(t)`` is not doubly stochastic, or on bad shapes.
+    """
+    mixing = UniformMixing() if mixing is None else mixing
+    x, squeeze, steps = _prepare(topology, x0, steps, lr, record)
+    _check_objective(objective, x)
+    start = check_int("start_step", start_step, minimum=0)
+    plans = PlanCache(topology, mixing)
+    for phase in range(min(steps, plans.period)):
+        W = mixing_matrix(topology, start + phase, mixing)
+        if not is_doubly_stochastic(W, atol=1e-12):
+            raise ValueError(
+                f"push-pull needs a doubly-stochastic W, but W({start + phase}) of {topology!r} "
+                f"with {mixing!r} is not; use push-sum or MetropolisHastings"
+            )
+    n = topology.world_size
+    x_hist = np.empty((steps + 1, *x.shape)) if record == "all" else None
+    if x_hist is not None:
+        x_hist[0] = x
+    if objective is None:
+        x = _run_mixing(plans, x, start, steps, x_hist)
+    else:
+        for t in range(steps):
+            grad = objective.gradient(x)
+            x = plans[start + t].apply(x) - lr * grad
+            if x_hist is not None:
+                x_hist[t + 1] = x
+    ones = np.ones((steps + 1, n)) if x_hist is not None else np.ones(n)
+    return _finish(x if x_hist is None else x_hist, ones, squeeze)
