@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 __all__: list[str] = []
 
@@ -48,3 +52,19 @@ def floor_log(base: int, value: int) -> int:
 def ceil_log2(value: int) -> int:
     """Exact ``ceil(log2(value))`` for ``value >= 1``."""
     return (value - 1).bit_length()
+
+
+def as_matrix_list(value: Any, name: str, dtype: Any = None) -> list[NDArray[Any]]:
+    """Accept one matrix or a non-empty sequence of matrices (sizes may differ: checked later)."""
+    if isinstance(value, np.ndarray):
+        mats = [value] if value.ndim != 3 else list(value)
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            raise TypeError(f"{name} must be a matrix or a sequence of matrices") from None
+        if not items:
+            raise ValueError(f"{name} must hold at least one matrix")
+        first = np.asarray(items[0])
+        mats = [np.asarray(v) for v in items] if first.ndim == 2 else [np.asarray(items)]
+    return [np.asarray(m, dtype=dtype) for m in mats]

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from gossip_topology._checks import ceil_log2, check_int, floor_log, is_power_of_two
+from gossip_topology._checks import (
+    as_matrix_list,
+    ceil_log2,
+    check_int,
+    floor_log,
+    is_power_of_two,
+)
 from gossip_topology.topology import Topology
 
 __all__ = [
@@ -207,10 +213,7 @@ class FromAdjacency(Topology):
     name = "from-adjacency"
 
     def __init__(self, adjacency: ArrayLike | Sequence[ArrayLike]) -> None:
-        arr = np.asarray(adjacency)
-        mats = [arr] if arr.ndim == 2 else [np.asarray(a) for a in adjacency]  # type: ignore[union-attr]
-        if not mats:
-            raise ValueError("adjacency must hold at least one matrix")
+        mats = as_matrix_list(adjacency, "adjacency")
         n = mats[0].shape[0] if mats[0].ndim == 2 else -1
         tables = []
         for t, m in enumerate(mats):

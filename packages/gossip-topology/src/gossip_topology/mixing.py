@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from gossip_topology._checks import check_int
+from gossip_topology._checks import as_matrix_list, check_int
 from gossip_topology.topology import Topology
 
 __all__ = [
@@ -106,12 +106,13 @@ class CustomMixing(Mixing):
     """
 
     def __init__(self, matrices: ArrayLike | Sequence[ArrayLike], *, atol: float = 1e-9) -> None:
-        arr = np.asarray(matrices, dtype=np.float64)
-        mats = [arr] if arr.ndim == 2 else list(arr)
-        if not mats or arr.ndim not in (2, 3):
-            raise ValueError(f"matrices must be a square matrix or a list of them; got {arr.shape}")
+        mats = as_matrix_list(matrices, "matrices", dtype=np.float64)
         for t, m in enumerate(mats):
-            where = f"matrices[{t}]" if arr.ndim == 3 else "matrices"
+            where = f"matrices[{t}]" if len(mats) > 1 else "matrices"
+            if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != mats[0].shape[0]:
+                raise ValueError(
+                    f"{where} must be square and the same size as matrices[0]; got {m.shape}"
+                )
             if m.shape[0] != m.shape[1]:
                 raise ValueError(f"{where} must be square; got shape {m.shape}")
             if not np.isfinite(m).all() or (m < 0).any():

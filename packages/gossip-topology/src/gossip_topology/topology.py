@@ -110,10 +110,15 @@ class Topology(ABC):
     # ------------------------------------------------------------- properties
     @functools.cached_property
     def is_regular(self) -> bool:
-        """Whether in-degree equals out-degree for every rank at every step."""
+        """Whether, at every step, every rank has the same in-degree and out-degree ``k``.
+
+        Uniform mixing on a regular graph is doubly stochastic, so push-sum weights stay 1
+        and need not be communicated. (Equal in- and out-degree per rank is not enough:
+        a star has that, yet uniform weights on it are not doubly stochastic.)
+        """
         for phase in range(self.period):
             outs, ins = self._out_table(phase), self._in_table(phase)
-            if any(len(o) != len(i) for o, i in zip(outs, ins, strict=True)):
+            if len({len(p) for p in outs} | {len(p) for p in ins}) > 1:
                 return False
         return True
 
