@@ -1,7 +1,16 @@
 """Private: a sparse, reusable form of W(t) that applies to an (n, d) array fast.
 
-Every simulator and analysis routine goes through :class:`MixPlan`, so that one
-implementation of "x <- W x" is tested once and used everywhere.
+Every simulator and analysis routine goes through :class:`MixPlan`, so one implementation
+of ``x <- W x`` is tested once and used everywhere. The edges of W(t) are split greedily
+into *slots*, sets of edges with distinct receivers:
+
+- a slot that reaches every rank is a permutation, applied with one ``np.take``;
+- a partial slot is a fancy-indexed in-place add (receivers are distinct, so it is exact);
+- edges that do not fit in ``_MAX_SLOTS`` slots (into hubs such as a star's centre) form
+  a dense block with one row per hub, applied as one matrix product.
+
+When every weight is the same constant ``c`` (uniform mixing on a regular graph), the
+update is ``c * (x + sum of permuted x)``, with no per-row multiplies.
 """
 
 from __future__ import annotations
@@ -17,64 +26,90 @@ from gossip_topology.topology import Topology
 __all__: list[str] = []
 
 Array = NDArray[np.float64]
+Index = NDArray[np.intp]
+_MAX_SLOTS = 8
 
 
 class MixPlan:
-    """``x <- W x`` for one step, as permutation slots when possible, else a sparse sum."""
+    """``x <- W x`` for one step of a topology under a mixing rule."""
 
     def __init__(self, topology: Topology, step: int, mixing: Mixing) -> None:
-        n = topology.world_size
-        self.n = n
-        src: list[int] = []
-        dst: list[int] = []
-        wts: list[float] = []
-        self.self_weight = np.empty(n)
-        peers_of = [topology.out_peers(j, step) for j in range(n)]
+        n = self.n = topology.world_size
+        self_weight = np.empty(n)
+        slots: list[tuple[list[int], list[int], list[float]]] = []  # (dst, src, w)
+        used: list[set[int]] = []
+        left: list[tuple[int, int, float]] = []  # (dst, src, w)
         for j in range(n):
             self_w, peer_w = mixing.weights(topology, j, step)
-            self.self_weight[j] = self_w
-            for p, w in zip(peers_of[j], peer_w, strict=True):
-                src.append(j)
-                dst.append(p)
-                wts.append(w)
-        # Fast path: every rank has k peers and slot s of all ranks is a permutation.
-        degrees = {len(p) for p in peers_of}
-        self.slots: list[tuple[NDArray[np.intp], Array]] | None = None
-        if len(degrees) == 1:
-            k = degrees.pop()
-            slots = []
-            for s in range(k):
-                targets = np.array([peers_of[j][s] for j in range(n)], dtype=np.intp)
-                if len(np.unique(targets)) != n:
-                    break
-                inverse = np.empty(n, dtype=np.intp)
-                inverse[targets] = np.arange(n)
-                w_s = np.array([wts[j * k + s] for j in range(n)])
-                slots.append((inverse, w_s[inverse][:, None]))
+            self_weight[j] = self_w
+            for p, w in zip(topology.out_peers(j, step), peer_w, strict=True):
+                for s, taken in enumerate(used):
+                    if p not in taken:
+                        break
+                else:
+                    s = len(used)
+                    if s == _MAX_SLOTS:
+                        left.append((p, j, w))
+                        continue
+                    used.append(set())
+                    slots.append(([], [], []))
+                used[s].add(p)
+                slots[s][0].append(p)
+                slots[s][1].append(j)
+                slots[s][2].append(w)
+
+        self.self_col = self_weight[:, None]
+        self.full: list[tuple[Index, Array]] = []
+        self.partial: list[tuple[Index, Index, Array]] = []
+        for dst, src, w in slots:
+            d, sr, wt = np.array(dst, np.intp), np.array(src, np.intp), np.array(w)
+            if len(d) == n:
+                order = np.argsort(d)
+                self.full.append((sr[order], wt[order][:, None]))
             else:
-                self.slots = slots
-        # General path: all edges, self-edges included, sorted by destination.
-        order = np.lexsort((np.array(src + list(range(n))), np.array(dst + list(range(n)))))
-        self.src = np.array(src + list(range(n)), dtype=np.intp)[order]
-        self.w = np.concatenate([np.array(wts), self.self_weight])[order][:, None]
-        dst_sorted = np.array(dst + list(range(n)), dtype=np.intp)[order]
-        self.starts = np.flatnonzero(np.r_[True, dst_sorted[1:] != dst_sorted[:-1]])
-        self.self_col = self.self_weight[:, None]
+                self.partial.append((d, sr, wt[:, None]))
+        # Hub edges: a dense block H (one row per hub receiver) applied with BLAS.
+        self.left: tuple[Index, Array] | None = None
+        if left:
+            hubs = sorted({e[0] for e in left})
+            row = {h: i for i, h in enumerate(hubs)}
+            H = np.zeros((len(hubs), n))
+            for p, j, w in left:
+                H[row[p], j] += w
+            self.left = (np.array(hubs, np.intp), H)
+        weights = [self_weight] + [w for _, w in self.full]
+        first = float(self_weight[0]) if n else 0.0
+        self.uniform: float | None = (
+            first
+            if not self.partial
+            and self.left is None
+            and all(np.all(w == first) for w in weights)
+            else None
+        )
 
     def apply(self, x: Array, out: Array | None = None, tmp: Array | None = None) -> Array:
-        """Return ``W @ x`` for ``x`` of shape ``(n, d)``, writing into ``out`` if given."""
-        if self.slots is not None:
-            out = np.multiply(self.self_col, x, out=out)
-            tmp = np.empty_like(x) if tmp is None else tmp
-            for inverse, w in self.slots:
-                np.take(x, inverse, axis=0, out=tmp)
-                tmp *= w
-                out += tmp
-            return out
-        result = np.add.reduceat(self.w * x[self.src], self.starts, axis=0)
+        """Return ``W @ x`` for ``x`` of shape ``(n, d)``; ``out`` and ``tmp`` may be given."""
         if out is None:
-            return result
-        out[...] = result
+            out = np.empty_like(x)
+        if self.full and tmp is None:
+            tmp = np.empty_like(x)
+        if self.uniform is not None:
+            np.copyto(out, x)
+            for src, _ in self.full:
+                np.take(x, src, axis=0, out=tmp)
+                out += tmp
+            out *= self.uniform
+            return out
+        np.multiply(self.self_col, x, out=out)
+        for src, w in self.full:
+            np.take(x, src, axis=0, out=tmp)
+            tmp *= w
+            out += tmp
+        for dst, src, w in self.partial:
+            out[dst] += w * x[src]
+        if self.left is not None:
+            hubs, H = self.left
+            out[hubs] += H @ x
         return out
 
 

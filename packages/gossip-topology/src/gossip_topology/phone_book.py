@@ -12,6 +12,7 @@ See Assran et al., *Stochastic Gradient Push for Distributed Deep Learning*, ICM
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import abstractmethod
 from collections.abc import Iterable
@@ -79,7 +80,7 @@ class PhoneBookTopology(Topology):
         """
         return list(self._books[check_rank(rank, self.world_size)])
 
-    @property
+    @functools.cached_property
     def period(self) -> int:
         """Steps until every rank's walk through its book returns to the start."""
         if self.static or self.world_size == 1:
