@@ -25,9 +25,17 @@ ROOT = Path(__file__).resolve().parent
 CONSTRAINTS = ROOT / "constraints" / "ci.txt"
 # Dependency order: each package depends only on those before it.
 PACKAGES = ["gossip-topology", "gossip-comm", "gossip-nn", "sgp-imagenet"]
-DEV_TOOLS = ["torch", "torchvision", "pytest", "pytest-timeout", "hypothesis", "matplotlib",
-             "mypy", "ruff"]
-DOCS_TOOLS = ["mkdocs", "mkdocs-material", "mkdocstrings[python]"]
+DEV_TOOLS = [
+    "torch",
+    "torchvision",
+    "pytest",
+    "pytest-timeout",
+    "hypothesis",
+    "matplotlib",
+    "mypy",
+    "ruff",
+]
+DOCS_TOOLS = ["mkdocs", "mkdocs-material", "mkdocstrings[python]", "ruff"]
 DEV_ENV = ROOT / ".nox" / "dev"
 
 
@@ -53,8 +61,16 @@ def _dev_python(session: nox.Session) -> str:
         return str(python)
     if not python.exists():
         session.run(sys.executable, "-m", "venv", str(DEV_ENV), external=True)
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-           "-c", str(CONSTRAINTS)]
+    pip = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "-q",
+        "-c",
+        str(CONSTRAINTS),
+    ]
     session.run(*pip, *DEV_TOOLS, external=True)
     editable = [arg for name in PACKAGES for arg in ("-e", str(_pkg(name)))]
     session.run(*pip, *editable, external=True)
@@ -91,7 +107,8 @@ def isolated(session: nox.Session, package: str) -> None:
     session.install("-c", str(CONSTRAINTS), *local, f"{_pkg(package)}[test]")
     if package == "gossip-topology":
         session.run(
-            "python", "-c",
+            "python",
+            "-c",
             "import importlib.util, sys; "
             "sys.exit('torch is installed' if importlib.util.find_spec('torch') else 0)",
         )
@@ -128,16 +145,26 @@ def demo(session: nox.Session) -> None:
     python = _dev_python(session)
     out = ROOT / "demo-output"
     out.mkdir(exist_ok=True)
-    session.run(python, "-m", "gossip_topology", "--world-size", "16",
-                "--plot", str(out / "consensus.png"), *session.posargs, external=True)
+    session.run(
+        python,
+        "-m",
+        "gossip_topology",
+        "--world-size",
+        "16",
+        "--plot",
+        str(out / "consensus.png"),
+        *session.posargs,
+        external=True,
+    )
 
 
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """Run the benchmarks in benchmarks/ and write JSON + markdown under benchmarks/results/."""
     python = _dev_python(session)
-    session.run(python, str(ROOT / "benchmarks" / "bench_simulator.py"), *session.posargs,
-                external=True)
+    session.run(
+        python, str(ROOT / "benchmarks" / "bench_simulator.py"), *session.posargs, external=True
+    )
 
 
 @nox.session(venv_backend="none", name="clean")

@@ -55,7 +55,10 @@ def test_rank_and_step_out_of_range() -> None:
 def test_peers_per_itr_larger_than_the_book() -> None:
     with pytest.raises(
         ValueError,
-        match=r"peers_per_itr must be between 1 and 5 for DynamicDirectedExponential\(world_size=8\); got 7",
+        match=(
+            r"peers_per_itr must be between 1 and 5 for "
+            r"DynamicDirectedExponential\(world_size=8\); got 7"
+        ),
     ):
         DynamicDirectedExponential(8, 7)
     with pytest.raises(ValueError, match="peers_per_itr must be >= 1"):
@@ -136,7 +139,9 @@ def test_simulator_and_analysis_arguments() -> None:
     with pytest.raises(ValueError, match="lr must be finite"):
         simulate_push_sum(topo, np.zeros((4, 2)), 1, lr=float("nan"))
     with pytest.raises(ValueError, match="objective has shape"):
-        simulate_push_sum(topo, np.zeros((4, 2)), 1, objective=Quadratic(np.ones((4, 3)), np.ones((4, 3))))
+        simulate_push_sum(
+            topo, np.zeros((4, 2)), 1, objective=Quadratic(np.ones((4, 3)), np.ones((4, 3)))
+        )
     with pytest.raises(ValueError, match="doubly-stochastic"):
         simulate_push_pull(make_topology("star", 4), np.zeros((4, 1)), 1)
     with pytest.raises(ValueError, match="not strongly connected"):

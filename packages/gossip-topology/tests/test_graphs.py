@@ -65,7 +65,16 @@ def test_complete_and_hypercube() -> None:
 def test_hypercube_and_even_ring_are_bipartite_but_complete_is_not() -> None:
     cube = Hypercube(8)
     assert cube.is_bipartite
-    assert [cube.is_passive(r) for r in range(8)] == [True, False, False, True, False, True, True, False]
+    assert [cube.is_passive(r) for r in range(8)] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        True,
+        True,
+        False,
+    ]
     assert make_topology("ring", 6).is_bipartite
     assert not make_topology("ring", 5).is_bipartite
     assert not Complete(4).is_bipartite and not Complete(4).is_passive(0)

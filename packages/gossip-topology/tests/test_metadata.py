@@ -10,7 +10,7 @@ from pathlib import Path
 import gossip_topology
 
 PYPROJECT = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-SIBLINGS = {"gossip-topology", "gossip-topology", "gossip-nn", "sgp-imagenet"}
+SIBLINGS = {"gossip-topology", "gossip-nn", "sgp-imagenet"}
 
 
 def test_version_comes_from_installed_metadata() -> None:

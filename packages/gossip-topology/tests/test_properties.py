@@ -78,12 +78,19 @@ def test_simulator_conserves_mass(name: str, n: int, k: int, steps: int, seed: i
     x0 = np.random.default_rng(seed).normal(size=(n, 3))
     trace = simulate_push_sum(topo, x0, steps)
     np.testing.assert_allclose(trace.weights.sum(axis=1), n, rtol=1e-12)
-    np.testing.assert_allclose(trace.numerators.sum(axis=1), np.broadcast_to(x0.sum(0), (steps + 1, 3)), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        trace.numerators.sum(axis=1),
+        np.broadcast_to(x0.sum(0), (steps + 1, 3)),
+        rtol=1e-10,
+        atol=1e-10,
+    )
 
 
 @settings(max_examples=150, deadline=None)
 @given(name=names, n=sizes, k=ks)
-def test_every_built_in_graph_is_strongly_connected_over_a_period(name: str, n: int, k: int) -> None:
+def test_every_built_in_graph_is_strongly_connected_over_a_period(
+    name: str, n: int, k: int
+) -> None:
     # Each schedule cycles through a book holding r + 1 (or r +/- 1, or a hub), so theory
     # says the union graph over one period is strongly connected for every n.
     assert is_strongly_connected(_build(name, n, k))

@@ -69,7 +69,9 @@ def test_blocked_columns_give_the_same_answer_as_one_block(monkeypatch: pytest.M
     np.testing.assert_array_equal(whole.numerators, blocked.numerators)
 
 
-@pytest.mark.parametrize("topo", [Star(6), Torus2D(9), make_topology("dynamic-bipartite-linear", 6)])
+@pytest.mark.parametrize(
+    "topo", [Star(6), Torus2D(9), make_topology("dynamic-bipartite-linear", 6)]
+)
 def test_debiased_values_converge_to_the_true_mean(topo: Topology) -> None:
     x0 = RNG.normal(size=(topo.world_size, 4))
     trace = simulate_push_sum(topo, x0, 400, record="last")
@@ -121,7 +123,9 @@ def test_sgp_on_a_full_quadratic_reaches_the_minimiser() -> None:
     obj = Quadratic(A, RNG.normal(size=(n, d)))
     # With a constant step, SGP converges to the consensus minimiser only as lr -> 0;
     # a decaying schedule is out of scope here, so use a small lr and many steps.
-    trace = simulate_push_sum(Torus2D(n), np.zeros((n, d)), 4000, objective=obj, lr=0.002, record="last")
+    trace = simulate_push_sum(
+        Torus2D(n), np.zeros((n, d)), 4000, objective=obj, lr=0.002, record="last"
+    )
     np.testing.assert_allclose(trace.debiased, np.broadcast_to(obj.minimizer(), (n, d)), atol=0.05)
 
 

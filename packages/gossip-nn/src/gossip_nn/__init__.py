@@ -1,4 +1,7 @@
-"""gossip-nn: nn.Module wrappers for the five data-parallel algorithms: AR-SGD, SGP, OSGP, D-PSGD and AD-PSGD.
+"""gossip-nn.
+
+nn.Module wrappers for the five data-parallel algorithms: AR-SGD, SGP, OSGP,
+D-PSGD and AD-PSGD.
 
 Status: skeleton. The public API arrives with the issue that builds this package; until
 then only `__version__` is exported.

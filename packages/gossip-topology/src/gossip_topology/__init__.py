@@ -11,9 +11,9 @@ from gossip_topology.graphs import (
     FromAdjacency,
     Hypercube,
     OnePeerExponential,
+    Star,
     StaticExponential,
     StaticTopology,
-    Star,
     Torus2D,
 )
 from gossip_topology.mixing import (

@@ -25,7 +25,9 @@ def check_rank(rank: object, world_size: int) -> int:
     """Validate a rank against ``world_size``."""
     r = check_int("rank", rank)
     if not 0 <= r < world_size:
-        raise ValueError(f"rank must be in [0, {world_size - 1}] for world_size={world_size}; got {r}")
+        raise ValueError(
+            f"rank must be in [0, {world_size - 1}] for world_size={world_size}; got {r}"
+        )
     return r
 
 
@@ -41,7 +43,9 @@ def floor_log(base: int, value: int) -> int:
     which ``math.floor(math.log(8, 2))`` does not guarantee.
     """
     if base < 2 or value < 1:
-        raise ValueError(f"floor_log needs base >= 2 and value >= 1; got base={base}, value={value}")
+        raise ValueError(
+            f"floor_log needs base >= 2 and value >= 1; got base={base}, value={value}"
+        )
     exponent, power = 0, base
     while power <= value:
         exponent += 1

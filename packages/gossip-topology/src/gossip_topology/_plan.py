@@ -1,6 +1,6 @@
 """Private: a sparse, reusable form of W(t) that applies to an (n, d) array fast.
 
-Every simulator and analysis routine goes through :class:`MixPlan`, so one implementation
+Every simulator and analysis routine goes through `MixPlan`, so one implementation
 of ``x <- W x`` is tested once and used everywhere. The edges of W(t) are split greedily
 into *slots*, sets of edges with distinct receivers:
 
@@ -43,11 +43,8 @@ class MixPlan:
             self_w, peer_w = mixing.weights(topology, j, step)
             self_weight[j] = self_w
             for p, w in zip(topology.out_peers(j, step), peer_w, strict=True):
-                for s, taken in enumerate(used):
-                    if p not in taken:
-                        break
-                else:
-                    s = len(used)
+                s = next((i for i, taken in enumerate(used) if p not in taken), len(used))
+                if s == len(used):
                     if s == _MAX_SLOTS:
                         left.append((p, j, w))
                         continue
@@ -61,8 +58,10 @@ class MixPlan:
         self.self_col = self_weight[:, None]
         self.full: list[tuple[Index, Array]] = []
         self.partial: list[tuple[Index, Index, Array]] = []
-        for dst, src, w in slots:
-            d, sr, wt = np.array(dst, np.intp), np.array(src, np.intp), np.array(w)
+        for dst_list, src_list, w_list in slots:
+            d = np.array(dst_list, np.intp)
+            sr = np.array(src_list, np.intp)
+            wt = np.array(w_list)
             if len(d) == n:
                 order = np.argsort(d)
                 self.full.append((sr[order], wt[order][:, None]))
@@ -81,9 +80,7 @@ class MixPlan:
         first = float(self_weight[0]) if n else 0.0
         self.uniform: float | None = (
             first
-            if not self.partial
-            and self.left is None
-            and all(np.all(w == first) for w in weights)
+            if not self.partial and self.left is None and all(np.all(w == first) for w in weights)
             else None
         )
 
@@ -91,8 +88,8 @@ class MixPlan:
         """Return ``W @ x`` for ``x`` of shape ``(n, d)``; ``out`` and ``tmp`` may be given."""
         if out is None:
             out = np.empty_like(x)
-        if self.full and tmp is None:
-            tmp = np.empty_like(x)
+        if tmp is None:
+            tmp = np.empty_like(x) if self.full else x  # only the full slots use tmp
         if self.uniform is not None:
             np.copyto(out, x)
             for src, _ in self.full:

@@ -21,9 +21,9 @@ __all__ = [
     "FromAdjacency",
     "Hypercube",
     "OnePeerExponential",
+    "Star",
     "StaticExponential",
     "StaticTopology",
-    "Star",
     "Torus2D",
 ]
 
@@ -32,7 +32,8 @@ class StaticTopology(Topology):
     """A graph that is the same at every step, given by each rank's out-peers.
 
     ``peers_per_itr`` is the largest out-degree. Subclasses pass the table to
-    ``__init__``; users wanting an arbitrary graph should use [`FromAdjacency`][gossip_topology.FromAdjacency].
+    ``__init__``; for an arbitrary graph use
+    [`FromAdjacency`][gossip_topology.FromAdjacency].
     """
 
     def __init__(self, world_size: int, table: Sequence[Sequence[int]]) -> None:
@@ -76,7 +77,7 @@ class StaticExponential(StaticTopology):
 
 
 class OnePeerExponential(Topology):
-    """At step ``t`` rank ``r`` sends to the single peer ``r + 2^(t mod tau)``, ``tau = ceil(log2 n)``.
+    """At step ``t`` rank ``r`` sends to ``r + 2^(t mod tau)``, with ``tau = ceil(log2 n)``.
 
     For ``n`` a power of two, uniform mixing averages *exactly* after ``tau`` steps:
     Ying et al., *Exponential Graph is Provably Efficient for Decentralized Deep Training*,
@@ -228,9 +229,7 @@ class FromAdjacency(Topology):
             if not np.isin(m, (0, 1)).all():
                 raise ValueError(f"{where} must be binary (0/1 entries only)")
             if np.any(np.diag(m) != 0):
-                raise ValueError(
-                    f"{where} must have a zero diagonal; self-weights are implicit"
-                )
+                raise ValueError(f"{where} must have a zero diagonal; self-weights are implicit")
             tables.append(tuple(tuple(int(j) for j in np.flatnonzero(row)) for row in m))
         self._tables = tuple(tables)
         super().__init__(n, max((len(p) for tb in tables for p in tb), default=0) or 1)

@@ -1,11 +1,11 @@
 r"""Mixing rules: how much of its value each rank sends to each out-peer.
 
-A mixing rule turns a topology's step graph into a mixing matrix :math:`W(t)`, where
+A mixing rule turns a topology's step graph into a mixing matrix $W(t)$, where
 ``W[i, j]`` is the fraction of rank ``j``'s value that lands on rank ``i``. Each rank
 only needs its own column: its self-weight and one weight per out-peer, which is what
 [`Mixing.weights`][gossip_topology.Mixing.weights] returns.
 
-- Push-sum needs :math:`W` **column-stochastic** (:math:`\mathbf 1^\top W = \mathbf 1^\top`).
+- Push-sum needs $W$ **column-stochastic** ($\mathbf 1^\top W = \mathbf 1^\top$).
 - Push-pull (D-PSGD) needs it **doubly stochastic** (rows sum to one as well).
 """
 
@@ -41,7 +41,7 @@ class Mixing(ABC):
 
     @abstractmethod
     def weights(self, topology: Topology, rank: int, step: int) -> tuple[float, list[float]]:
-        """Column ``rank`` of :math:`W(step)`.
+        """Column ``rank`` of $W(step)$.
 
         Returns:
             ``(self_weight, peer_weights)`` where ``peer_weights[i]`` goes to
@@ -55,7 +55,7 @@ class Mixing(ABC):
 class UniformMixing(Mixing):
     """Weight ``1 / (k + 1)`` to self and to each of the ``k`` out-peers, as in the 2019 code.
 
-    On a regular graph this gives a doubly-stochastic :math:`W`.
+    On a regular graph this gives a doubly-stochastic $W$.
     """
 
     def weights(self, topology: Topology, rank: int, step: int) -> tuple[float, list[float]]:
@@ -66,7 +66,7 @@ class UniformMixing(Mixing):
 
 
 class MetropolisHastings(Mixing):
-    r"""Metropolis-Hastings weights :math:`W_{ij} = 1 / (1 + \max(d_i, d_j))` on undirected graphs.
+    r"""Metropolis-Hastings weights $W_{ij} = 1 / (1 + \max(d_i, d_j))$ on undirected graphs.
 
     The result is symmetric and doubly stochastic for any undirected graph, regular or not.
 
@@ -163,7 +163,7 @@ class CustomMixing(Mixing):
 def mixing_matrix(
     topology: Topology, step: int, mixing: Mixing | None = None
 ) -> NDArray[np.float64]:
-    """The dense ``n x n`` mixing matrix :math:`W(step)`, ``W[i, j]`` = weight ``j`` sends to ``i``.
+    """The dense ``n x n`` mixing matrix $W(step)$, ``W[i, j]`` = weight ``j`` sends to ``i``.
 
     Args:
         topology: The graph.
@@ -192,7 +192,7 @@ def is_column_stochastic(W: ArrayLike, atol: float = 1e-12) -> bool:
     """Whether ``W`` is non-negative and every column sums to one (within ``atol``)."""
     A = np.asarray(W, dtype=np.float64)
     return bool(
-        A.ndim == 2 and (A >= -atol).all() and np.allclose(A.sum(axis=0), 1.0, rtol=0, atol=atol)
+        A.ndim == 2 and (-atol <= A).all() and np.allclose(A.sum(axis=0), 1.0, rtol=0, atol=atol)
     )
 
 

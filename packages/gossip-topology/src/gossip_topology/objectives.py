@@ -1,8 +1,8 @@
 r"""Per-node quadratic objectives, so the simulator can run SGP and D-PSGD.
 
-Node ``i`` minimises :math:`f_i(x) = \tfrac12 (x - b_i)^\top A_i (x - b_i)`, with
-:math:`A_i` diagonal (given as a vector) or full. The network objective is the mean of
-the :math:`f_i`.
+Node ``i`` minimises $f_i(x) = \tfrac12 (x - b_i)^\top A_i (x - b_i)$, with
+$A_i$ diagonal (given as a vector) or full. The network objective is the mean of
+the $f_i$.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ __all__ = ["Quadratic"]
 
 
 class Quadratic:
-    r"""Quadratic objectives :math:`f_i(x) = \tfrac12 (x - b_i)^\top A_i (x - b_i)`.
+    r"""Quadratic objectives $f_i(x) = \tfrac12 (x - b_i)^\top A_i (x - b_i)$.
 
     Args:
-        curvature: ``(n, d)`` for diagonal :math:`A_i`, or ``(n, d, d)`` for full
+        curvature: ``(n, d)`` for diagonal $A_i$, or ``(n, d, d)`` for full
             symmetric positive semi-definite ones.
-        target: ``(n, d)``, the minimiser :math:`b_i` of each :math:`f_i`.
+        target: ``(n, d)``, the minimiser $b_i$ of each $f_i$.
 
     Raises:
         ValueError: If the shapes disagree or a curvature is not finite.
@@ -46,20 +46,22 @@ class Quadratic:
         return n, d
 
     def gradient(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
-        r"""Row ``i`` is :math:`\nabla f_i(x_i)` for ``x`` of shape ``(n, d)``."""
+        r"""Row ``i`` is $\nabla f_i(x_i)$ for ``x`` of shape ``(n, d)``."""
         diff = x - self.target
         if self.curvature.ndim == 2:
-            return self.curvature * diff
-        return np.einsum("nij,nj->ni", self.curvature, diff)
+            grad: NDArray[np.float64] = self.curvature * diff
+            return grad
+        return np.asarray(np.einsum("nij,nj->ni", self.curvature, diff), dtype=np.float64)
 
     def minimizer(self) -> NDArray[np.float64]:
-        r"""The minimiser of :math:`\sum_i f_i`, shape ``(d,)``.
+        r"""The minimiser of $\sum_i f_i$, shape ``(d,)``.
 
         Raises:
-            numpy.linalg.LinAlgError: If :math:`\sum_i A_i` is singular.
+            numpy.linalg.LinAlgError: If $\sum_i A_i$ is singular.
         """
         if self.curvature.ndim == 2:
-            return (self.curvature * self.target).sum(axis=0) / self.curvature.sum(axis=0)
+            weighted: NDArray[np.float64] = (self.curvature * self.target).sum(axis=0)
+            return np.asarray(weighted / self.curvature.sum(axis=0), dtype=np.float64)
         A = self.curvature.sum(axis=0)
         rhs = np.einsum("nij,nj->i", self.curvature, self.target)
-        return np.linalg.solve(A, rhs)
+        return np.asarray(np.linalg.solve(A, rhs), dtype=np.float64)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 
 from gossip_topology._checks import check_int
@@ -10,8 +9,8 @@ from gossip_topology.graphs import (
     Complete,
     Hypercube,
     OnePeerExponential,
-    StaticExponential,
     Star,
+    StaticExponential,
     Torus2D,
 )
 from gossip_topology.phone_book import (
@@ -47,18 +46,19 @@ _FIXED: dict[str, Callable[[int], Topology]] = {
     Hypercube.name: Hypercube,
 }
 
-#: Every name :func:`make_topology` accepts.
 TOPOLOGY_NAMES: tuple[str, ...] = (*_PHONE_BOOKS, *_FIXED)
-#: The 2019 code's ``--graph_type`` ids and the names they map to.
+"""Every name `make_topology` accepts."""
+
 LEGACY_IDS: dict[int, str] = {cls.legacy_id: name for name, cls in _PHONE_BOOKS.items()}
+"""The 2019 code's ``--graph_type`` ids and the names they map to."""
 
 
 def make_topology(name: str | int, world_size: int, peers_per_itr: int = 1) -> Topology:
     """Build a topology by kebab-case name or by 2019 integer id (0-5).
 
     Args:
-        name: One of [`TOPOLOGY_NAMES`][gossip_topology.TOPOLOGY_NAMES], case-insensitive
-            with ``_`` accepted for ``-``, or an id in [`LEGACY_IDS`][gossip_topology.LEGACY_IDS].
+        name: One of ``TOPOLOGY_NAMES``, case-insensitive
+            with ``_`` accepted for ``-``, or an id in ``LEGACY_IDS``.
         world_size: Number of ranks, at least 1.
         peers_per_itr: Out-peers per step. Graphs with a fixed out-degree (static
             exponential, torus, star, complete, hypercube, one-peer exponential) accept only
@@ -77,7 +77,9 @@ def make_topology(name: str | int, world_size: int, peers_per_itr: int = 1) -> T
         >>> make_topology("ring", 4, peers_per_itr=2).out_peers(0, step=0)
         [1, 3]
     """
-    if isinstance(name, numbers.Integral) and not isinstance(name, bool):
+    if isinstance(name, bool):
+        raise TypeError("name must be a str or an int; got bool")
+    if isinstance(name, int):
         if int(name) not in LEGACY_IDS:
             raise ValueError(f"name: unknown graph id {name}; known ids are {sorted(LEGACY_IDS)}")
         key = LEGACY_IDS[int(name)]

@@ -4,10 +4,10 @@ Push-sum, one step (Kempe et al. 2003; Assran et al. 2019, Algorithm 1):
 
 $$ x(t+1) = W(t)\,x(t), \qquad w(t+1) = W(t)\,w(t), \qquad z(t) = x(t) / w(t). $$
 
-With an objective and a learning rate :math:`\gamma`, each node first takes a gradient
-step at its de-biased point, :math:`x_i \leftarrow x_i - \gamma \nabla f_i(z_i)`, which is
+With an objective and a learning rate $\gamma$, each node first takes a gradient
+step at its de-biased point, $x_i \leftarrow x_i - \gamma \nabla f_i(z_i)$, which is
 SGP with plain SGD. Push-pull (D-PSGD, Lian et al. 2017) uses a doubly-stochastic
-:math:`W` and no weights: :math:`x(t+1) = W(t)\,x(t) - \gamma \nabla f(x(t))`.
+$W$ and no weights: $x(t+1) = W(t)\,x(t) - \gamma \nabla f(x(t))$.
 """
 
 from __future__ import annotations
@@ -86,9 +86,7 @@ def _finish(x: Array, w: Array, squeeze: bool) -> GossipTrace:
     return GossipTrace(numerators=x, weights=w, debiased=z)
 
 
-def _run_mixing(
-    plans: PlanCache, x: Array, start: int, steps: int, hist: Array | None
-) -> Array:
+def _run_mixing(plans: PlanCache, x: Array, start: int, steps: int, hist: Array | None) -> Array:
     """Mix ``x`` for ``steps`` steps with no gradients, block by block of columns.
 
     Columns are independent under ``x <- W x``, so each cache-sized block runs through
@@ -205,7 +203,7 @@ def simulate_push_pull(
 ) -> GossipTrace:
     r"""Simulate push-pull gossip (or D-PSGD, with an ``objective``) on ``n`` virtual nodes.
 
-    Each step is :math:`x(t+1) = W(t)\,x(t) - \gamma \nabla f(x(t))`; ``W(t)`` must be
+    Each step is $x(t+1) = W(t)\,x(t) - \gamma \nabla f(x(t))$; ``W(t)`` must be
     doubly stochastic, so no weights are tracked.
 
     Args:

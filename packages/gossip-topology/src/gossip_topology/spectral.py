@@ -1,12 +1,11 @@
 r"""Spectral and connectivity analysis of gossip schedules.
 
 The consensus error used here is initial-condition free. After steps ``0 .. t-1`` the
-push-sum estimate of rank ``i`` is :math:`z_i = (M x_0)_i / (M \mathbf 1)_i` with
-:math:`M = W(t-1) \cdots W(0)`, so the worst-case deviation from the mean over
-:math:`\|x_0\|_\infty \le 1` is
+push-sum estimate of rank ``i`` is $z_i = (M x_0)_i / (M \mathbf 1)_i$ with
+$M = W(t-1) \cdots W(0)$, so the worst-case deviation from the mean over
+$\|x_0\|_\infty \le 1$ is
 
-.. math::
-    e(M) = \max_i \sum_j \left| \frac{M_{ij}}{\sum_l M_{il}} - \frac{1}{n} \right| .
+$$ e(M) = \max_i \sum_j \left| \frac{M_{ij}}{\sum_l M_{il}} - \frac{1}{n} \right| . $$
 
 It is zero exactly when every rank holds the exact average, whatever the inputs.
 """
@@ -35,9 +34,9 @@ __all__ = [
 
 
 def second_singular_value(W: NDArray[np.float64]) -> float:
-    r"""The second-largest singular value :math:`\sigma_2(W)` (0 for a 1x1 matrix).
+    r"""The second-largest singular value $\sigma_2(W)$ (0 for a 1x1 matrix).
 
-    For a doubly-stochastic ``W`` this is :math:`\|W - \tfrac1n \mathbf 1 \mathbf 1^\top\|_2`,
+    For a doubly-stochastic ``W`` this is $\|W - \tfrac1n \mathbf 1 \mathbf 1^\top\|_2$,
     the per-step contraction of the distance to consensus.
     """
     A = np.asarray(W, dtype=np.float64)
@@ -53,9 +52,7 @@ def spectral_gap(W: NDArray[np.float64]) -> float:
     return 1.0 - second_singular_value(W)
 
 
-def _product(
-    topology: Topology, mixing: Mixing, steps: int, start: int = 0
-) -> NDArray[np.float64]:
+def _product(topology: Topology, mixing: Mixing, steps: int, start: int = 0) -> NDArray[np.float64]:
     plans = PlanCache(topology, mixing)
     M = np.eye(topology.world_size)
     for t in range(start, start + steps):

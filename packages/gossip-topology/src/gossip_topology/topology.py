@@ -1,4 +1,4 @@
-"""The :class:`Topology` abstraction: a time-varying directed graph over ranks."""
+"""The `Topology` abstraction: a time-varying directed graph over ranks."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ class Topology(ABC):
     At every step ``t`` each rank ``r`` sends to ``out_peers(r, t)``. The schedule is
     periodic: step ``t`` and step ``t + period`` use the same graph. Self-loops are never
     listed; every rank always keeps a share of its own value (see
-    [`gossip_topology.mixing`][gossip_topology.mixing]).
+    [`Mixing`][gossip_topology.Mixing]).
 
-    Subclasses implement [`_out_peers`][gossip_topology.Topology._out_peers] for a phase in
-    ``[0, period)`` and set :attr:`period`; everything else is derived here.
+    Subclasses implement `_out_peers(rank, phase)` for a phase in
+    ``[0, period)`` and set `period`; everything else is derived here.
 
     Args:
         world_size: Number of ranks, at least 1.
