@@ -1,14 +1,43 @@
-"""gossip-comm.
+"""gossip-comm: PushSum and PushPull gossip over point-to-point torch.distributed.
 
-Point-to-point gossip communication (PushSum, PushPull, bilateral) over
-torch.distributed, on gloo/CPU and NCCL/CUDA from one code path.
-
-Status: skeleton. The public API arrives with the issue that builds this package; until
-then only `__version__` is exported.
+Runs on gloo with CPU tensors and on NCCL with CUDA tensors from one code path. Every
+step is one ``batch_isend_irecv``; no per-edge process groups, no collectives in the
+steady state. Build a gossiper from a ``gossip_topology.Topology`` and a mixing rule.
 """
 
 from importlib.metadata import version as _version
 
+from gossip_comm.average import gossip_average
+from gossip_comm.errors import (
+    GossipError,
+    GossipPeerError,
+    GossipTimeoutError,
+    NonFiniteError,
+    PeerLostError,
+)
+from gossip_comm.exchange import GossipConfig
+from gossip_comm.handle import GossipHandle
+from gossip_comm.push_pull import PushPull
+from gossip_comm.push_sum import PushSum
+from gossip_comm.schedule import RankSchedule, RankStep
+from gossip_comm.wire import WIRE_DTYPES, FlatBuffer
+
 __version__ = _version("gossip-comm")
 
-__all__ = ["__version__"]
+__all__ = [
+    "WIRE_DTYPES",
+    "FlatBuffer",
+    "GossipConfig",
+    "GossipError",
+    "GossipHandle",
+    "GossipPeerError",
+    "GossipTimeoutError",
+    "NonFiniteError",
+    "PeerLostError",
+    "PushPull",
+    "PushSum",
+    "RankSchedule",
+    "RankStep",
+    "__version__",
+    "gossip_average",
+]

@@ -1,0 +1,67 @@
+"""The one place that knows about process groups, backends and devices."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
+
+__all__ = ["comm_device_for", "group_rank", "group_size", "resolve_group", "to_global_rank"]
+
+
+def resolve_group(process_group: ProcessGroup | None) -> ProcessGroup:
+    """Return ``process_group``, or WORLD when ``None``.
+
+    Raises:
+        RuntimeError: If ``torch.distributed`` is unavailable or not initialised.
+    """
+    if not dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this build of torch")
+    if not dist.is_initialized():
+        raise RuntimeError(
+            "process_group: torch.distributed is not initialised; call "
+            "torch.distributed.init_process_group(...) first (e.g. under torchrun)"
+        )
+    group = dist.group.WORLD if process_group is None else process_group
+    assert group is not None
+    return group
+
+
+def group_rank(group: ProcessGroup) -> int:
+    """This process's rank within ``group``."""
+    return dist.get_rank(group)
+
+
+def group_size(group: ProcessGroup) -> int:
+    """Number of ranks in ``group``."""
+    return dist.get_world_size(group)
+
+
+def to_global_rank(group: ProcessGroup, rank: int) -> int:
+    """Translate a rank of ``group`` to the global rank that ``P2POp`` expects."""
+    if group is dist.group.WORLD:
+        return rank
+    return dist.get_global_rank(group, rank)
+
+
+def comm_device_for(group: ProcessGroup, requested: torch.device | str | None) -> torch.device:
+    """The device that gossip buffers live on.
+
+    NCCL needs CUDA tensors and gloo CPU ones; ``requested`` overrides the choice.
+
+    Raises:
+        ValueError: If ``requested`` is a device the group's backend cannot send from.
+    """
+    backend = str(dist.get_backend(group)).lower()
+    if requested is None:
+        if "nccl" in backend:
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if backend == "gloo" and device.type != "cpu":
+        raise ValueError(f"comm_device: the gloo backend gossips on CPU tensors; got {device}")
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"comm_device: the nccl backend gossips on CUDA tensors; got {device}")
+    return device

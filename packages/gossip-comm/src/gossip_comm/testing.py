@@ -1,0 +1,159 @@
+"""A spawn harness for multi-process tests, shared by gossip-comm, gossip-nn and sgp-imagenet.
+
+``run_distributed(fn, world_size, ...)`` starts ``world_size`` fresh processes with the
+``spawn`` method, joins them into a gloo (or NCCL) group through a file rendezvous in a
+temporary directory, runs ``fn(rank, world_size, *args)`` in each and returns the results
+in rank order. A failure in any child is re-raised in the parent with the child's rank
+and traceback. ``fn`` may be defined in a test file: the child loads it from its source
+file, so pytest's ``--import-mode=importlib`` is no obstacle.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import multiprocessing as mp
+import os
+import pickle
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ChildFailed", "run_distributed"]
+
+
+class ChildFailed(RuntimeError):
+    """A child process raised, exited abnormally or overran the deadline.
+
+    Attributes:
+        rank: The child's rank.
+    """
+
+    def __init__(self, message: str, rank: int) -> None:
+        super().__init__(message)
+        self.rank = rank
+
+
+def _load(module_file: str, module_name: str, qualname: str) -> Callable[..., Any]:
+    module = sys.modules.get(module_name)
+    if module is None or getattr(module, "__file__", None) != module_file:
+        spec = importlib.util.spec_from_file_location(f"_gossip_spawned_{abs(hash(module_file))}",
+                                                      module_file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[no-any-return]
+
+
+def _child(
+    rank: int, world_size: int, target: tuple[str, str, str], args: tuple[Any, ...],
+    backend: str, init_file: str, out_dir: str, init_timeout: float,
+) -> None:
+    import torch.distributed as dist
+
+    out = Path(out_dir) / f"rank{rank}.pkl"
+    try:
+        fn = _load(*target)
+        dist.init_process_group(
+            backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+            timeout=timedelta(seconds=init_timeout),
+        )
+        try:
+            result = fn(rank, world_size, *args)
+        finally:
+            dist.destroy_process_group()
+        payload: tuple[str, Any] = ("ok", result)
+    except BaseException as exc:  # report everything, KeyboardInterrupt included
+        payload = ("error", (repr(exc), traceback.format_exc(), exc))
+    try:
+        data = pickle.dumps(payload)
+    except Exception:
+        data = pickle.dumps(("error", (repr(payload[1]), "unpicklable result or error", None)))
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+
+
+def run_distributed(
+    fn: Callable[..., Any],
+    world_size: int,
+    args: Sequence[Any] = (),
+    *,
+    backend: str = "gloo",
+    timeout: float = 120.0,
+    init_timeout: float = 60.0,
+    allowed_exits: Sequence[int] = (),
+) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned processes.
+
+    Args:
+        fn: A module-level function; its return value must be picklable.
+        world_size: Number of processes, at least 1.
+        args: Extra positional arguments (picklable).
+        backend: ``"gloo"`` or ``"nccl"``.
+        timeout: Seconds for the whole run before the children are killed.
+        init_timeout: Timeout given to ``init_process_group``.
+        allowed_exits: Ranks allowed to die without reporting (to test dead peers);
+            their result is ``None``.
+
+    Returns:
+        The return values, in rank order.
+
+    Raises:
+        ChildFailed: For the lowest failing rank, with the child's traceback.
+        ValueError: If ``world_size < 1`` or ``fn`` is not a module-level function.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1; got {world_size}")
+    module_file = inspect.getsourcefile(fn)
+    if module_file is None or "<locals>" in fn.__qualname__:
+        raise ValueError("fn must be a module-level function defined in a source file")
+    target = (os.path.abspath(module_file), fn.__module__, fn.__qualname__)
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="gossip-spawn-") as tmp:
+        init_file = os.path.join(tmp, "rendezvous")
+        procs = [
+            ctx.Process(
+                target=_child,
+                args=(r, world_size, target, tuple(args), backend, init_file, tmp, init_timeout),
+                name=f"gossip-rank{r}",
+            )
+            for r in range(world_size)
+        ]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + timeout
+        try:
+            for p in procs:
+                p.join(max(deadline - time.monotonic(), 0.0))
+        finally:
+            overran = [r for r, p in enumerate(procs) if p.is_alive()]
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        results: list[Any] = []
+        for r, p in enumerate(procs):
+            path = Path(tmp) / f"rank{r}.pkl"
+            if r in overran:
+                raise ChildFailed(f"rank {r} did not finish within {timeout:g}s", r)
+            if not path.exists():
+                if r in allowed_exits:
+                    results.append(None)
+                    continue
+                raise ChildFailed(f"rank {r} exited with code {p.exitcode} without a result", r)
+            status, value = pickle.loads(path.read_bytes())
+            if status == "error":
+                text, tb, _ = value
+                raise ChildFailed(f"rank {r} raised {text}\n--- child traceback ---\n{tb}", r)
+            results.append(value)
+        return results

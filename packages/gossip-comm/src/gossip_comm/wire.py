@@ -1,0 +1,80 @@
+"""Flat communication buffers: dtype/device groups, reuse across steps, and wire dtypes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["WIRE_DTYPES", "FlatBuffer", "check_wire_dtype"]
+
+#: Accepted values of ``wire_dtype``.
+WIRE_DTYPES: tuple[torch.dtype | None, ...] = (None, torch.bfloat16, torch.float16)
+
+
+def check_wire_dtype(wire_dtype: torch.dtype | None, like: torch.dtype) -> torch.dtype:
+    """Validate ``wire_dtype`` and return the dtype that goes on the wire.
+
+    Raises:
+        ValueError: If ``wire_dtype`` is not ``None``, ``torch.bfloat16`` or ``torch.float16``.
+    """
+    if wire_dtype not in WIRE_DTYPES:
+        raise ValueError(
+            f"wire_dtype must be None, torch.bfloat16 or torch.float16; got {wire_dtype}"
+        )
+    return like if wire_dtype is None else wire_dtype
+
+
+class FlatBuffer:
+    """Tensors grouped by ``(dtype, device)``, one contiguous buffer per group, reused.
+
+    ``pack`` copies the tensors into the buffers and ``unpack`` copies them back; neither
+    allocates after construction.
+
+    Args:
+        tensors: The tensors to flatten, for example a model's parameters.
+
+    Raises:
+        ValueError: If ``tensors`` is empty.
+
+    Example:
+        >>> a, b, c = torch.ones(2, 3), torch.zeros(4), torch.ones(2, dtype=torch.float64)
+        >>> flat = FlatBuffer([a, b, c])
+        >>> [tuple(buf.shape) for buf in flat.buffers]
+        [(10,), (2,)]
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        if not tensors:
+            raise ValueError("tensors must not be empty")
+        groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        for i, t in enumerate(tensors):
+            groups.setdefault((t.dtype, t.device), []).append(i)
+        self.keys = list(groups)
+        self.indices = [groups[k] for k in self.keys]
+        self.shapes = [t.shape for t in tensors]
+        self.buffers = [
+            torch.empty(sum(tensors[i].numel() for i in idx), dtype=dt, device=dev)
+            for (dt, dev), idx in zip(self.keys, self.indices, strict=True)
+        ]
+        self.pack(tensors)
+
+    def _slices(self, g: int, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        out, offset = [], 0
+        for i in self.indices[g]:
+            n = tensors[i].numel()
+            out.append(self.buffers[g][offset : offset + n])
+            offset += n
+        return out
+
+    def pack(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Copy ``tensors`` (same shapes, dtypes and devices as at construction) in."""
+        for g in range(len(self.buffers)):
+            for view, i in zip(self._slices(g, tensors), self.indices[g], strict=True):
+                view.copy_(tensors[i].reshape(-1))
+
+    def unpack(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Copy the buffers back out into ``tensors``."""
+        for g in range(len(self.buffers)):
+            for view, i in zip(self._slices(g, tensors), self.indices[g], strict=True):
+                tensors[i].copy_(view.view(self.shapes[i]))
