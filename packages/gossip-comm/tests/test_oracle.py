@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
+from gossip_comm import PushPull, PushSum
+from gossip_comm.testing import run_distributed
 from gossip_topology import (
     TOPOLOGY_NAMES,
     is_doubly_stochastic,
@@ -16,9 +19,6 @@ from gossip_topology import (
     simulate_push_pull,
     simulate_push_sum,
 )
-
-from gossip_comm import PushPull, PushSum
-from gossip_comm.testing import run_distributed
 
 STEPS = 7
 D = 5
@@ -102,8 +102,11 @@ def test_every_topology_matches_the_simulator_step_for_step(n: int) -> None:
         # mass conservation, directly on the distributed values
         np.testing.assert_allclose(got_w.sum(axis=1), n, rtol=1e-12, err_msg=where)
         np.testing.assert_allclose(
-            got_x.sum(axis=1), np.broadcast_to(x0.sum(0), (STEPS + 1, D)), rtol=1e-10,
-            atol=1e-10, err_msg=where,
+            got_x.sum(axis=1),
+            np.broadcast_to(x0.sum(0), (STEPS + 1, D)),
+            rtol=1e-10,
+            atol=1e-10,
+            err_msg=where,
         )
         # start()/wait() equals mix()
         for r in range(n):
@@ -113,8 +116,9 @@ def test_every_topology_matches_the_simulator_step_for_step(n: int) -> None:
         # fp32
         f = np.stack([results[r][f"ps32/{name}/{k}"][0] for r in range(n)])
         wf = np.array([results[r][f"ps32/{name}/{k}"][1] for r in range(n)])
-        np.testing.assert_allclose(f / wf[:, None], sim.debiased[-1], rtol=1e-6, atol=1e-6,
-                                   err_msg=where)
+        np.testing.assert_allclose(
+            f / wf[:, None], sim.debiased[-1], rtol=1e-6, atol=1e-6, err_msg=where
+        )
         if f"pp/{name}/{k}" in results[0]:
             pp = simulate_push_pull(topo, x0, STEPS)
             got = np.stack([results[r][f"pp/{name}/{k}"] for r in range(n)], axis=1)

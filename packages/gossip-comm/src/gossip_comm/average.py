@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from gossip_topology import Mixing, Topology
 from torch.distributed import ProcessGroup
 
 from gossip_comm.push_sum import PushSum
+from gossip_topology import Mixing, Topology
 
 __all__ = ["gossip_average"]
 
@@ -49,8 +49,13 @@ def gossip_average(
         raise ValueError(f"steps must be an int >= 0; got {steps!r}")
     work = tensor.detach().clone().contiguous()
     gossiper = PushSum(
-        topology, work, mixing=mixing, process_group=process_group, comm_device=comm_device,
-        wire_dtype=wire_dtype, timeout=timeout,
+        topology,
+        work,
+        mixing=mixing,
+        process_group=process_group,
+        comm_device=comm_device,
+        wire_dtype=wire_dtype,
+        timeout=timeout,
     )
     weight = 1.0
     try:

@@ -58,10 +58,10 @@ def comm_device_for(group: ProcessGroup, requested: torch.device | str | None) -
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
     device = torch.device(requested)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
     if backend == "gloo" and device.type != "cpu":
         raise ValueError(f"comm_device: the gloo backend gossips on CPU tensors; got {device}")
     if backend == "nccl" and device.type != "cuda":
         raise ValueError(f"comm_device: the nccl backend gossips on CUDA tensors; got {device}")
+    if str(device) == "cuda":  # no index given: use the current device
+        device = torch.device("cuda", torch.cuda.current_device())
     return device

@@ -44,6 +44,8 @@ class NonFiniteError(GossipPeerError):
     """A message from a peer held NaN or Inf (only checked when asked for)."""
 
 
-def _rebuild(cls: type[GossipPeerError], message: str, rank: int, peer: int, step: int) -> GossipPeerError:
+def _rebuild(
+    cls: type[GossipPeerError], message: str, rank: int, peer: int, step: int
+) -> GossipPeerError:
     """Unpickle a peer error (errors cross process boundaries in the test harness)."""
     return cls(message, rank=rank, peer=peer, step=step)

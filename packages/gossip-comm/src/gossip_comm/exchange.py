@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from gossip_topology import Mixing, Topology, UniformMixing
 from torch.distributed import ProcessGroup
 
 from gossip_comm.backend import comm_device_for, group_rank, group_size, resolve_group
@@ -22,11 +21,15 @@ from gossip_comm.handle import GossipHandle
 from gossip_comm.schedule import RankSchedule, RankStep
 from gossip_comm.transport import Message, PendingExchange, post
 from gossip_comm.wire import check_wire_dtype
+from gossip_topology import Mixing, Topology, UniformMixing
 
 __all__ = ["ExchangeEngine", "GossipConfig"]
 
 _DTYPE_CODES = {
-    torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4,
+    torch.float16: 1,
+    torch.bfloat16: 2,
+    torch.float32: 3,
+    torch.float64: 4,
 }
 
 
@@ -121,8 +124,12 @@ class ExchangeEngine:
     # ------------------------------------------------------------------ set-up
     def _agree(self, topology: Topology) -> None:
         mine = [
-            self.numel, _DTYPE_CODES[self.dtype], topology.world_size,
-            topology.peers_per_itr, topology.period, self.size,
+            self.numel,
+            _DTYPE_CODES[self.dtype],
+            topology.world_size,
+            topology.peers_per_itr,
+            topology.period,
+            self.size,
         ]
         local = torch.tensor(mine, dtype=torch.int64, device=self.device)
         gathered = [torch.empty_like(local) for _ in range(self.size)]
@@ -224,7 +231,8 @@ class ExchangeEngine:
             weight = flight.weight
             if self.carries_weight:
                 weight = info.self_weight * weight + math.fsum(
-                    a * float(r.item()) for a, r in zip(info.in_weights, flight.weight_recvs, strict=True)
+                    a * float(r.item())
+                    for a, r in zip(info.in_weights, flight.weight_recvs, strict=True)
                 )
             _mix_into(buf, recvs, info)
             if flight.target.device != buf.device:
@@ -239,17 +247,24 @@ class ExchangeEngine:
                 raise NonFiniteError(
                     f"rank {self.rank} received NaN or Inf from rank {q} at gossip step "
                     f"{flight.step}",
-                    rank=self.rank, peer=q, step=flight.step,
+                    rank=self.rank,
+                    peer=q,
+                    step=flight.step,
                 )
-        for q, w in zip(flight.info.in_peers, flight.weight_recvs, strict=True):
+        weights = flight.weight_recvs if self.carries_weight else []
+        for q, w in zip(flight.info.in_peers[: len(weights)], weights, strict=True):
             if not math.isfinite(float(w.item())):
                 raise NonFiniteError(
                     f"rank {self.rank} received a non-finite push-sum weight from rank {q} at "
                     f"gossip step {flight.step}",
-                    rank=self.rank, peer=q, step=flight.step,
+                    rank=self.rank,
+                    peer=q,
+                    step=flight.step,
                 )
 
-    def start(self, tensor: torch.Tensor, weight: float) -> GossipHandle[tuple[torch.Tensor, float]]:
+    def start(
+        self, tensor: torch.Tensor, weight: float
+    ) -> GossipHandle[tuple[torch.Tensor, float]]:
         """Post a step and return a handle; mixing happens when the messages are in."""
         flight = self.post(tensor, weight)
         if self.device.type == "cpu":
@@ -258,9 +273,7 @@ class ExchangeEngine:
                     max_workers=1, thread_name_prefix=f"gossip-rank{self.rank}"
                 )
             return GossipHandle(future=self._executor.submit(self.finish, flight))
-        return GossipHandle(
-            poll=flight.pending.is_completed, finish=lambda: self.finish(flight)
-        )
+        return GossipHandle(poll=flight.pending.is_completed, finish=lambda: self.finish(flight))
 
     def mix(self, tensor: torch.Tensor, weight: float) -> tuple[torch.Tensor, float]:
         """Post a step and finish it in the calling thread."""

@@ -10,12 +10,11 @@ go in one ``batch_isend_irecv``, so no ordering can deadlock, at any world size.
 from __future__ import annotations
 
 import torch
-from gossip_topology import Mixing, Topology, UniformMixing, mixing_matrix
-
 from torch.distributed import ProcessGroup
 
 from gossip_comm.exchange import ExchangeEngine, GossipConfig
 from gossip_comm.handle import GossipHandle
+from gossip_topology import Mixing, Topology, UniformMixing, mixing_matrix
 
 __all__ = ["PushPull"]
 
@@ -69,7 +68,9 @@ class PushPull:
         mixing = UniformMixing() if mixing is None else mixing
         _check_doubly_stochastic(topology, mixing)
         config = GossipConfig(mixing, process_group, comm_device, wire_dtype, timeout, check_finite)
-        self._engine = ExchangeEngine(topology, like, config, carries_weight=False, owner="PushPull")
+        self._engine = ExchangeEngine(
+            topology, like, config, carries_weight=False, owner="PushPull"
+        )
 
     @property
     def step(self) -> int:

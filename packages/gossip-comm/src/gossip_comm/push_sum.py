@@ -10,11 +10,11 @@ average (Kempe et al. 2003; Assran et al., ICML 2019,
 from __future__ import annotations
 
 import torch
-from gossip_topology import Mixing, Topology
 from torch.distributed import ProcessGroup
 
 from gossip_comm.exchange import ExchangeEngine, GossipConfig
 from gossip_comm.handle import GossipHandle
+from gossip_topology import Mixing, Topology
 
 __all__ = ["PushSum"]
 
@@ -87,7 +87,9 @@ class PushSum:
         """
         return self._engine.mix(tensor, float(weight))
 
-    def start(self, tensor: torch.Tensor, weight: float) -> GossipHandle[tuple[torch.Tensor, float]]:
+    def start(
+        self, tensor: torch.Tensor, weight: float
+    ) -> GossipHandle[tuple[torch.Tensor, float]]:
         """Post one step and return at once; ``handle.wait()`` gives ``(tensor, weight)``.
 
         ``tensor`` is updated in place when the step finishes; do not modify it before.

@@ -24,10 +24,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ChildFailed", "run_distributed"]
+__all__ = ["RankFailedError", "run_distributed"]
 
 
-class ChildFailed(RuntimeError):
+class RankFailedError(RuntimeError):
     """A child process raised, exited abnormally or overran the deadline.
 
     Attributes:
@@ -42,8 +42,9 @@ class ChildFailed(RuntimeError):
 def _load(module_file: str, module_name: str, qualname: str) -> Callable[..., Any]:
     module = sys.modules.get(module_name)
     if module is None or getattr(module, "__file__", None) != module_file:
-        spec = importlib.util.spec_from_file_location(f"_gossip_spawned_{abs(hash(module_file))}",
-                                                      module_file)
+        spec = importlib.util.spec_from_file_location(
+            f"_gossip_spawned_{abs(hash(module_file))}", module_file
+        )
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
@@ -55,8 +56,14 @@ def _load(module_file: str, module_name: str, qualname: str) -> Callable[..., An
 
 
 def _child(
-    rank: int, world_size: int, target: tuple[str, str, str], args: tuple[Any, ...],
-    backend: str, init_file: str, out_dir: str, init_timeout: float,
+    rank: int,
+    world_size: int,
+    target: tuple[str, str, str],
+    args: tuple[Any, ...],
+    backend: str,
+    init_file: str,
+    out_dir: str,
+    init_timeout: float,
 ) -> None:
     import torch.distributed as dist
 
@@ -64,7 +71,10 @@ def _child(
     try:
         fn = _load(*target)
         dist.init_process_group(
-            backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+            backend,
+            init_method=f"file://{init_file}",
+            rank=rank,
+            world_size=world_size,
             timeout=timedelta(seconds=init_timeout),
         )
         try:
@@ -109,7 +119,7 @@ def run_distributed(
         The return values, in rank order.
 
     Raises:
-        ChildFailed: For the lowest failing rank, with the child's traceback.
+        RankFailedError: For the lowest failing rank, with the child's traceback.
         ValueError: If ``world_size < 1`` or ``fn`` is not a module-level function.
     """
     if world_size < 1:
@@ -145,15 +155,15 @@ def run_distributed(
         for r, p in enumerate(procs):
             path = Path(tmp) / f"rank{r}.pkl"
             if r in overran:
-                raise ChildFailed(f"rank {r} did not finish within {timeout:g}s", r)
+                raise RankFailedError(f"rank {r} did not finish within {timeout:g}s", r)
             if not path.exists():
                 if r in allowed_exits:
                     results.append(None)
                     continue
-                raise ChildFailed(f"rank {r} exited with code {p.exitcode} without a result", r)
+                raise RankFailedError(f"rank {r} exited with code {p.exitcode} without a result", r)
             status, value = pickle.loads(path.read_bytes())
             if status == "error":
                 text, tb, _ = value
-                raise ChildFailed(f"rank {r} raised {text}\n--- child traceback ---\n{tb}", r)
+                raise RankFailedError(f"rank {r} raised {text}\n--- child traceback ---\n{tb}", r)
             results.append(value)
         return results

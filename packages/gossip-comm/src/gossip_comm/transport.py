@@ -78,18 +78,20 @@ class PendingExchange:
             return GossipTimeoutError(
                 f"rank {self.rank} timed out after {timeout:g}s {direction} {who} at gossip "
                 f"step {self.step}; is that process alive and gossiping? ({text})",
-                rank=self.rank, peer=peer, step=self.step,
+                rank=self.rank,
+                peer=peer,
+                step=self.step,
             )
         return PeerLostError(
             f"rank {self.rank} lost {who} while {direction} it at gossip step {self.step}; "
             f"the peer process most likely died ({text})",
-            rank=self.rank, peer=peer, step=self.step,
+            rank=self.rank,
+            peer=peer,
+            step=self.step,
         )
 
 
-def post(
-    messages: list[Message], group: ProcessGroup, rank: int, step: int
-) -> PendingExchange:
+def post(messages: list[Message], group: ProcessGroup, rank: int, step: int) -> PendingExchange:
     """Post every message of one step in a single ``batch_isend_irecv``.
 
     The order of ``messages`` between one pair of ranks must match on both sides: the
@@ -98,8 +100,9 @@ def post(
     if not messages:
         return PendingExchange([], [], rank, step)
     ops = [
-        dist.P2POp(dist.isend if m.send else dist.irecv, m.tensor,
-                   to_global_rank(group, m.peer), group)
+        dist.P2POp(
+            dist.isend if m.send else dist.irecv, m.tensor, to_global_rank(group, m.peer), group
+        )
         for m in messages
     ]
     works = dist.batch_isend_irecv(ops)
