@@ -38,10 +38,11 @@ class FlatBuffer:
         ValueError: If ``tensors`` is empty.
 
     Example:
-        >>> a, b, c = torch.ones(2, 3), torch.zeros(4), torch.ones(2, dtype=torch.float64)
-        >>> flat = FlatBuffer([a, b, c])
-        >>> [tuple(buf.shape) for buf in flat.buffers]
-        [(10,), (2,)]
+        ```python
+        a, b, c = torch.ones(2, 3), torch.zeros(4), torch.ones(2, dtype=torch.float64)
+        flat = FlatBuffer([a, b, c])
+        [tuple(buf.shape) for buf in flat.buffers]  # [(10,), (2,)]: float32 and float64
+        ```
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor]) -> None:

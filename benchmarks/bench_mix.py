@@ -1,0 +1,118 @@
+"""Benchmark PushSum.mix against the physical floor of the same communication (gloo, CPU).
+
+Floor: a raw ``batch_isend_irecv`` of the same bytes to the same peers, plus the one
+unavoidable arithmetic pass that mixes the received buffer into the local one
+(``torch.lerp`` into a preallocated output). Target: ``floor_time / mix_time >= 0.95``.
+
+Writes ``benchmarks/results/mix.json`` and ``mix.md``. Run with ``nox -s bench`` or
+``python benchmarks/bench_mix.py [--quick] [--world-sizes 2 4 8]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gossip_comm import PushSum
+from gossip_comm.testing import run_distributed
+from gossip_topology import make_topology
+
+RESULTS = Path(__file__).parent / "results"
+TOPOLOGY = "npeer-dynamic-directed-exponential"
+
+
+def _floor_step(
+    x: torch.Tensor, recv: torch.Tensor, out: torch.Tensor, topo: Any, step: int, rank: int
+) -> None:
+    ops = [dist.P2POp(dist.isend, x, p) for p in topo.out_peers(rank, step)]
+    ops += [dist.P2POp(dist.irecv, recv, q) for q in topo.in_peers(rank, step)]
+    for work in dist.batch_isend_irecv(ops):
+        work.wait()
+    torch.lerp(x, recv, 0.5, out=out)
+
+
+def _worker(rank: int, n: int, numel: int, reps: int, rounds: int) -> dict[str, list[float]]:
+    torch.set_num_threads(1)
+    topo = make_topology(TOPOLOGY, n)
+    x = torch.randn(numel)
+    recv, out = torch.empty_like(x), torch.empty_like(x)
+    ps = PushSum(topo, x)
+    assert not ps.sends_weight
+    w = 1.0
+    times: dict[str, list[float]] = {"mix": [], "floor": []}
+    step = 0
+    for _ in range(2):  # warm-up: connections, page faults
+        x, w = ps.mix(x, w)
+        _floor_step(x, recv, out, topo, step, rank)
+        step += 1
+    for _ in range(rounds):  # interleave blocks so drift hits both sides alike
+        for mode in ("mix", "floor"):
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                if mode == "mix":
+                    x, w = ps.mix(x, w)
+                else:
+                    _floor_step(x, recv, out, topo, ps.step, rank)
+            times[mode].append((time.perf_counter() - t0) / reps)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="1 M floats, fewer repetitions")
+    parser.add_argument("--world-sizes", type=int, nargs="+", default=[2, 4, 8])
+    args = parser.parse_args()
+    numel = 1_000_000 if args.quick else 25_600_000
+    reps, rounds = (3, 3) if args.quick else (5, 4)
+    rows = []
+    for n in args.world_sizes:
+        per_rank = run_distributed(_worker, n, (numel, reps, rounds), timeout=1800)
+        # a step lasts as long as its slowest rank; take the median block over rounds
+        mix = statistics.median(max(r["mix"][i] for r in per_rank) for i in range(rounds))
+        floor = statistics.median(max(r["floor"][i] for r in per_rank) for i in range(rounds))
+        nbytes = numel * 4  # one out-peer per step
+        row = {
+            "world_size": n,
+            "numel": numel,
+            "mix_ms": round(mix * 1e3, 2),
+            "floor_ms": round(floor * 1e3, 2),
+            "mix_GBps": round(nbytes / mix / 1e9, 3),
+            "floor_GBps": round(nbytes / floor / 1e9, 3),
+            "ratio": round(floor / mix, 3),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    RESULTS.mkdir(exist_ok=True)
+    meta = {
+        "machine": platform.machine(),
+        "cpus": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "backend": "gloo",
+        "topology": TOPOLOGY,
+    }
+    (RESULTS / "mix.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [
+        "| world size | floats | mix ms | floor ms | mix GB/s | floor GB/s | floor/mix |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['world_size']} | {r['numel']:,} | {r['mix_ms']} | {r['floor_ms']} | "
+        f"{r['mix_GBps']} | {r['floor_GBps']} | {r['ratio']} |"
+        for r in rows
+    ]
+    (RESULTS / "mix.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
