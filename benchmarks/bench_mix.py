@@ -48,11 +48,9 @@ def _worker(rank: int, n: int, numel: int, reps: int, rounds: int) -> dict[str, 
     assert not ps.sends_weight
     w = 1.0
     times: dict[str, list[float]] = {"mix": [], "floor": []}
-    step = 0
     for _ in range(2):  # warm-up: connections, page faults
         x, w = ps.mix(x, w)
-        _floor_step(x, recv, out, topo, step, rank)
-        step += 1
+        _floor_step(x, recv, out, topo, ps.step, rank)
     for _ in range(rounds):  # interleave blocks so drift hits both sides alike
         for mode in ("mix", "floor"):
             dist.barrier()
