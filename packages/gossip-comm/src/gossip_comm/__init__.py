@@ -1,4 +1,4 @@
-"""gossip-comm: PushSum and PushPull gossip over point-to-point torch.distributed.
+"""gossip-comm: PushSum, PushPull and bilateral gossip over point-to-point torch.distributed.
 
 Runs on gloo with CPU tensors and on NCCL with CUDA tensors from one code path. Every
 step is one ``batch_isend_irecv``; no per-edge process groups, no collectives in the
@@ -8,6 +8,7 @@ steady state. Build a gossiper from a ``gossip_topology.Topology`` and a mixing 
 from importlib.metadata import version as _version
 
 from gossip_comm.average import gossip_average
+from gossip_comm.bilateral import BilateralPushPull
 from gossip_comm.errors import (
     GossipError,
     GossipPeerError,
@@ -26,6 +27,7 @@ __version__ = _version("gossip-comm")
 
 __all__ = [
     "WIRE_DTYPES",
+    "BilateralPushPull",
     "FlatBuffer",
     "GossipConfig",
     "GossipError",
