@@ -5,6 +5,7 @@ step is one ``batch_isend_irecv``; no per-edge process groups, no collectives in
 steady state. Build a gossiper from a ``gossip_topology.Topology`` and a mixing rule.
 """
 
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from gossip_comm.average import gossip_average
@@ -23,7 +24,10 @@ from gossip_comm.push_sum import PushSum
 from gossip_comm.schedule import RankSchedule, RankStep
 from gossip_comm.wire import WIRE_DTYPES, FlatBuffer
 
-__version__ = _version("gossip-comm")
+try:
+    __version__ = _version("gossip-comm")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "WIRE_DTYPES",

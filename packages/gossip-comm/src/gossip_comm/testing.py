@@ -70,6 +70,10 @@ def _child(
     out = Path(out_dir) / f"rank{rank}.pkl"
     try:
         fn = _load(*target)
+        if backend == "nccl":
+            import torch
+
+            torch.cuda.set_device(rank % torch.cuda.device_count())
         dist.init_process_group(
             backend,
             init_method=f"file://{init_file}",

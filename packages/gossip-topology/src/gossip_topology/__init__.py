@@ -4,6 +4,7 @@ Pure numpy: graphs, mixing matrices, spectral analysis and an ``n``-node simulat
 serves as the oracle for the communication and training packages. It never imports torch.
 """
 
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from gossip_topology.graphs import (
@@ -48,7 +49,10 @@ from gossip_topology.spectral import (
 )
 from gossip_topology.topology import Topology
 
-__version__ = _version("gossip-topology")
+try:
+    __version__ = _version("gossip-topology")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "LEGACY_IDS",

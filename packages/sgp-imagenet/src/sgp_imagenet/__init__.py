@@ -4,8 +4,12 @@ Status: skeleton. The public API arrives with the issue that builds this package
 then only `__version__` is exported.
 """
 
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-__version__ = _version("sgp-imagenet")
+try:
+    __version__ = _version("sgp-imagenet")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = ["__version__"]

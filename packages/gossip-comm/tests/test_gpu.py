@@ -1,0 +1,81 @@
+"""CUDA checks: staged gloo gossip of CUDA tensors, and the NCCL path. Skipped without a GPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from gossip_topology import Star, make_topology, simulate_push_sum
+
+from gossip_comm import BilateralPushPull, PushSum, gossip_average
+from gossip_comm.testing import run_distributed
+
+pytestmark = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _staged_worker(rank: int, n: int, x0: np.ndarray, name: str, wire: Any) -> Any:
+    topo = Star(n) if name == "star" else make_topology(name, n)
+    x = torch.from_numpy(x0[rank].copy()).cuda()
+    ps = PushSum(topo, x, comm_device="cpu", wire_dtype=wire)  # CUDA tensor over gloo
+    w, hist = 1.0, [x.cpu().numpy()]
+    for i in range(5):
+        if i % 2:
+            x, w = ps.start(x, w).wait()
+        else:
+            x, w = ps.mix(x, w)
+        assert x.is_cuda
+        hist.append(x.cpu().numpy())
+    return np.array(hist)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["star", "npeer-dynamic-directed-exponential"])
+def test_cuda_tensors_staged_over_gloo_match_the_simulator(name: str) -> None:
+    n = 3
+    x0 = np.random.default_rng(1).normal(size=(n, 64))
+    res = run_distributed(_staged_worker, n, (x0, name, None))
+    topo = Star(n) if name == "star" else make_topology(name, n)
+    sim = simulate_push_sum(topo, x0, 5)
+    np.testing.assert_allclose(np.stack(res, axis=1), sim.numerators, rtol=1e-12, atol=1e-12)
+
+
+def _bilateral_cuda_worker(rank: int, n: int) -> list[float]:
+    x = torch.full((8,), float(rank), device="cuda")
+    bp = BilateralPushPull(make_topology("dynamic-bipartite-exponential", n), x, comm_device="cpu")
+    bp.mix(x)
+    return x.cpu().tolist()
+
+
+@needs_cuda
+def test_bilateral_with_cuda_tensors() -> None:
+    res = run_distributed(_bilateral_cuda_worker, 2)
+    assert res[0] == res[1] == [0.5] * 8
+
+
+def _nccl_worker(rank: int, n: int) -> list[float]:
+    x = torch.arange(4, dtype=torch.float64, device="cuda") + rank
+    ps = PushSum(make_topology("one-peer-exponential", n), x)
+    assert ps._engine.device.type == "cuda"
+    w = 1.0
+    steps = max(1, (n - 1).bit_length())
+    for _ in range(steps):
+        x, w = ps.mix(x, w)
+    avg = gossip_average(torch.arange(4.0, device="cuda") + rank, make_topology("ring", n), 0)
+    assert avg.is_cuda
+    return (x / w).cpu().tolist()
+
+
+@needs_cuda
+@pytest.mark.parametrize("n", [1, 2])
+def test_nccl_push_sum(n: int) -> None:
+    if torch.cuda.device_count() < n:
+        pytest.skip(
+            f"NCCL needs {n} GPUs for {n} ranks; this machine has {torch.cuda.device_count()}"
+        )
+    res = run_distributed(_nccl_worker, n, backend="nccl")
+    mean = [i + (n - 1) / 2 for i in range(4)]
+    for r in range(n):
+        assert res[r] == pytest.approx(mean, abs=1e-12)
