@@ -36,7 +36,10 @@ def _floor_step(
     ops += [dist.P2POp(dist.irecv, recv, q) for q in topo.in_peers(rank, step)]
     for work in dist.batch_isend_irecv(ops):
         work.wait()
-    torch.lerp(x, recv, 0.5, out=out)
+    if out is None:
+        x.lerp_(recv, 0.5)  # in place, as PushSum.mix does
+    else:
+        torch.lerp(x, recv, 0.5, out=out)
 
 
 def _worker(rank: int, n: int, numel: int, reps: int, rounds: int) -> dict[str, list[float]]:
@@ -47,19 +50,20 @@ def _worker(rank: int, n: int, numel: int, reps: int, rounds: int) -> dict[str, 
     ps = PushSum(topo, x)
     assert not ps.sends_weight
     w = 1.0
-    times: dict[str, list[float]] = {"mix": [], "floor": []}
+    times: dict[str, list[float]] = {"mix": [], "floor": [], "floor_inplace": []}
     for _ in range(2):  # warm-up: connections, page faults
         x, w = ps.mix(x, w)
         _floor_step(x, recv, out, topo, ps.step, rank)
     for _ in range(rounds):  # interleave blocks so drift hits both sides alike
-        for mode in ("mix", "floor"):
+        for mode in times:
             dist.barrier()
             t0 = time.perf_counter()
             for _ in range(reps):
                 if mode == "mix":
                     x, w = ps.mix(x, w)
                 else:
-                    _floor_step(x, recv, out, topo, ps.step, rank)
+                    target = out if mode == "floor" else None
+                    _floor_step(x, recv, target, topo, ps.step, rank)
             times[mode].append((time.perf_counter() - t0) / reps)
     return times
 
@@ -77,6 +81,9 @@ def main() -> int:
         # a step lasts as long as its slowest rank; take the median block over rounds
         mix = statistics.median(max(r["mix"][i] for r in per_rank) for i in range(rounds))
         floor = statistics.median(max(r["floor"][i] for r in per_rank) for i in range(rounds))
+        inplace = statistics.median(
+            max(r["floor_inplace"][i] for r in per_rank) for i in range(rounds)
+        )
         nbytes = numel * 4  # one out-peer per step
         row = {
             "world_size": n,
@@ -86,6 +93,8 @@ def main() -> int:
             "mix_GBps": round(nbytes / mix / 1e9, 3),
             "floor_GBps": round(nbytes / floor / 1e9, 3),
             "ratio": round(floor / mix, 3),
+            "floor_inplace_ms": round(inplace * 1e3, 2),
+            "ratio_inplace": round(inplace / mix, 3),
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -99,12 +108,14 @@ def main() -> int:
     }
     (RESULTS / "mix.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
-        "| world size | floats | mix ms | floor ms | mix GB/s | floor GB/s | floor/mix |",
-        "|---|---|---|---|---|---|---|",
+        "| world size | floats | mix ms | floor ms | mix GB/s | floor GB/s | floor/mix "
+        "| in-place floor ms | in-place floor/mix |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['world_size']} | {r['numel']:,} | {r['mix_ms']} | {r['floor_ms']} | "
-        f"{r['mix_GBps']} | {r['floor_GBps']} | {r['ratio']} |"
+        f"{r['mix_GBps']} | {r['floor_GBps']} | {r['ratio']} | {r['floor_inplace_ms']} "
+        f"| {r['ratio_inplace']} |"
         for r in rows
     ]
     (RESULTS / "mix.md").write_text("\n".join(lines) + "\n")

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from gossip_topology import Star, make_topology, simulate_push_sum
 
 from gossip_comm import BilateralPushPull, PushSum, gossip_average
 from gossip_comm.testing import run_distributed
+from gossip_topology import Star, make_topology, simulate_push_sum
 
 pytestmark = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
