@@ -20,7 +20,7 @@ from gossip_comm.errors import (
 from gossip_comm.exchange import GossipConfig
 from gossip_comm.handle import GossipHandle
 from gossip_comm.push_pull import PushPull
-from gossip_comm.push_sum import PushSum
+from gossip_comm.push_sum import OverlapRound, PushSum
 from gossip_comm.schedule import RankSchedule, RankStep
 from gossip_comm.wire import WIRE_DTYPES, FlatBuffer
 
@@ -39,6 +39,7 @@ __all__ = [
     "GossipPeerError",
     "GossipTimeoutError",
     "NonFiniteError",
+    "OverlapRound",
     "PeerLostError",
     "PushPull",
     "PushSum",

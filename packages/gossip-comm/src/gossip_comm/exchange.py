@@ -241,6 +241,34 @@ class ExchangeEngine:
         finally:
             self._pool.append(flight.recvs)
 
+    def accumulate(self, flight: _InFlight, into: torch.Tensor) -> float:
+        """Wait for ``flight`` and add ``sum_q W[r, q] x_q`` into ``into`` (overlap mode).
+
+        Unlike [`finish`][gossip_comm.exchange.ExchangeEngine.finish], the local share is
+        left alone: the caller scaled its own numerator by ``W[r, r]`` when it sent.
+
+        Returns:
+            ``sum_q W[r, q] w_q``, the weight received; ``(1 - W[r, r]) * weight`` when the
+            weight does not travel.
+        """
+        try:
+            flight.pending.wait(self.timeout)
+            info = flight.info
+            recvs = flight.recvs[: len(info.in_peers)]
+            if self.check_finite:
+                self._check_finite(flight, recvs)
+            flat = into.view(-1)
+            for r, a in zip(recvs, info.in_weights, strict=True):
+                flat.add_(r, alpha=a)
+            if self.carries_weight:
+                return math.fsum(
+                    a * float(r.item())
+                    for a, r in zip(info.in_weights, flight.weight_recvs, strict=True)
+                )
+            return (1.0 - info.self_weight) * flight.weight
+        finally:
+            self._pool.append(flight.recvs)
+
     def _check_finite(self, flight: _InFlight, recvs: list[torch.Tensor]) -> None:
         for q, r in zip(flight.info.in_peers, recvs, strict=True):
             if not bool(torch.isfinite(r).all()):

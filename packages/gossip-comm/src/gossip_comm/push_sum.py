@@ -12,11 +12,28 @@ from __future__ import annotations
 import torch
 from torch.distributed import ProcessGroup
 
-from gossip_comm.exchange import ExchangeEngine, GossipConfig
+from gossip_comm.exchange import ExchangeEngine, GossipConfig, _InFlight
 from gossip_comm.handle import GossipHandle
 from gossip_topology import Mixing, Topology
 
-__all__ = ["PushSum"]
+__all__ = ["OverlapRound", "PushSum"]
+
+
+class OverlapRound:
+    """One step of overlapped push-sum in flight; see [`PushSum.send`][gossip_comm.PushSum.send]."""
+
+    def __init__(self, flight: _InFlight) -> None:
+        self._flight = flight
+
+    @property
+    def step(self) -> int:
+        """The gossip step this round belongs to."""
+        return self._flight.step
+
+    @property
+    def self_weight(self) -> float:
+        """``W[rank, rank]`` at this step: the share of its own value a rank keeps."""
+        return self._flight.info.self_weight
 
 
 class PushSum:
@@ -95,6 +112,26 @@ class PushSum:
         ``tensor`` is updated in place when the step finishes; do not modify it before.
         """
         return self._engine.start(tensor, float(weight))
+
+    def send(self, tensor: torch.Tensor, weight: float) -> OverlapRound:
+        """Overlap mode: post one step's messages carrying ``tensor`` and return at once.
+
+        The caller keeps only its own share: after ``send`` it should scale its numerator
+        and weight by ``round.self_weight`` and may keep updating them; ``tensor`` must be a
+        snapshot that stays untouched until [`receive`][gossip_comm.PushSum.receive].
+        """
+        return OverlapRound(self._engine.post(tensor, float(weight)))
+
+    def receive(self, round_: OverlapRound, into: torch.Tensor) -> float:
+        """Overlap mode: wait for ``round_``'s messages and add their numerators into ``into``.
+
+        Returns:
+            The push-sum weight received, to add to the local weight.
+
+        Raises:
+            GossipTimeoutError: If a peer's message does not arrive within the timeout.
+        """
+        return self._engine.accumulate(round_._flight, into)
 
     def state_dict(self) -> dict[str, int]:
         """The step counter."""
