@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from gossip_topology import Star, Topology, make_topology, mixing_matrix
 
 from gossip_comm import PushSum
 from gossip_comm.testing import run_distributed
+from gossip_topology import Star, Topology, make_topology, mixing_matrix
 
 STEPS = 5
 
