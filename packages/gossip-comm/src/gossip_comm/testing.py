@@ -40,6 +40,11 @@ class RankFailedError(RuntimeError):
 
 
 def _load(module_file: str, module_name: str, qualname: str) -> Callable[..., Any]:
+    # As ``python file.py`` would: the file's folder is importable, so helper modules
+    # next to a test file resolve in the child too.
+    folder = os.path.dirname(module_file)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     module = sys.modules.get(module_name)
     if module is None or getattr(module, "__file__", None) != module_file:
         spec = importlib.util.spec_from_file_location(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -67,6 +68,21 @@ class FlatBuffer:
             out.append(self.buffers[g][offset : offset + n])
             offset += n
         return out
+
+    def views(self) -> list[torch.Tensor]:
+        """One view per original tensor, in the original order and shape, into the buffers.
+
+        Rebinding parameters to these views (``p.data = view``) makes the buffers the
+        parameters' storage, so gossip needs no packing at all.
+        """
+        out: list[torch.Tensor | None] = [None] * len(self.shapes)
+        for g, buffer in enumerate(self.buffers):
+            offset = 0
+            for i in self.indices[g]:
+                n = math.prod(self.shapes[i])
+                out[i] = buffer[offset : offset + n].view(self.shapes[i])
+                offset += n
+        return [v for v in out if v is not None]
 
     def pack(self, tensors: Sequence[torch.Tensor]) -> None:
         """Copy ``tensors`` (same shapes, dtypes and devices as at construction) in."""

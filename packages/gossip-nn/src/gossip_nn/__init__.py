@@ -1,18 +1,29 @@
-"""gossip-nn.
+"""gossip-nn: data-parallel training by gossip, behind the plain PyTorch training loop.
 
-nn.Module wrappers for the five data-parallel algorithms: AR-SGD, SGP, OSGP,
-D-PSGD and AD-PSGD.
-
-Status: skeleton. The public API arrives with the issue that builds this package; until
-then only `__version__` is exported.
+``make_data_parallel(algorithm, module, optimizer, **options)`` wraps a model for AR-SGD
+(``"ar"``), SGP (``"sgp"``), overlapped SGP (``"osgp"``) or D-PSGD (``"dpsgd"``). Gossip
+runs inside the optimizer's step hooks, so ``loss.backward(); optimizer.step()`` is all a
+training loop needs. AD-PSGD and hierarchical gossip are not implemented yet.
 """
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
+
+from gossip_nn.allreduce import AllReduceDataParallel
+from gossip_nn.factory import ALGORITHMS, make_data_parallel
+from gossip_nn.gossip import GossipDataParallel
+from gossip_nn.options import GossipOptions
 
 try:
     __version__ = _version("gossip-nn")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ALGORITHMS",
+    "AllReduceDataParallel",
+    "GossipDataParallel",
+    "GossipOptions",
+    "__version__",
+    "make_data_parallel",
+]

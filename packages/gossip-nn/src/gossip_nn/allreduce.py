@@ -1,0 +1,82 @@
+"""AllReduceDataParallel: AR-SGD through torch DDP, with the gossip wrappers' API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gossip_comm.backend import comm_device_for, resolve_group
+from gossip_nn.options import GossipOptions
+from gossip_nn.validate import check_optimizer_owns, check_same_model
+
+__all__ = ["AllReduceDataParallel"]
+
+
+class AllReduceDataParallel(nn.Module):
+    """AR-SGD: gradients are all-reduced by `DistributedDataParallel` during backward.
+
+    A thin layer so that AR-SGD shares the gossip wrappers' constructor, options,
+    ``average_for_eval`` and checkpoint format (``module.*`` keys plus an extra state
+    with ``ps_weight = 1``). Topology options are ignored.
+
+    Args:
+        module: The model, identical on every rank.
+        optimizer: The optimizer over exactly ``module``'s trainable parameters.
+        options: Only ``process_group`` is used.
+
+    Raises:
+        ValueError: If the model differs across ranks or the optimizer does not own it.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        options: GossipOptions | None = None,
+    ) -> None:
+        super().__init__()
+        self.options = GossipOptions() if options is None else options
+        group = resolve_group(self.options.process_group)
+        check_same_model(module, group, comm_device_for(group, None))
+        check_optimizer_owns([p for p in module.parameters() if p.requires_grad], optimizer)
+        self.module = module
+        # Not registered as a submodule, so checkpoints keep the plain ``module.*`` keys.
+        self.__dict__["_ddp"] = DistributedDataParallel(
+            module, process_group=self.options.process_group, broadcast_buffers=False
+        )
+        self.ps_weight = 1.0
+
+    algorithm = "ar"
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the module through DDP, which all-reduces gradients in backward."""
+        return self._ddp(*args, **kwargs)
+
+    def finish_gossip(self) -> None:
+        """Nothing is ever in flight between steps with all-reduce."""
+
+    @contextmanager
+    def average_for_eval(self) -> Iterator[None]:
+        """All ranks already hold the same model; provided for API parity."""
+        yield
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The same layout as the gossip wrappers'."""
+        return {"algorithm": "ar", "ps_weight": 1.0, "gossip": []}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Check the checkpoint is from AR-SGD.
+
+        Raises:
+            ValueError: If it is from another algorithm.
+        """
+        if state.get("algorithm") != "ar":
+            raise ValueError(
+                f"checkpoint is from algorithm {state.get('algorithm')!r}, this wrapper runs 'ar'"
+            )

@@ -1,0 +1,66 @@
+"""Shared pieces of the gossip-nn tests: a linear least-squares problem and its oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gossip_topology import Quadratic, Star, Topology, make_topology, mixing_matrix
+from torch import nn
+
+D = 4  # parameters of the linear model
+M = 16  # samples per rank
+
+
+def topology(name: str, n: int) -> Topology:
+    return Star(n) if name == "star" else make_topology(name, n)
+
+
+def problem(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-rank data X (n, M, D), y (n, M) and a shared initial theta (D,)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, M, D))
+    y = rng.normal(size=(n, M)) + np.arange(n)[:, None]  # ranks disagree on purpose
+    return X, y, rng.normal(size=D)
+
+
+def quadratic(X: np.ndarray, y: np.ndarray) -> Quadratic:
+    """f_i(t) = 0.5 mean((X_i t - y_i)^2) written as 0.5 (t - b_i)^T A_i (t - b_i) + const."""
+    A = np.einsum("nmi,nmj->nij", X, X) / X.shape[1]
+    c = np.einsum("nmi,nm->ni", X, y) / X.shape[1]
+    return Quadratic(A, np.linalg.solve(A, c[..., None])[..., 0])
+
+
+def model(theta0: np.ndarray) -> nn.Module:
+    net = nn.Linear(D, 1, bias=False).double()
+    with torch.no_grad():
+        net.weight.copy_(torch.from_numpy(theta0)[None, :])
+    return net
+
+
+def loss(net: nn.Module, X: np.ndarray, y: np.ndarray) -> torch.Tensor:
+    pred = net(torch.from_numpy(X))[:, 0]
+    return 0.5 * ((pred - torch.from_numpy(y)) ** 2).mean()
+
+
+def osgp_oracle(
+    topo: Topology, grad: Quadratic, theta0: np.ndarray, steps: int, lr: float, tau: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Overlapped SGP: the message of step t carries x before step t's update, and is added
+    at step t + 1 + tau (before that step's send). Returns z and w after every step."""
+    n = topo.world_size
+    x, w = np.tile(theta0, (n, 1)), np.ones(n)
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    zs, ws = [], []
+    for t in range(steps):
+        g = grad.gradient(x / w[:, None])  # computed before anything folds in
+        while len(pending) > tau:
+            dx, dw = pending.pop(0)
+            x, w = x + dx, w + dw
+        W = mixing_matrix(topo, t)
+        off = W - np.diag(np.diag(W))
+        pending.append((off @ x, off @ w))
+        x, w = np.diag(W)[:, None] * x, np.diag(W) * w
+        x = x - lr * g
+        zs.append(x / w[:, None])
+        ws.append(w.copy())
+    return np.array(zs), np.array(ws)
