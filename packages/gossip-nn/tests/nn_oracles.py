@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from gossip_topology import Quadratic, Star, Topology, make_topology, mixing_matrix
 from torch import nn
+
+from gossip_topology import Quadratic, Star, Topology, make_topology, mixing_matrix
 
 D = 4  # parameters of the linear model
 M = 16  # samples per rank

@@ -47,6 +47,7 @@ class AllReduceDataParallel(nn.Module):
         check_optimizer_owns([p for p in module.parameters() if p.requires_grad], optimizer)
         self.module = module
         # Not registered as a submodule, so checkpoints keep the plain ``module.*`` keys.
+        self._ddp: DistributedDataParallel
         self.__dict__["_ddp"] = DistributedDataParallel(
             module, process_group=self.options.process_group, broadcast_buffers=False
         )

@@ -1,0 +1,104 @@
+"""Construction-time validation and API behaviour of the wrappers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from gossip_comm.testing import run_distributed
+from gossip_nn import GossipDataParallel, GossipOptions, make_data_parallel
+from nn_oracles import loss, model, problem
+
+
+def _catch(fn: Any) -> str:
+    try:
+        fn()
+    except (ValueError, TypeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def _bad(rank: int, n: int) -> dict[str, str]:
+    _, _, theta0 = problem(n)
+
+    def fresh(delta: float = 0.0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        net = model(theta0 + delta)
+        return net, torch.optim.SGD(net.parameters(), lr=0.1)
+
+    net, _ = fresh()
+    other = torch.optim.SGD(model(theta0).parameters(), lr=0.1)
+    return {
+        "differs": _catch(lambda: make_data_parallel("sgp", *fresh(float(rank)))),
+        "optimizer": _catch(lambda: make_data_parallel("sgp", net, other)),
+        "algorithm": _catch(lambda: make_data_parallel("adam", *fresh())),
+        "option": _catch(lambda: make_data_parallel("sgp", *fresh(), colour="red")),
+        "dpsgd_star": _catch(lambda: make_data_parallel("dpsgd", *fresh(), topology="star")),
+        "size": _catch(lambda: make_data_parallel("sgp", *fresh(), topology=make_ring(n + 1))),
+        "hierarchical": _catch(lambda: make_data_parallel("sgp", *fresh(), nprocs_per_node=2)),
+        "overlap": _catch(lambda: make_data_parallel("sgp", *fresh(), overlap=True)),
+    }
+
+
+def make_ring(n: int) -> Any:
+    from gossip_topology import make_topology
+
+    return make_topology("ring", n)
+
+
+def test_bad_construction_is_named() -> None:
+    for res in run_distributed(_bad, 3):
+        assert "module: 'weight' differs across ranks" in res["differs"]
+        assert "optimizer must hold exactly the module's trainable parameters" in res["optimizer"]
+        assert "algorithm must be one of ar, sgp, osgp, dpsgd; got 'adam'" in res["algorithm"]
+        assert res["option"].startswith("TypeError")
+        assert "doubly-stochastic" in res["dpsgd_star"]
+        assert "topology has world_size=4 but 3 participants gossip" in res["size"]
+        assert "nprocs_per_node > 1" in res["hierarchical"]
+        assert "use algorithm='osgp'" in res["overlap"]
+
+
+def test_uninitialised_process_group() -> None:
+    _, _, theta0 = problem(2)
+    net = model(theta0)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        GossipDataParallel(net, torch.optim.SGD(net.parameters(), lr=0.1))
+
+
+def _eval(rank: int, n: int) -> Any:
+    X, y, theta0 = problem(n)
+    net = model(theta0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    dp = make_data_parallel("osgp", net, opt, topology="star", synch_freq=1)
+    for _ in range(3):
+        loss(dp, X[rank], y[rank]).backward()
+        opt.step()
+        opt.zero_grad()
+    in_flight = len(dp._inflight)
+    dp.eval()
+    after_eval = (len(dp._inflight), dp.ps_weight)
+    with dp.average_for_eval():
+        avg = net.weight.detach().clone().numpy()
+    dp.train()
+    return in_flight, after_eval, avg, net.weight.detach().clone().numpy()
+
+
+def test_eval_finishes_in_flight_gossip_and_average_for_eval_is_exact() -> None:
+    n = 4
+    res = run_distributed(_eval, n)
+    for in_flight, (left, _), _, _ in res:
+        assert in_flight == 2 and left == 0
+    assert sum(r[1][1] for r in res) == pytest.approx(n, rel=1e-12)  # all mass is home
+    # with nothing in flight, the exact average is sum_i x_i / sum_i w_i
+    xs = np.stack([r[3] * r[1][1] for r in res])
+    expected = xs.sum(axis=0) / sum(r[1][1] for r in res)
+    for r in res:
+        np.testing.assert_allclose(r[2], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_options_are_frozen() -> None:
+    opts = GossipOptions()
+    with pytest.raises(AttributeError):
+        opts.overlap = True  # type: ignore[misc]
