@@ -61,6 +61,9 @@ class PendingExchange:
                 raise self._error(i, exc, timeout) from exc
             if ok is False:
                 raise self._error(i, None, timeout)
+        # Drop the finished works now: gloo can abort the process at exit if Work objects
+        # outlive the process group (seen with torch 2.14 and batch_isend_irecv).
+        self.works = []
 
     def _error(self, index: int, exc: BaseException | None, timeout: float) -> GossipError:
         if self.coalesced:
