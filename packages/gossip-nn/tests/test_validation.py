@@ -56,7 +56,7 @@ def test_bad_construction_is_named() -> None:
         assert res["option"].startswith("TypeError")
         assert "doubly-stochastic" in res["dpsgd_star"]
         assert "topology has world_size=4 but 3 participants gossip" in res["size"]
-        assert "nprocs_per_node > 1" in res["hierarchical"]
+        assert "nprocs_per_node=2 must divide the process group's size 3" in res["hierarchical"]
         assert "use algorithm='osgp'" in res["overlap"]
 
 

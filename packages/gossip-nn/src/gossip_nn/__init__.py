@@ -3,7 +3,7 @@
 ``make_data_parallel(algorithm, module, optimizer, **options)`` wraps a model for AR-SGD
 (``"ar"``), SGP (``"sgp"``), overlapped SGP (``"osgp"``) or D-PSGD (``"dpsgd"``). Gossip
 runs inside the optimizer's step hooks, so ``loss.backward(); optimizer.step()`` is all a
-training loop needs. AD-PSGD and hierarchical gossip are not implemented yet.
+training loop needs. AD-PSGD is not implemented yet.
 """
 
 from importlib.metadata import PackageNotFoundError

@@ -29,6 +29,7 @@ from torch import nn
 from gossip_comm import OverlapRound, PushPull, PushSum
 from gossip_comm.backend import comm_device_for, group_size, resolve_group
 from gossip_comm.wire import FlatBuffer
+from gossip_nn.hierarchy import Hierarchy, build_hierarchy
 from gossip_nn.options import GossipOptions
 from gossip_nn.validate import check_optimizer_owns, check_same_model
 
@@ -71,10 +72,6 @@ class GossipDataParallel(nn.Module):
     ) -> None:
         super().__init__()
         options = GossipOptions() if options is None else options
-        if options.nprocs_per_node != 1:
-            raise ValueError(
-                "nprocs_per_node > 1 (hierarchical gossip) is not implemented yet; use 1"
-            )
         if options.overlap and not push_sum:
             raise ValueError("overlap=True needs push_sum=True (OSGP); D-PSGD does not overlap")
         self.module = module
@@ -86,14 +83,20 @@ class GossipDataParallel(nn.Module):
         if not self._params:
             raise ValueError("module has no trainable parameters")
         check_optimizer_owns(self._params, optimizer)
-        topology = options.build_topology(group_size(group))
+        self._hierarchy: Hierarchy | None = None
+        gossip_group = options.process_group
+        participants = group_size(group)
+        if options.nprocs_per_node > 1:
+            self._hierarchy = build_hierarchy(group, options.nprocs_per_node)
+            gossip_group, participants = self._hierarchy.plane_group, self._hierarchy.nodes
+        topology = options.build_topology(participants)
         with torch.no_grad():
             self._flat = FlatBuffer([p.detach() for p in self._params])
             for p, view in zip(self._params, self._flat.views(), strict=True):
                 p.data = view
         common: dict[str, Any] = {
             "mixing": options.mixing,
-            "process_group": options.process_group,
+            "process_group": gossip_group,
             "wire_dtype": options.wire_dtype,
             "timeout": options.timeout,
         }
@@ -132,6 +135,8 @@ class GossipDataParallel(nn.Module):
     # ------------------------------------------------------------------- hooks
     @torch.no_grad()
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._hierarchy is not None:
+            self._average_node_gradients()
         if not self.push_sum:
             for g, buf in zip(self._gossipers, self._flat.buffers, strict=True):
                 g.mix(buf)  # type: ignore[call-arg]  # x <- W x, then the update applies
@@ -151,6 +156,16 @@ class GossipDataParallel(nn.Module):
                 rounds.append((rnd, snapshot))
             self.ps_weight = weight * rounds[0][0].self_weight
             self._inflight.append(rounds)
+
+    def _average_node_gradients(self) -> None:
+        assert self._hierarchy is not None
+        for p in self._params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)  # every process must join the all-reduce
+        grads = [p.grad for p in self._params if p.grad is not None]
+        flat = FlatBuffer(grads)
+        self._hierarchy.average_gradients(flat.buffers)
+        flat.unpack(grads)
 
     @torch.no_grad()
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
