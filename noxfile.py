@@ -26,6 +26,7 @@ CONSTRAINTS = ROOT / "constraints" / "ci.txt"
 # Dependency order: each package depends only on those before it.
 PACKAGES = ["gossip-topology", "gossip-comm", "gossip-nn", "sgp-imagenet"]
 DEV_TOOLS = [
+    "scikit-learn",
     "torch",
     "torchvision",
     "pytest",

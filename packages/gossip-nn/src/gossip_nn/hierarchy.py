@@ -66,12 +66,12 @@ def build_hierarchy(group: ProcessGroup, procs_per_node: int) -> Hierarchy:
     for k in range(nodes):
         members = [glob[k * procs_per_node + i] for i in range(procs_per_node)]
         g = dist.new_group(members)
-        if me // procs_per_node == k:
+        if me // procs_per_node == k and isinstance(g, ProcessGroup):
             node_group = g
     for i in range(procs_per_node):
         members = [glob[k * procs_per_node + i] for k in range(nodes)]
         g = dist.new_group(members)
-        if me % procs_per_node == i:
+        if me % procs_per_node == i and isinstance(g, ProcessGroup):
             plane_group = g
     assert node_group is not None and plane_group is not None
     return Hierarchy(nodes, procs_per_node, node_group, plane_group)
