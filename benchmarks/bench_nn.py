@@ -48,8 +48,8 @@ def _timing(rank: int, n: int, steps: int, width: int) -> dict[str, float]:
             opt.zero_grad()
             times.append(time.perf_counter() - t0)
         out[algorithm] = statistics.median(times[2:])
-        if algorithm != "compute-only":
-            model.eval()
+        if hasattr(model, "close"):
+            model.close()
     return out
 
 
@@ -78,6 +78,8 @@ def _accuracy(rank: int, n: int, seed: int, epochs: int) -> dict[str, float]:
                 nn.functional.cross_entropy(model(Xs[b]), ys[b]).backward()
                 opt.step()
                 opt.zero_grad()
+        if hasattr(model, "close"):
+            model.close()
         model.eval()
         with torch.no_grad(), model.average_for_eval():
             acc[algorithm] = float((model(Xt).argmax(1) == yt).float().mean())

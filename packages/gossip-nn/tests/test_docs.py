@@ -16,7 +16,7 @@ def test_wrap_your_model_tutorial_runs_every_command(tmp_path: Path) -> None:
     assert script is not None
     (tmp_path / "train.py").write_text(script.group(1))
     commands = re.findall(r"^torchrun (.*)$", text, flags=re.M)
-    assert len(commands) == 5  # four algorithms, then a resume
+    assert len(commands) == 6  # five algorithms, then a resume
     for command in commands:
         args = command.replace("--nproc-per-node 4", "--nproc-per-node 2").split()
         result = subprocess.run(
@@ -36,5 +36,7 @@ def test_wrap_your_model_tutorial_runs_every_command(tmp_path: Path) -> None:
         assert float(match.group(1)) < 0.05, result.stdout  # noise variance is 0.01
     saved = sorted(p.name for p in tmp_path.glob("checkpoint.*.pt"))
     assert saved == [
-        f"checkpoint.{a}.rank{r}.pt" for a in ("ar", "dpsgd", "osgp", "sgp") for r in (0, 1)
+        f"checkpoint.{a}.rank{r}.pt"
+        for a in ("adpsgd", "ar", "dpsgd", "osgp", "sgp")
+        for r in (0, 1)
     ]

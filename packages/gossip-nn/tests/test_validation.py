@@ -39,6 +39,7 @@ def _bad(rank: int, n: int) -> dict[str, str]:
         "size": _catch(lambda: make_data_parallel("sgp", *fresh(), topology=make_ring(n + 1))),
         "hierarchical": _catch(lambda: make_data_parallel("sgp", *fresh(), nprocs_per_node=2)),
         "overlap": _catch(lambda: make_data_parallel("sgp", *fresh(), overlap=True)),
+        "adpsgd_ring": _catch(lambda: make_data_parallel("adpsgd", *fresh(), topology="ring")),
     }
 
 
@@ -52,7 +53,10 @@ def test_bad_construction_is_named() -> None:
     for res in run_distributed(_bad, 3):
         assert "module: 'weight' differs across ranks" in res["differs"]
         assert "optimizer must hold exactly the module's trainable parameters" in res["optimizer"]
-        assert "algorithm must be one of ar, sgp, osgp, dpsgd; got 'adam'" in res["algorithm"]
+        assert (
+            "algorithm must be one of ar, sgp, osgp, dpsgd, adpsgd; got 'adam'" in res["algorithm"]
+        )
+        assert "needs a bipartite topology" in res["adpsgd_ring"]
         assert res["option"].startswith("TypeError")
         assert "doubly-stochastic" in res["dpsgd_star"]
         assert "topology has world_size=4 but 3 participants gossip" in res["size"]

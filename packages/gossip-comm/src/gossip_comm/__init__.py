@@ -8,6 +8,7 @@ steady state. Build a gossiper from a ``gossip_topology.Topology`` and a mixing 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
+from gossip_comm.async_bilateral import AsyncBilateral
 from gossip_comm.average import gossip_average
 from gossip_comm.bilateral import BilateralPushPull
 from gossip_comm.errors import (
@@ -31,6 +32,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "WIRE_DTYPES",
+    "AsyncBilateral",
     "BilateralPushPull",
     "FlatBuffer",
     "GossipConfig",

@@ -94,19 +94,31 @@ class PendingExchange:
         )
 
 
-def post(messages: list[Message], group: ProcessGroup, rank: int, step: int) -> PendingExchange:
+def post(
+    messages: list[Message],
+    group: ProcessGroup,
+    rank: int,
+    step: int,
+    tags: list[int] | None = None,
+) -> PendingExchange:
     """Post every message of one step in a single ``batch_isend_irecv``.
 
     The order of ``messages`` between one pair of ranks must match on both sides: the
     callers send the data tensor before the weight, and receive in the same order.
+    ``tags`` (one per message, default 0) keep separate streams apart.
     """
     if not messages:
         return PendingExchange([], [], rank, step)
+    tags = [0] * len(messages) if tags is None else tags
     ops = [
         dist.P2POp(
-            dist.isend if m.send else dist.irecv, m.tensor, to_global_rank(group, m.peer), group
+            dist.isend if m.send else dist.irecv,
+            m.tensor,
+            to_global_rank(group, m.peer),
+            group,
+            tag,
         )
-        for m in messages
+        for m, tag in zip(messages, tags, strict=True)
     ]
     works = dist.batch_isend_irecv(ops)
     return PendingExchange(list(works), messages, rank, step)

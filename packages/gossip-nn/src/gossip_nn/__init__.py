@@ -1,15 +1,18 @@
 """gossip-nn: data-parallel training by gossip, behind the plain PyTorch training loop.
 
 ``make_data_parallel(algorithm, module, optimizer, **options)`` wraps a model for AR-SGD
-(``"ar"``), SGP (``"sgp"``), overlapped SGP (``"osgp"``) or D-PSGD (``"dpsgd"``). Gossip
+(``"ar"``), SGP (``"sgp"``), overlapped SGP (``"osgp"``), D-PSGD (``"dpsgd"``) or
+AD-PSGD (``"adpsgd"``). Gossip
 runs inside the optimizer's step hooks, so ``loss.backward(); optimizer.step()`` is all a
-training loop needs. AD-PSGD is not implemented yet.
+training loop needs; ``"adpsgd"`` runs asynchronous pairwise gossip (call ``close()``
+at the end).
 """
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from gossip_nn.allreduce import AllReduceDataParallel
+from gossip_nn.bilateral import BilateralGossipDataParallel
 from gossip_nn.factory import ALGORITHMS, make_data_parallel
 from gossip_nn.gossip import GossipDataParallel
 from gossip_nn.options import GossipOptions
@@ -22,6 +25,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "ALGORITHMS",
     "AllReduceDataParallel",
+    "BilateralGossipDataParallel",
     "GossipDataParallel",
     "GossipOptions",
     "__version__",

@@ -62,6 +62,9 @@ class AllReduceDataParallel(nn.Module):
     def finish_gossip(self) -> None:
         """Nothing is ever in flight between steps with all-reduce."""
 
+    def close(self) -> None:
+        """For API parity with the gossip wrappers: DDP holds nothing to release here."""
+
     @contextmanager
     def average_for_eval(self) -> Iterator[None]:
         """All ranks already hold the same model; provided for API parity."""

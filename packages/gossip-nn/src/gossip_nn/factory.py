@@ -8,25 +8,27 @@ import torch
 from torch import nn
 
 from gossip_nn.allreduce import AllReduceDataParallel
+from gossip_nn.bilateral import BilateralGossipDataParallel
 from gossip_nn.gossip import GossipDataParallel
 from gossip_nn.options import GossipOptions
 
 __all__ = ["ALGORITHMS", "make_data_parallel"]
 
-#: Algorithms :func:`make_data_parallel` builds today.
-ALGORITHMS: tuple[str, ...] = ("ar", "sgp", "osgp", "dpsgd")
+ALGORITHMS: tuple[str, ...] = ("ar", "sgp", "osgp", "dpsgd", "adpsgd")
+"""The algorithms `make_data_parallel` builds."""
 
 
 def make_data_parallel(
     algorithm: str, module: nn.Module, optimizer: torch.optim.Optimizer, **options: Any
-) -> AllReduceDataParallel | GossipDataParallel:
+) -> AllReduceDataParallel | GossipDataParallel | BilateralGossipDataParallel:
     """Wrap ``module`` for data-parallel training with ``algorithm``.
 
     The training loop stays the plain PyTorch loop: forward, ``backward()``,
     ``optimizer.step()``, ``optimizer.zero_grad()``.
 
     Args:
-        algorithm: ``"ar"`` (all-reduce), ``"sgp"``, ``"osgp"`` or ``"dpsgd"``.
+        algorithm: ``"ar"`` (all-reduce), ``"sgp"``, ``"osgp"``, ``"dpsgd"`` or
+            ``"adpsgd"`` (whose topology defaults to ``"dynamic-bipartite-exponential"``).
         module: The model, identical on every rank.
         optimizer: The optimizer over ``module``'s parameters.
         **options: Fields of [`GossipOptions`][gossip_nn.GossipOptions]; ``"osgp"``
@@ -46,7 +48,11 @@ def make_data_parallel(
         if options.get("overlap") is False:
             raise ValueError("algorithm='osgp' is SGP with overlap=True; drop overlap=False")
         options = {**options, "overlap": True}
+    if key == "adpsgd":
+        options = {"topology": "dynamic-bipartite-exponential", **options}
     opts = GossipOptions(**options)
+    if key == "adpsgd":
+        return BilateralGossipDataParallel(module, optimizer, options=opts)
     if key == "ar":
         return AllReduceDataParallel(module, optimizer, options=opts)
     if key != "osgp" and opts.overlap:
