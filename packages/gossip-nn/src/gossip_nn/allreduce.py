@@ -49,7 +49,7 @@ class AllReduceDataParallel(nn.Module):
         # Not registered as a submodule, so checkpoints keep the plain ``module.*`` keys.
         self._ddp: DistributedDataParallel
         self.__dict__["_ddp"] = DistributedDataParallel(
-            module, process_group=self.options.process_group, broadcast_buffers=False
+            module, process_group=self.options.process_group
         )
         self.ps_weight = 1.0
 
