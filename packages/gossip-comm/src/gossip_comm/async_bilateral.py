@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
 from concurrent.futures import Future
 
 import torch
@@ -33,27 +32,13 @@ from torch.distributed import ProcessGroup
 from gossip_comm.backend import group_rank, group_size, resolve_group, to_global_rank
 from gossip_comm.errors import GossipError
 from gossip_comm.exchange import ExchangeEngine, GossipConfig
-from gossip_comm.handle import GossipHandle
+from gossip_comm.handle import GossipHandle, in_daemon_thread
 from gossip_comm.transport import Message, post
 from gossip_topology import Topology
 
 __all__ = ["AsyncBilateral"]
 
 _HEADER, _DATA = 1, 0
-
-
-def _daemon(fn: Callable[[], None], name: str) -> Future[None]:
-    future: Future[None] = Future()
-
-    def run() -> None:
-        try:
-            fn()
-            future.set_result(None)
-        except BaseException as exc:  # handed to whoever waits
-            future.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True, name=name).start()
-    return future
 
 
 class AsyncBilateral:
@@ -154,16 +139,7 @@ class AsyncBilateral:
             snapshot.copy_(host.view(snapshot.shape))
             return snapshot
 
-        result: Future[torch.Tensor] = Future()
-
-        def run() -> None:
-            try:
-                result.set_result(finish())
-            except BaseException as exc:
-                result.set_exception(exc)
-
-        threading.Thread(target=run, daemon=True, name=f"gossip-adpsgd{self.rank}").start()
-        return GossipHandle(future=result)
+        return GossipHandle(future=in_daemon_thread(finish, f"gossip-adpsgd{self.rank}"))
 
     # ----------------------------------------------------------------- passive
     def serve(self, shared: torch.Tensor) -> None:
@@ -177,7 +153,7 @@ class AsyncBilateral:
         if self._responder is not None:
             raise RuntimeError("serve() was already called")
         self._shared = shared
-        self._responder = _daemon(self._serve_loop, f"gossip-adpsgd-responder{self.rank}")
+        self._responder = in_daemon_thread(self._serve_loop, f"gossip-adpsgd-responder{self.rank}")
 
     def _serve_loop(self) -> None:
         assert self._shared is not None

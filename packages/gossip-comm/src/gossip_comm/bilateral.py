@@ -14,8 +14,6 @@ computations: it never blocks, and answers a waiting request when there is one.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
@@ -24,27 +22,13 @@ from torch.distributed import ProcessGroup
 
 from gossip_comm.errors import NonFiniteError
 from gossip_comm.exchange import ExchangeEngine, GossipConfig
-from gossip_comm.handle import GossipHandle
+from gossip_comm.handle import GossipHandle, in_daemon_thread
 from gossip_comm.transport import Message, PendingExchange, post
 from gossip_topology import Topology
 
 __all__ = ["BilateralPushPull"]
 
 T = TypeVar("T")
-
-
-def _in_daemon_thread(fn: Callable[[], T]) -> Future[T]:
-    """Run ``fn`` in a daemon thread (a pending receive must not block interpreter exit)."""
-    future: Future[T] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(fn())
-        except BaseException as exc:  # handed to whoever waits on the future
-            future.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True, name="gossip-bilateral").start()
-    return future
 
 
 class BilateralPushPull:
@@ -159,7 +143,7 @@ class BilateralPushPull:
             self._average(tensor, recv, peer, step)
             return tensor
 
-        return GossipHandle(future=_in_daemon_thread(finish))
+        return GossipHandle(future=in_daemon_thread(finish))
 
     # ----------------------------------------------------------------- passive
     def _arm(self) -> tuple[list[int], list[torch.Tensor], Future[None]]:
@@ -174,7 +158,7 @@ class BilateralPushPull:
                 eng.rank,
                 step,
             )
-            self._armed = (peers, recvs, _in_daemon_thread(lambda: self._wait(pending)))
+            self._armed = (peers, recvs, in_daemon_thread(lambda: self._wait(pending)))
         return self._armed
 
     def _serve(self, tensor: torch.Tensor) -> None:
