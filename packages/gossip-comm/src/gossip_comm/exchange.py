@@ -259,7 +259,8 @@ class ExchangeEngine:
                 self._check_finite(flight, recvs)
             flat = into.view(-1)
             for r, a in zip(recvs, info.in_weights, strict=True):
-                flat.add_(r, alpha=a)
+                # a CUDA numerator gossiped over gloo receives into host buffers
+                flat.add_(r.to(flat.device, non_blocking=True), alpha=a)
             if self.carries_weight:
                 return math.fsum(
                     a * float(r.item())
