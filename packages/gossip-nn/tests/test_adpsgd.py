@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -86,3 +87,34 @@ def test_a_straggler_slows_all_reduce_but_not_adpsgd() -> None:
     assert fast_ar > 0.035, ar
     assert fast_ad < 0.75 * fast_ar, (ad, ar)
     assert fast_ad < 1.5 * base_ad, (ad, ad_base)
+
+
+def _checkpoint(rank: int, n: int, path: str) -> Any:
+    X, y, theta0 = problem(n)
+    net = model(theta0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    dp = make_data_parallel("adpsgd", net, opt)
+    file = f"{path}/rank{rank}.pt"
+    if not os.path.exists(file):
+        for _ in range(5):
+            loss(dp, X[rank], y[rank]).backward()
+            opt.step()
+            opt.zero_grad()
+        dp.close()
+        state = dp.state_dict()
+        torch.save(state, file)
+        return net.weight.detach()[0].clone().numpy(), state["_extra_state"]["gossip"][0]["step"]
+    dp.load_state_dict(torch.load(file, weights_only=False))
+    restored = net.weight.detach()[0].clone().numpy(), dp._pairs.step
+    dp.close()
+    return restored
+
+
+def test_checkpoint_restores_parameters_and_exchange_counter(tmp_path: Any) -> None:
+    n = 4
+    saved = run_distributed(_checkpoint, n, (str(tmp_path),))
+    restored = run_distributed(_checkpoint, n, (str(tmp_path),))
+    for (w0, s0), (w1, s1) in zip(saved, restored, strict=True):
+        np.testing.assert_array_equal(w0, w1)
+        assert s0 == s1
+    assert [s for _, s in saved] == [0, 5, 0, 5]  # actives count their requests
