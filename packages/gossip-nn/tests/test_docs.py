@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from gossip_comm.testing import run_torchrun
 
 PAGE = Path(__file__).parents[3] / "docs" / "tutorials" / "wrap-your-model.md"
 
@@ -19,14 +19,7 @@ def test_wrap_your_model_tutorial_runs_every_command(tmp_path: Path) -> None:
     assert len(commands) == 6  # five algorithms, then a resume
     for command in commands:
         args = command.replace("--nproc-per-node 4", "--nproc-per-node 2").split()
-        result = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", *args],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        result = run_torchrun(args, tmp_path)
         assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
         algorithm = args[args.index("--algorithm") + 1]
         match = re.search(
