@@ -10,9 +10,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gossip_comm.backend import comm_device_for, resolve_group
 from gossip_nn.options import GossipOptions
-from gossip_nn.validate import check_optimizer_owns, check_same_model
+from gossip_nn.validate import checked_parameters
 
 __all__ = ["AllReduceDataParallel"]
 
@@ -42,9 +41,7 @@ class AllReduceDataParallel(nn.Module):
     ) -> None:
         super().__init__()
         self.options = GossipOptions() if options is None else options
-        group = resolve_group(self.options.process_group)
-        check_same_model(module, group, comm_device_for(group, None))
-        check_optimizer_owns([p for p in module.parameters() if p.requires_grad], optimizer)
+        checked_parameters(module, optimizer, self.options.process_group)
         self.module = module
         # Not registered as a submodule, so checkpoints keep the plain ``module.*`` keys.
         self._ddp: DistributedDataParallel

@@ -26,10 +26,10 @@ import torch.distributed as dist
 from torch import nn
 
 from gossip_comm import AsyncBilateral, GossipHandle
-from gossip_comm.backend import comm_device_for, group_size, resolve_group
+from gossip_comm.backend import group_size, resolve_group
 from gossip_comm.wire import FlatBuffer
 from gossip_nn.options import GossipOptions
-from gossip_nn.validate import check_optimizer_owns, check_same_model
+from gossip_nn.validate import checked_parameters
 
 __all__ = ["BilateralGossipDataParallel"]
 
@@ -72,10 +72,7 @@ class BilateralGossipDataParallel(nn.Module):
                 "AD-PSGD is asynchronous already: overlap and nprocs_per_node > 1 do not apply"
             )
         self.module, self.options = module, options
-        group = resolve_group(options.process_group)
-        check_same_model(module, group, comm_device_for(group, None))
-        self._params = [p for p in module.parameters() if p.requires_grad]
-        check_optimizer_owns(self._params, optimizer)
+        group, self._params = checked_parameters(module, optimizer, options.process_group)
         if len({(p.dtype, p.device) for p in self._params}) != 1:
             raise ValueError(
                 "AD-PSGD needs every trainable parameter in one dtype and on one device"

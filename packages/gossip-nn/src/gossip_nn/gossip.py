@@ -27,11 +27,11 @@ import torch.distributed as dist
 from torch import nn
 
 from gossip_comm import OverlapRound, PushPull, PushSum
-from gossip_comm.backend import comm_device_for, group_size, resolve_group
+from gossip_comm.backend import group_size, resolve_group
 from gossip_comm.wire import FlatBuffer
 from gossip_nn.hierarchy import Hierarchy, build_hierarchy
 from gossip_nn.options import GossipOptions
-from gossip_nn.validate import check_optimizer_owns, check_same_model
+from gossip_nn.validate import checked_parameters
 
 __all__ = ["GossipDataParallel"]
 
@@ -76,13 +76,7 @@ class GossipDataParallel(nn.Module):
             raise ValueError("overlap=True needs push_sum=True (OSGP); D-PSGD does not overlap")
         self.module = module
         self.options, self.push_sum = options, push_sum
-        group = resolve_group(options.process_group)
-        device = comm_device_for(group, None)
-        check_same_model(module, group, device)
-        self._params = [p for p in module.parameters() if p.requires_grad]
-        if not self._params:
-            raise ValueError("module has no trainable parameters")
-        check_optimizer_owns(self._params, optimizer)
+        group, self._params = checked_parameters(module, optimizer, options.process_group)
         self._hierarchy: Hierarchy | None = None
         gossip_group = options.process_group
         participants = group_size(group)

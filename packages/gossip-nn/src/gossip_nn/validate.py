@@ -7,7 +7,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed import ProcessGroup
 
-__all__ = ["check_optimizer_owns", "check_same_model"]
+from gossip_comm.backend import comm_device_for, resolve_group
+
+__all__ = ["check_optimizer_owns", "check_same_model", "checked_parameters"]
 
 
 def _fingerprint(t: torch.Tensor) -> tuple[float, float]:
@@ -46,3 +48,22 @@ def check_optimizer_owns(params: list[nn.Parameter], optimizer: torch.optim.Opti
             "optimizer must hold exactly the module's trainable parameters "
             f"({len(params)}); it holds {len(owned)}, missing {len(missing)}"
         )
+
+
+def checked_parameters(
+    module: nn.Module, optimizer: torch.optim.Optimizer, process_group: ProcessGroup | None
+) -> tuple[ProcessGroup, list[nn.Parameter]]:
+    """The checks every wrapper runs at construction; returns the group and trainable params.
+
+    Raises:
+        RuntimeError: If ``torch.distributed`` is not initialised.
+        ValueError: If the model differs across ranks, has no trainable parameters, or the
+            optimizer does not own exactly them.
+    """
+    group = resolve_group(process_group)
+    check_same_model(module, group, comm_device_for(group, None))
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("module has no trainable parameters")
+    check_optimizer_owns(params, optimizer)
+    return group, params
