@@ -78,6 +78,7 @@ class GossipDataParallel(nn.Module):
         self.options, self.push_sum = options, push_sum
         group, self._params = checked_parameters(module, optimizer, options.process_group)
         self._hierarchy: Hierarchy | None = None
+        self._grad_flat: FlatBuffer | None = None
         gossip_group = options.process_group
         participants = group_size(group)
         if options.nprocs_per_node > 1:
@@ -157,9 +158,12 @@ class GossipDataParallel(nn.Module):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)  # every process must join the all-reduce
         grads = [p.grad for p in self._params if p.grad is not None]
-        flat = FlatBuffer(grads)
-        self._hierarchy.average_gradients(flat.buffers)
-        flat.unpack(grads)
+        if self._grad_flat is None:  # allocated once, reused every step
+            self._grad_flat = FlatBuffer(grads)
+        else:
+            self._grad_flat.pack(grads)
+        self._hierarchy.average_gradients(self._grad_flat.buffers)
+        self._grad_flat.unpack(grads)
 
     @torch.no_grad()
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
