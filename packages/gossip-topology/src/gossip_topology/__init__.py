@@ -7,6 +7,7 @@ serves as the oracle for the communication and training packages. It never impor
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
+from gossip_topology._checks import check_int
 from gossip_topology.graphs import (
     Complete,
     FromAdjacency,
@@ -22,9 +23,11 @@ from gossip_topology.mixing import (
     MetropolisHastings,
     Mixing,
     UniformMixing,
+    check_doubly_stochastic,
     is_column_stochastic,
     is_doubly_stochastic,
     mixing_matrix,
+    schedule_period,
 )
 from gossip_topology.objectives import Quadratic
 from gossip_topology.phone_book import (
@@ -37,6 +40,8 @@ from gossip_topology.phone_book import (
     Ring,
 )
 from gossip_topology.registry import LEGACY_IDS, TOPOLOGY_NAMES, make_topology
+from gossip_topology.report import consensus_curve
+from gossip_topology.schedule import RankSchedule, RankStep
 from gossip_topology.simulate import GossipTrace, simulate_push_pull, simulate_push_sum
 from gossip_topology.spectral import (
     consensus_error,
@@ -72,6 +77,8 @@ __all__ = [
     "OnePeerExponential",
     "PhoneBookTopology",
     "Quadratic",
+    "RankSchedule",
+    "RankStep",
     "Ring",
     "Star",
     "StaticExponential",
@@ -80,6 +87,9 @@ __all__ = [
     "Torus2D",
     "UniformMixing",
     "__version__",
+    "check_doubly_stochastic",
+    "check_int",
+    "consensus_curve",
     "consensus_error",
     "is_column_stochastic",
     "is_doubly_stochastic",
@@ -89,6 +99,7 @@ __all__ = [
     "mixing_matrix",
     "period_product",
     "rounds_to_consensus",
+    "schedule_period",
     "second_singular_value",
     "simulate_push_pull",
     "simulate_push_sum",

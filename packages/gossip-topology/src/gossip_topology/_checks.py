@@ -1,4 +1,4 @@
-"""Private argument checks shared by the modules of gossip-topology."""
+"""Argument checks shared by the modules of gossip-topology (``check_int`` is public)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,24 @@ __all__: list[str] = []
 
 
 def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
-    """Return ``value`` as an ``int`` or raise a ``TypeError``/``ValueError`` naming ``name``."""
+    """Return ``value`` as an ``int``, checked against ``minimum``.
+
+    The one integer-argument check of the gossip packages: the layers above call it too,
+    so every message reads the same way.
+
+    Args:
+        name: The argument's name, used in the error message.
+        value: The value to check; ``bool`` is rejected although it is an ``int``.
+        minimum: The smallest value allowed, if any.
+
+    Raises:
+        TypeError: If ``value`` is not an integer.
+        ValueError: If ``value`` is below ``minimum``.
+
+    Example:
+        >>> check_int("steps", 3, minimum=0)
+        3
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
     result = int(value)

@@ -15,12 +15,10 @@ update is ``c * (x + sum of permuted x)``, with no per-row multiplies.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numpy.typing import NDArray
 
-from gossip_topology.mixing import Mixing
+from gossip_topology.mixing import Mixing, schedule_period
 from gossip_topology.topology import Topology
 
 __all__: list[str] = []
@@ -110,17 +108,12 @@ class MixPlan:
         return out
 
 
-def plan_period(topology: Topology, mixing: Mixing) -> int:
-    """Steps after which topology and mixing rule both repeat."""
-    return math.lcm(topology.period, mixing.period)
-
-
 class PlanCache:
     """Lazily built plans for each phase of ``lcm(topology.period, mixing.period)``."""
 
     def __init__(self, topology: Topology, mixing: Mixing) -> None:
         self.topology, self.mixing = topology, mixing
-        self.period = plan_period(topology, mixing)
+        self.period = schedule_period(topology, mixing)
         self._plans: dict[int, MixPlan] = {}
 
     def __getitem__(self, step: int) -> MixPlan:

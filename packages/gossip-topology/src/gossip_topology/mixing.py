@@ -11,6 +11,7 @@ only needs its own column: its self-weight and one weight per out-peer, which is
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -25,9 +26,11 @@ __all__ = [
     "MetropolisHastings",
     "Mixing",
     "UniformMixing",
+    "check_doubly_stochastic",
     "is_column_stochastic",
     "is_doubly_stochastic",
     "mixing_matrix",
+    "schedule_period",
 ]
 
 
@@ -113,8 +116,6 @@ class CustomMixing(Mixing):
                 raise ValueError(
                     f"{where} must be square and the same size as matrices[0]; got {m.shape}"
                 )
-            if m.shape[0] != m.shape[1]:
-                raise ValueError(f"{where} must be square; got shape {m.shape}")
             if not np.isfinite(m).all() or (m < 0).any():
                 raise ValueError(f"{where} must have finite, non-negative entries")
             if not is_column_stochastic(m, atol=atol):
@@ -202,3 +203,55 @@ def is_doubly_stochastic(W: ArrayLike, atol: float = 1e-12) -> bool:
     return is_column_stochastic(A, atol) and bool(
         np.allclose(A.sum(axis=1), 1.0, rtol=0, atol=atol)
     )
+
+
+def schedule_period(topology: Topology, mixing: Mixing | None = None) -> int:
+    """Steps after which ``W(t)`` repeats: the least common multiple of both periods.
+
+    Every layer that caches per-step data (the simulator, a rank's schedule, the
+    doubly-stochastic check) uses this one definition.
+
+    Example:
+        >>> from gossip_topology import make_topology
+        >>> schedule_period(make_topology("npeer-dynamic-directed-exponential", 8))
+        3
+    """
+    mixing = UniformMixing() if mixing is None else mixing
+    return math.lcm(topology.period, mixing.period)
+
+
+def check_doubly_stochastic(
+    topology: Topology,
+    mixing: Mixing | None = None,
+    *,
+    atol: float = 1e-12,
+    owner: str = "push-pull",
+) -> None:
+    """Raise unless ``W(t)`` is doubly stochastic at every step of one whole period.
+
+    ``W(t)`` repeats with [`schedule_period`][gossip_topology.schedule_period], so checking
+    one period checks every step. Column sums hold by construction of a mixing rule; the
+    row sums are what push-pull (D-PSGD) adds.
+
+    Args:
+        topology: The graph.
+        mixing: The mixing rule; uniform by default.
+        atol: Tolerance on row and column sums.
+        owner: Who needs the property, for the error message.
+
+    Raises:
+        ValueError: Naming the first step and the ranks whose rows do not sum to one.
+    """
+    mixing = UniformMixing() if mixing is None else mixing
+    for t in range(schedule_period(topology, mixing)):
+        W = mixing_matrix(topology, t, mixing)
+        if is_doubly_stochastic(W, atol=atol):
+            continue
+        rows = W.sum(axis=1)
+        bad = [int(i) for i in np.flatnonzero(np.abs(rows - 1.0) > atol)]
+        raise ValueError(
+            f"{owner} needs a doubly-stochastic mixing matrix, but at step {t} the rows of "
+            f"ranks {bad[:8]} of {topology!r} under {mixing!r} sum to "
+            f"{[round(float(rows[i]), 6) for i in bad[:8]]}; use push-sum, a regular graph, "
+            "or MetropolisHastings on an undirected graph"
+        )

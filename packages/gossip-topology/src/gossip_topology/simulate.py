@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from gossip_topology._checks import check_int
 from gossip_topology._plan import PlanCache
-from gossip_topology.mixing import Mixing, UniformMixing, is_doubly_stochastic, mixing_matrix
+from gossip_topology.mixing import Mixing, UniformMixing, check_doubly_stochastic
 from gossip_topology.objectives import Quadratic
 from gossip_topology.topology import Topology
 
@@ -226,14 +226,8 @@ def simulate_push_pull(
     x, squeeze, steps = _prepare(topology, x0, steps, lr, record)
     _check_objective(objective, x)
     start = check_int("start_step", start_step, minimum=0)
+    check_doubly_stochastic(topology, mixing)
     plans = PlanCache(topology, mixing)
-    for phase in range(min(steps, plans.period)):
-        W = mixing_matrix(topology, start + phase, mixing)
-        if not is_doubly_stochastic(W, atol=1e-12):
-            raise ValueError(
-                f"push-pull needs a doubly-stochastic W, but W({start + phase}) of {topology!r} "
-                f"with {mixing!r} is not; use push-sum or MetropolisHastings"
-            )
     n = topology.world_size
     x_hist = np.empty((steps + 1, *x.shape)) if record == "all" else None
     if x_hist is not None:

@@ -18,8 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gossip_topology._checks import check_int
-from gossip_topology._plan import PlanCache, plan_period
-from gossip_topology.mixing import Mixing, UniformMixing
+from gossip_topology._plan import PlanCache
+from gossip_topology.mixing import Mixing, UniformMixing, schedule_period
 from gossip_topology.topology import Topology
 
 __all__ = [
@@ -71,7 +71,7 @@ def period_product(
     """
     mixing = UniformMixing() if mixing is None else mixing
     start = check_int("start", start, minimum=0)
-    return _product(topology, mixing, plan_period(topology, mixing), start)
+    return _product(topology, mixing, schedule_period(topology, mixing), start)
 
 
 def is_strongly_connected(topology: Topology) -> bool:
