@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gossip_comm import AsyncBilateral
+from gossip_comm import AsyncBilateral, GossipConfig
 from gossip_comm.testing import run_distributed
 from gossip_topology import make_topology
 
@@ -34,7 +34,9 @@ def test_one_exchange_gives_both_ends_the_exact_average() -> None:
 def _many(rank: int, n: int, exchanges: int) -> Any:
     x = torch.from_numpy(np.random.default_rng(rank).normal(size=7))
     start = x.clone().numpy()
-    ab = AsyncBilateral(make_topology("dynamic-bipartite-exponential", n), x, timeout=60)
+    ab = AsyncBilateral(
+        make_topology("dynamic-bipartite-exponential", n), x, config=GossipConfig(timeout=60)
+    )
     if ab.is_passive:
         shared = x.clone()
         ab.serve(shared)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gossip_comm import BilateralPushPull
+from gossip_comm import BilateralPushPull, GossipConfig
 from gossip_comm.testing import run_distributed
 from gossip_topology import make_topology
 
@@ -35,7 +35,7 @@ def _oracle(name: str, x0: np.ndarray, steps: int) -> np.ndarray:
 def _worker(rank: int, n: int, name: str, x0: np.ndarray, use_poll: bool) -> Any:
     topo = make_topology(name, n)
     x = torch.from_numpy(x0[rank].copy())
-    bp = BilateralPushPull(topo, x, timeout=60)
+    bp = BilateralPushPull(topo, x, config=GossipConfig(timeout=60))
     history, polls = [x.clone().numpy()], 0
     for t in range(STEPS):
         if bp.is_passive and use_poll:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gossip_comm import FlatBuffer, PushPull, PushSum, gossip_average
+from gossip_comm import FlatBuffer, GossipConfig, PushPull, PushSum, gossip_average
 from gossip_comm.testing import RankFailedError, run_distributed
 from gossip_topology import Star, make_topology
 
@@ -34,9 +34,9 @@ def _bad_input_worker(rank: int, n: int) -> dict[str, str | None]:
         "numel": _catch(lambda: PushSum(ring, torch.zeros(4 + rank))),
         "dtype": _catch(lambda: PushSum(ring, x if rank == 0 else x.double())),
         "not_float": _catch(lambda: PushSum(ring, torch.zeros(4, dtype=torch.int64))),
-        "wire": _catch(lambda: PushSum(ring, x, wire_dtype=torch.int8)),
-        "comm_device": _catch(lambda: PushSum(ring, x, comm_device="cuda")),
-        "timeout": _catch(lambda: PushSum(ring, x, timeout=0)),
+        "wire": _catch(lambda: PushSum(ring, x, config=GossipConfig(wire_dtype=torch.int8))),
+        "comm_device": _catch(lambda: PushSum(ring, x, config=GossipConfig(comm_device="cuda"))),
+        "timeout": _catch(lambda: PushSum(ring, x, config=GossipConfig(timeout=0))),
         "push_pull_star": _catch(lambda: PushPull(Star(n), x)),
         "steps": _catch(lambda: gossip_average(x, ring, -1)),
     }
@@ -58,7 +58,7 @@ def test_bad_input_is_named() -> None:
         assert "gloo backend gossips on CPU tensors" in res["comm_device"]
         assert "timeout must be a positive" in res["timeout"]
         assert "doubly-stochastic" in res["push_pull_star"]
-        assert "steps must be an int >= 0" in res["steps"]
+        assert "steps must be >= 0; got -1" in res["steps"]
         assert "tensor is on meta but this PushSum gossips on cpu" in res["device"]
         assert "tensor must have shape (4,)" in res["shape"]
         assert "contiguous" in res["contiguous"]

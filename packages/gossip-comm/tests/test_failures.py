@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from gossip_comm import GossipPeerError, GossipTimeoutError, NonFiniteError, PushSum
+from gossip_comm import GossipConfig, GossipPeerError, GossipTimeoutError, NonFiniteError, PushSum
 from gossip_comm.testing import run_distributed
 from gossip_topology import make_topology
 
@@ -18,7 +18,7 @@ TIMEOUT = 2.0
 def _silent_rank_worker(rank: int, n: int) -> Any:
     topo = make_topology("ring", n, 2)  # everyone sends to and hears from both neighbours
     x = torch.full((8,), float(rank))
-    ps = PushSum(topo, x, timeout=TIMEOUT)
+    ps = PushSum(topo, x, config=GossipConfig(timeout=TIMEOUT))
     if rank == 1:
         time.sleep(3 * TIMEOUT)  # withhold every send; then leave without gossiping
         return None
@@ -50,7 +50,7 @@ def test_silent_peer_raises_timeout_naming_the_peer() -> None:
 def _killed_rank_worker(rank: int, n: int) -> Any:
     topo = make_topology("ring", n, 2)
     x = torch.full((1000,), float(rank))
-    ps = PushSum(topo, x, timeout=30)
+    ps = PushSum(topo, x, config=GossipConfig(timeout=30))
     w = 1.0
     for _ in range(3):
         x, w = ps.mix(x, w)
@@ -86,7 +86,7 @@ def _nan_worker(rank: int, n: int) -> Any:
     x = torch.zeros(16)
     if rank == 0:
         x[3] = float("nan")
-    ps = PushSum(topo, x, check_finite=True, timeout=30)
+    ps = PushSum(topo, x, config=GossipConfig(check_finite=True, timeout=30))
     try:
         ps.mix(x, 1.0)
     except NonFiniteError as exc:

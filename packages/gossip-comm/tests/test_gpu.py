@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gossip_comm import BilateralPushPull, PushSum, gossip_average
+from gossip_comm import BilateralPushPull, GossipConfig, PushSum, gossip_average
 from gossip_comm.testing import run_distributed
 from gossip_topology import Star, make_topology, simulate_push_sum
 
@@ -19,7 +19,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def _staged_worker(rank: int, n: int, x0: np.ndarray, name: str, wire: Any) -> Any:
     topo = Star(n) if name == "star" else make_topology(name, n)
     x = torch.from_numpy(x0[rank].copy()).cuda()
-    ps = PushSum(topo, x, comm_device="cpu", wire_dtype=wire)  # CUDA tensor over gloo
+    ps = PushSum(
+        topo, x, config=GossipConfig(comm_device="cpu", wire_dtype=wire)
+    )  # CUDA tensor over gloo
     w, hist = 1.0, [x.cpu().numpy()]
     for i in range(5):
         if i % 2:
@@ -44,7 +46,9 @@ def test_cuda_tensors_staged_over_gloo_match_the_simulator(name: str) -> None:
 
 def _bilateral_cuda_worker(rank: int, n: int) -> list[float]:
     x = torch.full((8,), float(rank), device="cuda")
-    bp = BilateralPushPull(make_topology("dynamic-bipartite-exponential", n), x, comm_device="cpu")
+    bp = BilateralPushPull(
+        make_topology("dynamic-bipartite-exponential", n), x, config=GossipConfig(comm_device="cpu")
+    )
     bp.mix(x)
     return x.cpu().tolist()
 
@@ -58,7 +62,8 @@ def test_bilateral_with_cuda_tensors() -> None:
 def _nccl_worker(rank: int, n: int) -> list[float]:
     x = torch.arange(4, dtype=torch.float64, device="cuda") + rank
     ps = PushSum(make_topology("one-peer-exponential", n), x)
-    assert ps._engine.device.type == "cuda"
+    with pytest.raises(ValueError, match="gossips on cuda"):  # NCCL chose CUDA buffers
+        ps.mix(torch.zeros(4, dtype=torch.float64), 1.0)
     w = 1.0
     steps = max(1, (n - 1).bit_length())
     for _ in range(steps):

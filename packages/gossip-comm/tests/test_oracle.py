@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gossip_comm import PushPull, PushSum
+from gossip_comm import GossipConfig, PushPull, PushSum
 from gossip_comm.testing import run_distributed
 from gossip_topology import (
     TOPOLOGY_NAMES,
@@ -47,7 +47,7 @@ def _oracle_worker(rank: int, n: int, x0: np.ndarray, cases: list[tuple[str, int
     for name, k in cases:
         topo = make_topology(name, n, k)
         x = torch.from_numpy(x0[rank].copy())
-        ps = PushSum(topo, x, timeout=60)
+        ps = PushSum(topo, x, config=GossipConfig(timeout=60))
         xs, ws = [x.clone().numpy()], [1.0]
         w = 1.0
         for _ in range(STEPS):
@@ -56,7 +56,7 @@ def _oracle_worker(rank: int, n: int, x0: np.ndarray, cases: list[tuple[str, int
             ws.append(w)
         # the asynchronous path must give exactly the same numbers
         y = torch.from_numpy(x0[rank].copy())
-        ps_async = PushSum(topo, y, timeout=60)
+        ps_async = PushSum(topo, y, config=GossipConfig(timeout=60))
         wy = 1.0
         for _ in range(STEPS):
             handle = ps_async.start(y, wy)
@@ -66,15 +66,15 @@ def _oracle_worker(rank: int, n: int, x0: np.ndarray, cases: list[tuple[str, int
         out[f"ps/{name}/{k}"] = (np.array(xs), np.array(ws), y.numpy().copy(), wy)
         if _doubly(name, n, k):
             z = torch.from_numpy(x0[rank].copy())
-            pp = PushPull(topo, z, timeout=60)
+            pp = PushPull(topo, z, config=GossipConfig(timeout=60))
             zs = [z.clone().numpy()]
             for _ in range(STEPS):
-                z = pp.mix(z)
+                z, _ = pp.mix(z)
                 zs.append(z.clone().numpy())
             out[f"pp/{name}/{k}"] = np.array(zs)
         # fp32 buffers: same schedule, relative tolerance 1e-6
         f = torch.from_numpy(x0[rank].astype(np.float32))
-        ps32 = PushSum(topo, f, timeout=60)
+        ps32 = PushSum(topo, f, config=GossipConfig(timeout=60))
         wf = 1.0
         for _ in range(STEPS):
             f, wf = ps32.mix(f, wf)

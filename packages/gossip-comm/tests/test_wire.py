@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from gossip_comm import PushSum
+from gossip_comm import GossipConfig, PushSum
 from gossip_comm.testing import run_distributed
 from gossip_topology import Star, make_topology, mixing_matrix, simulate_push_sum
 
@@ -33,7 +33,7 @@ def _wire_worker(
 ) -> Any:
     topo = Star(n) if name == "star" else make_topology(name, n)
     x = torch.from_numpy(x0[rank].astype(np.float32))
-    ps = PushSum(topo, x, wire_dtype=wire)
+    ps = PushSum(topo, x, config=GossipConfig(wire_dtype=wire))
     history, w, weights = [x.clone().numpy()], 1.0, [1.0]
     for _ in range(steps):
         x, w = ps.mix(x, w)

@@ -2,15 +2,18 @@
 
 Runs on gloo with CPU tensors and on NCCL with CUDA tensors from one code path. Every
 step is one ``batch_isend_irecv``; no per-edge process groups, no collectives in the
-steady state. Build a gossiper from a ``gossip_topology.Topology`` and a mixing rule.
+steady state. Build a gossiper from a ``gossip_topology.Topology`` and a
+[`GossipConfig`][gossip_comm.GossipConfig].
 """
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
+from gossip_comm._backend import comm_device_for, resolve_group
 from gossip_comm.async_bilateral import AsyncBilateral
 from gossip_comm.average import gossip_average
 from gossip_comm.bilateral import BilateralPushPull
+from gossip_comm.config import WIRE_DTYPES, GossipConfig
 from gossip_comm.errors import (
     GossipError,
     GossipPeerError,
@@ -18,12 +21,11 @@ from gossip_comm.errors import (
     NonFiniteError,
     PeerLostError,
 )
-from gossip_comm.exchange import GossipConfig
+from gossip_comm.flat import FlatBuffer
+from gossip_comm.gossiper import Gossiper
 from gossip_comm.handle import GossipHandle
 from gossip_comm.push_pull import PushPull
 from gossip_comm.push_sum import OverlapRound, PushSum
-from gossip_comm.schedule import RankSchedule, RankStep
-from gossip_comm.wire import WIRE_DTYPES, FlatBuffer
 
 try:
     __version__ = _version("gossip-comm")
@@ -40,13 +42,14 @@ __all__ = [
     "GossipHandle",
     "GossipPeerError",
     "GossipTimeoutError",
+    "Gossiper",
     "NonFiniteError",
     "OverlapRound",
     "PeerLostError",
     "PushPull",
     "PushSum",
-    "RankSchedule",
-    "RankStep",
     "__version__",
+    "comm_device_for",
     "gossip_average",
+    "resolve_group",
 ]

@@ -29,11 +29,13 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from gossip_comm.backend import group_rank, group_size, resolve_group, to_global_rank
-from gossip_comm.errors import GossipError
-from gossip_comm.exchange import ExchangeEngine, GossipConfig
-from gossip_comm.handle import GossipHandle, in_daemon_thread
-from gossip_comm.transport import Message, post
+from gossip_comm._backend import group_rank, group_size, resolve_group, to_global_rank
+from gossip_comm._background import Worker
+from gossip_comm._channel import Channel, check_finite, open_channel
+from gossip_comm._transport import Message, post
+from gossip_comm.config import GossipConfig
+from gossip_comm.errors import GossipError, GossipPeerError
+from gossip_comm.handle import GossipHandle
 from gossip_topology import Topology
 
 __all__ = ["AsyncBilateral"]
@@ -41,19 +43,146 @@ __all__ = ["AsyncBilateral"]
 _HEADER, _DATA = 1, 0
 
 
+class _Active:
+    """An active rank's part: ask partners in schedule order; at the end, say goodbye."""
+
+    def __init__(self, channel: Channel, topology: Topology) -> None:
+        self.channel, self.topology = channel, topology
+        rank = channel.rank
+        self.partners = sorted(
+            {p for t in range(topology.period) for p in topology.out_peers(rank, t)}
+        )
+        self.step = 0
+        self._worker = Worker(f"gossip-adpsgd{rank}")
+
+    def request(self, snapshot: torch.Tensor) -> GossipHandle[torch.Tensor]:
+        ch, step = self.channel, self.step
+        (peer,) = self.topology.out_peers(ch.rank, step)
+        self.step += 1
+        host = snapshot.detach().reshape(-1).to("cpu", copy=True)
+        header = torch.tensor([ch.rank, 1], dtype=torch.int64)
+        reply = torch.empty_like(host)
+        pending = post(
+            [Message(peer, header, True), Message(peer, host, True), Message(peer, reply, False)],
+            ch.group,
+            ch.rank,
+            step,
+            tags=[_HEADER, _DATA, _DATA],
+        )
+
+        def finish() -> torch.Tensor:
+            pending.wait(ch.timeout)
+            if ch.check_finite:
+                check_finite(reply, rank=ch.rank, peer=peer, step=step)
+            host.lerp_(reply, 0.5)
+            snapshot.copy_(host.view(snapshot.shape))
+            return snapshot
+
+        return GossipHandle(future=self._worker.submit(finish))
+
+    def finish(self) -> None:
+        ch = self.channel
+        header = torch.tensor([ch.rank, 0], dtype=torch.int64)
+        pending = post(
+            [Message(p, header, True) for p in self.partners],
+            ch.group,
+            ch.rank,
+            self.step,
+            tags=[_HEADER] * len(self.partners),
+        )
+        pending.wait(ch.timeout)
+        self._worker.close(timeout=ch.timeout)
+
+
+class _Passive:
+    """A passive rank's part: a responder thread answers whoever asks first."""
+
+    def __init__(self, channel: Channel, topology: Topology) -> None:
+        self.channel = channel
+        rank = channel.rank
+        self.partners = sorted(
+            {a for t in range(topology.period) for a in topology.in_peers(rank, t)}
+        )
+        self.served = 0
+        self.lock = threading.Lock()
+        self._worker = Worker(f"gossip-adpsgd-responder{rank}")
+        self._responder: Future[None] | None = None
+
+    def serve(self, shared: torch.Tensor) -> None:
+        if self._responder is not None:
+            raise RuntimeError("serve() was already called")
+        if shared.device.type != "cpu" or not shared.is_contiguous():
+            raise ValueError("shared must be a contiguous CPU tensor")
+        self._responder = self._worker.submit(lambda: self._loop(shared.view(-1)))
+
+    def _loop(self, flat: torch.Tensor) -> None:
+        ch = self.channel
+        remaining = len(self.partners)
+        header = torch.empty(2, dtype=torch.int64)
+        incoming = torch.empty_like(flat)
+        active = -1
+        try:
+            while remaining:
+                work = dist.irecv(header, group=ch.group, tag=_HEADER)  # from any active
+                assert work is not None
+                work.wait()
+                active, kind = int(header[0]), int(header[1])
+                if kind == 0:
+                    remaining -= 1
+                    continue
+                src = to_global_rank(ch.group, active)
+                dist.recv(incoming, src, group=ch.group, tag=_DATA)
+                if ch.check_finite:
+                    check_finite(incoming, rank=ch.rank, peer=active, step=self.served)
+                with self.lock:
+                    reply = flat.clone()
+                    flat.lerp_(incoming, 0.5)
+                    self.served += 1
+                dist.send(reply, src, group=ch.group, tag=_DATA)
+        except GossipPeerError:
+            raise
+        except Exception as exc:  # name who and when, whatever went wrong
+            raise GossipPeerError(
+                f"rank {ch.rank}: the AD-PSGD responder failed serving rank {active} at "
+                f"exchange {self.served}: {exc}",
+                rank=ch.rank,
+                peer=active,
+                step=self.served,
+            ) from exc
+
+    def check(self) -> None:
+        if self._responder is not None and self._responder.done():
+            self._responder.result()  # re-raises the responder's error, if it had one
+
+    def finish(self, wait: float) -> None:
+        if self._responder is None:
+            return
+        try:
+            self._responder.result(timeout=wait if math.isfinite(wait) else None)
+        except TimeoutError:
+            raise GossipError(
+                f"rank {self.channel.rank}: actives {self.partners} did not all finish within "
+                f"{wait:g}s"
+            ) from None
+
+
 class AsyncBilateral:
     """Asynchronous pairwise averaging between active and passive ranks (gloo).
 
-    Every rank of ``process_group`` must construct it (it creates a gloo group).
+    Every rank of ``config.process_group`` must construct it (it creates a gloo group).
+    A rank's role, active or passive, is fixed by the bipartite topology and chosen at
+    construction.
 
     Args:
         topology: Bipartite, ``peers_per_itr == 1``; actives pick partners from it.
         like: A tensor with the shape and dtype to average (any device).
-        process_group: The ranks taking part; WORLD when ``None``.
-        timeout: Seconds an active waits for a reply.
+        config: ``process_group``, ``timeout`` (how long an active waits for a reply)
+            and ``check_finite`` apply; messages travel in ``like``'s dtype on CPU, so
+            ``mixing``, ``wire_dtype`` and ``comm_device`` must stay unset.
 
     Raises:
-        ValueError: If the topology is not bipartite with one peer per step.
+        ValueError: If the topology is not bipartite with one peer per step, or an
+            option that does not apply is set.
     """
 
     def __init__(
@@ -61,52 +190,91 @@ class AsyncBilateral:
         topology: Topology,
         like: torch.Tensor,
         *,
-        process_group: ProcessGroup | None = None,
-        timeout: float = 300.0,
+        config: GossipConfig | None = None,
     ) -> None:
+        config = GossipConfig() if config is None else config
+        if not isinstance(topology, Topology):
+            raise TypeError(f"topology must be a gossip_topology.Topology; got {type(topology)}")
         if not topology.is_bipartite or topology.peers_per_itr != 1:
             raise ValueError(
                 "AsyncBilateral needs a bipartite topology with peers_per_itr=1 (active ranks "
                 f"pair with passive ones); got {topology!r}: try dynamic-bipartite-exponential"
             )
-        group = resolve_group(process_group)
+        unused = [f for f in ("mixing", "wire_dtype", "comm_device") if getattr(config, f)]
+        if unused:
+            raise ValueError(
+                f"AsyncBilateral sends {like.dtype} tensors on CPU and averages pairs with "
+                f"weight 1/2: config.{unused[0]} does not apply; leave it None"
+            )
+        group = resolve_group(config.process_group)
         n = group_size(group)
         gossip_group = dist.new_group([to_global_rank(group, r) for r in range(n)], backend="gloo")
         assert isinstance(gossip_group, ProcessGroup)  # every rank is a member
-        self._group: ProcessGroup = gossip_group
         cpu_like = torch.empty(like.shape, dtype=like.dtype)
-        self._engine = ExchangeEngine(
+        channel = open_channel(
             topology,
             cpu_like,
-            GossipConfig(process_group=self._group, timeout=timeout),
-            carries_weight=False,
+            GossipConfig(
+                process_group=gossip_group,
+                timeout=config.timeout,
+                check_finite=config.check_finite,
+            ),
             owner="AsyncBilateral",
         )
         self.rank = group_rank(group)
-        self.is_passive = topology.is_passive(self.rank)
         self.topology = topology
-        self.timeout = float(timeout)
-        period = range(topology.period)
-        if self.is_passive:
-            self._partners = sorted({a for t in period for a in topology.in_peers(self.rank, t)})
-        else:
-            self._partners = sorted({p for t in period for p in topology.out_peers(self.rank, t)})
-        self.step = 0
-        self.served = 0
-        self._lock = threading.Lock()
-        self._shared: torch.Tensor | None = None
-        self._responder: Future[None] | None = None
+        self.timeout = channel.timeout
+        self.is_passive = topology.is_passive(self.rank)
+        self._role: _Active | _Passive = (
+            _Passive(channel, topology) if self.is_passive else _Active(channel, topology)
+        )
         self._finished = False
 
     @property
     def partners(self) -> list[int]:
         """Ranks this rank may average with."""
-        return list(self._partners)
+        return list(self._role.partners)
+
+    @property
+    def step(self) -> int:
+        """Requests made so far (actives); 0 on passive ranks."""
+        return self._role.step if isinstance(self._role, _Active) else 0
+
+    @step.setter
+    def step(self, value: int) -> None:
+        if isinstance(self._role, _Active):
+            self._role.step = value
+
+    @property
+    def served(self) -> int:
+        """Requests answered so far (passives); 0 on active ranks."""
+        return self._role.served if isinstance(self._role, _Passive) else 0
+
+    def _passive(self, what: str) -> _Passive:
+        if not isinstance(self._role, _Passive):
+            raise RuntimeError(f"rank {self.rank} is active: it requests, it does not {what}")
+        return self._role
 
     @property
     def lock(self) -> threading.Lock:
-        """Held by the responder while it reads or averages the shared value."""
-        return self._lock
+        """Passive: held by the responder while it reads or averages the shared value.
+
+        Raises:
+            RuntimeError: On an active rank.
+        """
+        return self._passive("hold a shared value").lock
+
+    def check(self) -> None:
+        """Re-raise, in the calling thread, an error the responder thread met.
+
+        Call it at every training step; [`request`][gossip_comm.AsyncBilateral.request]
+        and [`finish`][gossip_comm.AsyncBilateral.finish] call it too.
+
+        Raises:
+            GossipPeerError: Naming this rank, the active it was serving and the exchange.
+        """
+        if isinstance(self._role, _Passive):
+            self._role.check()
 
     # ------------------------------------------------------------------ active
     def request(self, snapshot: torch.Tensor) -> GossipHandle[torch.Tensor]:
@@ -117,29 +285,9 @@ class AsyncBilateral:
         Raises:
             RuntimeError: On a passive rank, or after ``finish``.
         """
-        if self.is_passive or self._finished:
+        if not isinstance(self._role, _Active) or self._finished:
             raise RuntimeError(f"rank {self.rank} cannot request: passive or finished")
-        (peer,) = self.topology.out_peers(self.rank, self.step)
-        step = self.step
-        self.step += 1
-        host = snapshot.detach().reshape(-1).to("cpu", copy=True)
-        header = torch.tensor([self.rank, 1], dtype=torch.int64)
-        reply = torch.empty_like(host)
-        pending = post(
-            [Message(peer, header, True), Message(peer, host, True), Message(peer, reply, False)],
-            self._group,
-            self.rank,
-            step,
-            tags=[_HEADER, _DATA, _DATA],
-        )
-
-        def finish() -> torch.Tensor:
-            pending.wait(self.timeout)
-            host.lerp_(reply, 0.5)
-            snapshot.copy_(host.view(snapshot.shape))
-            return snapshot
-
-        return GossipHandle(future=in_daemon_thread(finish, f"gossip-adpsgd{self.rank}"))
+        return self._role.request(snapshot)
 
     # ----------------------------------------------------------------- passive
     def serve(self, shared: torch.Tensor) -> None:
@@ -147,37 +295,11 @@ class AsyncBilateral:
 
         ``shared`` (CPU, contiguous) is read and written only under
         [`lock`][gossip_comm.AsyncBilateral.lock].
-        """
-        if not self.is_passive:
-            raise RuntimeError(f"rank {self.rank} is active: it requests, it does not serve")
-        if self._responder is not None:
-            raise RuntimeError("serve() was already called")
-        self._shared = shared
-        self._responder = in_daemon_thread(self._serve_loop, f"gossip-adpsgd-responder{self.rank}")
 
-    def _serve_loop(self) -> None:
-        assert self._shared is not None
-        flat = self._shared.view(-1)
-        remaining = len(self._partners)
-        header = torch.empty(2, dtype=torch.int64)
-        incoming = torch.empty_like(flat)
-        while remaining:
-            work = dist.irecv(header, group=self._group, tag=_HEADER)  # from any active
-            assert work is not None
-            work.wait()
-            active, kind = int(header[0]), int(header[1])
-            if kind == 0:
-                remaining -= 1
-                continue
-            src = to_global_rank(self._group, active)
-            dist.recv(incoming, src, group=self._group, tag=_DATA)
-            if not bool(torch.isfinite(incoming).all()) and bool(torch.isfinite(flat).all()):
-                raise GossipError(f"rank {self.rank} received NaN or Inf from rank {active}")
-            with self._lock:
-                reply = flat.clone()
-                flat.lerp_(incoming, 0.5)
-                self.served += 1
-            dist.send(reply, src, group=self._group, tag=_DATA)
+        Raises:
+            RuntimeError: On an active rank, or if called twice.
+        """
+        self._passive("serve").serve(shared)
 
     # -------------------------------------------------------------------- both
     def finish(self, timeout: float | None = None) -> None:
@@ -191,23 +313,7 @@ class AsyncBilateral:
         if self._finished:
             return
         self._finished = True
-        if not self.is_passive:
-            header = torch.tensor([self.rank, 0], dtype=torch.int64)
-            pending = post(
-                [Message(p, header, True) for p in self._partners],
-                self._group,
-                self.rank,
-                self.step,
-                tags=[_HEADER] * len(self._partners),
-            )
-            pending.wait(self.timeout)
-            return
-        if self._responder is not None:
-            wait = self.timeout if timeout is None else timeout
-            try:
-                self._responder.result(timeout=wait if math.isfinite(wait) else None)
-            except TimeoutError:
-                raise GossipError(
-                    f"rank {self.rank}: actives {self._partners} did not all finish within "
-                    f"{wait:g}s"
-                ) from None
+        if isinstance(self._role, _Active):
+            self._role.finish()
+        else:
+            self._role.finish(self.timeout if timeout is None else timeout)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch.distributed import ProcessGroup
 
+from gossip_comm.config import GossipConfig
 from gossip_comm.push_sum import PushSum
-from gossip_topology import Mixing, Topology
+from gossip_topology import Mixing, Topology, check_int
 
 __all__ = ["gossip_average"]
 
@@ -33,30 +34,26 @@ def gossip_average(
         tensor: This rank's value.
         topology: The graph; ``world_size`` must equal the group's size.
         steps: Number of gossip steps, ``>= 0``.
-        mixing: Mixing rule; uniform by default.
-        process_group: Group to average over; WORLD when ``None``.
-        comm_device: Device for communication buffers.
-        wire_dtype: Optional lower-precision wire dtype.
-        timeout: Seconds to wait for one step's messages.
+        mixing, process_group, comm_device, wire_dtype, timeout: As in
+            [`GossipConfig`][gossip_comm.GossipConfig], spelled out for one-off calls.
 
     Returns:
         A new tensor: this rank's estimate of the average.
 
     Raises:
+        TypeError: If ``steps`` is not an int.
         ValueError: If ``steps < 0`` or the ranks disagree on shape, dtype or topology.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0; got {steps!r}")
-    work = tensor.detach().clone().contiguous()
-    gossiper = PushSum(
-        topology,
-        work,
+    steps = check_int("steps", steps, minimum=0)
+    config = GossipConfig(
         mixing=mixing,
         process_group=process_group,
         comm_device=comm_device,
         wire_dtype=wire_dtype,
         timeout=timeout,
     )
+    work = tensor.detach().clone().contiguous()
+    gossiper = PushSum(topology, work, config=config)
     weight = 1.0
     try:
         for _ in range(steps):

@@ -15,20 +15,17 @@ computations: it never blocks, and answers a waiting request when there is one.
 from __future__ import annotations
 
 from concurrent.futures import Future
-from typing import TypeVar
 
 import torch
-from torch.distributed import ProcessGroup
 
-from gossip_comm.errors import NonFiniteError
-from gossip_comm.exchange import ExchangeEngine, GossipConfig
-from gossip_comm.handle import GossipHandle, in_daemon_thread
-from gossip_comm.transport import Message, PendingExchange, post
-from gossip_topology import Topology
+from gossip_comm._background import Worker
+from gossip_comm._channel import Channel, check_finite, open_channel
+from gossip_comm._transport import Message, PendingExchange, post
+from gossip_comm.config import GossipConfig
+from gossip_comm.handle import GossipHandle
+from gossip_topology import Topology, check_int
 
 __all__ = ["BilateralPushPull"]
-
-T = TypeVar("T")
 
 
 class BilateralPushPull:
@@ -38,15 +35,13 @@ class BilateralPushPull:
         topology: A bipartite graph with ``peers_per_itr == 1``, such as
             ``make_topology("dynamic-bipartite-exponential", n)``.
         like: A tensor with the shape, dtype and device of what will be gossiped.
-        process_group: Group to gossip in; WORLD when ``None``.
-        comm_device: Device of the communication buffers.
-        wire_dtype: ``None``, ``torch.bfloat16`` or ``torch.float16``.
-        timeout: Seconds an active waits for its reply, or a blocking passive ``mix``
-            waits for its requests.
-        check_finite: Raise [`NonFiniteError`][gossip_comm.NonFiniteError] on NaN/Inf.
+        config: Process group and communication options; ``timeout`` bounds an active's
+            wait for its reply and a passive's wait for its requests. Pairs always
+            average with weight 1/2, so ``config.mixing`` must be ``None``.
 
     Raises:
-        ValueError: If the graph is not bipartite or has more than one peer per step.
+        ValueError: If the graph is not bipartite, has more than one peer per step, or a
+            mixing rule is given.
     """
 
     def __init__(
@@ -54,12 +49,9 @@ class BilateralPushPull:
         topology: Topology,
         like: torch.Tensor,
         *,
-        process_group: ProcessGroup | None = None,
-        comm_device: torch.device | str | None = None,
-        wire_dtype: torch.dtype | None = None,
-        timeout: float = 300.0,
-        check_finite: bool = False,
+        config: GossipConfig | None = None,
     ) -> None:
+        config = GossipConfig() if config is None else config
         if not topology.is_bipartite:
             raise ValueError(
                 f"BilateralPushPull needs a bipartite topology (active and passive ranks); "
@@ -70,49 +62,46 @@ class BilateralPushPull:
                 f"BilateralPushPull averages with one peer at a time: peers_per_itr must be 1; "
                 f"got {topology.peers_per_itr}"
             )
-        config = GossipConfig(None, process_group, comm_device, wire_dtype, timeout, check_finite)
-        self._engine = ExchangeEngine(
-            topology, like, config, carries_weight=False, owner="BilateralPushPull"
-        )
+        if config.mixing is not None:
+            raise ValueError(
+                "BilateralPushPull: pairs average with weight 1/2; config.mixing must be None"
+            )
+        self._channel: Channel = open_channel(topology, like, config, owner="BilateralPushPull")
         self._topology = topology
-        self.is_passive = topology.is_passive(self._engine.rank)
+        self._step = 0
+        self._worker = Worker(f"gossip-bilateral{self._channel.rank}")
+        self.is_passive = topology.is_passive(self._channel.rank)
         self._armed: tuple[list[int], list[torch.Tensor], Future[None]] | None = None
 
     @property
     def step(self) -> int:
         """Number of exchanges this rank has started (active) or served (passive)."""
-        return self._engine.step
+        return self._step
 
     def partners(self, step: int) -> list[int]:
         """The ranks this rank averages with at its ``step``-th exchange."""
-        rank = self._engine.rank
+        rank = self._channel.rank
         if self.is_passive:
             return self._topology.in_peers(rank, step)
         return self._topology.out_peers(rank, step)
 
     # ----------------------------------------------------------------- helpers
     def _encode(self, tensor: torch.Tensor) -> torch.Tensor:
-        eng = self._engine
-        eng._check_tensor(tensor)
+        ch = self._channel
+        ch.check(tensor)
         flat = tensor.view(-1)
-        if eng.wire_dtype == eng.dtype and flat.device == eng.device:
+        if ch.wire_dtype == ch.dtype and flat.device == ch.device:
             return flat
-        return flat.to(device=eng.device, dtype=eng.wire_dtype)
+        return flat.to(device=ch.device, dtype=ch.wire_dtype)
 
     def _average(self, tensor: torch.Tensor, recv: torch.Tensor, peer: int, step: int) -> None:
-        eng = self._engine
-        if eng.check_finite and not bool(torch.isfinite(recv).all()):
-            raise NonFiniteError(
-                f"rank {eng.rank} received NaN or Inf from rank {peer} at gossip step {step}",
-                rank=eng.rank,
-                peer=peer,
-                step=step,
-            )
+        if self._channel.check_finite:
+            check_finite(recv, rank=self._channel.rank, peer=peer, step=step)
         flat = tensor.view(-1)
         flat.lerp_(recv.to(device=flat.device, dtype=flat.dtype), 0.5)
 
     def _wait(self, pending: PendingExchange) -> None:
-        pending.wait(self._engine.timeout)
+        pending.wait(self._channel.timeout)
 
     # ------------------------------------------------------------------ active
     def start(self, tensor: torch.Tensor) -> GossipHandle[torch.Tensor]:
@@ -125,17 +114,16 @@ class BilateralPushPull:
         """
         if self.is_passive:
             raise RuntimeError(
-                f"rank {self._engine.rank} is passive in this bipartite graph: it answers "
+                f"rank {self._channel.rank} is passive in this bipartite graph: it answers "
                 "requests with poll() or mix(), it never starts an exchange"
             )
-        eng = self._engine
-        step = eng.step
-        eng.step += 1
+        ch, step = self._channel, self._step
+        self._step += 1
         (peer,) = self.partners(step)
         send = self._encode(tensor)
-        recv = torch.empty(eng.numel, dtype=eng.wire_dtype, device=eng.device)
+        recv = ch.empty()
         pending = post(
-            [Message(peer, send, True), Message(peer, recv, False)], eng.group, eng.rank, step
+            [Message(peer, send, True), Message(peer, recv, False)], ch.group, ch.rank, step
         )
 
         def finish() -> torch.Tensor:
@@ -143,36 +131,34 @@ class BilateralPushPull:
             self._average(tensor, recv, peer, step)
             return tensor
 
-        return GossipHandle(future=in_daemon_thread(finish))
+        return GossipHandle(future=self._worker.submit(finish))
 
     # ----------------------------------------------------------------- passive
     def _arm(self) -> tuple[list[int], list[torch.Tensor], Future[None]]:
         if self._armed is None:
-            eng = self._engine
-            step = eng.step
-            peers = self.partners(step)
-            recvs = [torch.empty(eng.numel, dtype=eng.wire_dtype, device=eng.device) for _ in peers]
+            ch = self._channel
+            peers = self.partners(self._step)
+            recvs = [ch.empty() for _ in peers]
             pending = post(
                 [Message(q, r, False) for q, r in zip(peers, recvs, strict=True)],
-                eng.group,
-                eng.rank,
-                step,
+                ch.group,
+                ch.rank,
+                self._step,
             )
-            self._armed = (peers, recvs, in_daemon_thread(lambda: self._wait(pending)))
+            self._armed = (peers, recvs, self._worker.submit(lambda: self._wait(pending)))
         return self._armed
 
     def _serve(self, tensor: torch.Tensor) -> None:
         assert self._armed is not None
         peers, recvs, future = self._armed
         future.result()  # re-raise a timeout or a lost peer
-        eng = self._engine
-        step = eng.step
+        ch, step = self._channel, self._step
         for peer, recv in zip(peers, recvs, strict=True):
             reply = self._encode(tensor)  # the send completes before the average below
-            self._wait(post([Message(peer, reply, True)], eng.group, eng.rank, step))
+            self._wait(post([Message(peer, reply, True)], ch.group, ch.rank, step))
             self._average(tensor, recv, peer, step)
         self._armed = None
-        eng.step += 1
+        self._step += 1
 
     def poll(self, tensor: torch.Tensor) -> bool:
         """Passive ranks: answer this step's requests if they have all arrived; never blocks.
@@ -185,7 +171,7 @@ class BilateralPushPull:
             GossipTimeoutError: If the requests did not arrive within the timeout.
         """
         if not self.is_passive:
-            raise RuntimeError(f"rank {self._engine.rank} is active: use start()/wait() or mix()")
+            raise RuntimeError(f"rank {self._channel.rank} is active: use start()/wait() or mix()")
         _, _, future = self._arm()
         if not future.done():
             return False
@@ -204,7 +190,7 @@ class BilateralPushPull:
 
     def state_dict(self) -> dict[str, int]:
         """The exchange counter."""
-        return self._engine.state_dict()
+        return {"step": self._step}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Restore the exchange counter.
@@ -214,4 +200,8 @@ class BilateralPushPull:
         """
         if self._armed is not None:
             raise RuntimeError("load_state_dict must be called before the first poll()")
-        self._engine.load_state_dict(state)
+        self._step = check_int("state['step']", state["step"], minimum=0)
+
+    def close(self) -> None:
+        """Stop the background worker (an exchange still in flight is abandoned)."""
+        self._worker.close(timeout=0.0)

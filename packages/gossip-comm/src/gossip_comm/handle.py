@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Generic, TypeVar
 
-__all__ = ["GossipHandle", "in_daemon_thread"]
+__all__ = ["GossipHandle"]
 
 T = TypeVar("T")
 
@@ -55,21 +54,3 @@ class GossipHandle(Generic[T]):
                 assert self._finish is not None
                 self._result = (self._finish(),)
         return self._result[0]
-
-
-def in_daemon_thread(fn: Callable[[], T], name: str = "gossip") -> Future[T]:
-    """Run ``fn`` in a daemon thread and return a future of its result or exception.
-
-    Daemon, because a thread blocked on a receive that never completes must not keep the
-    interpreter from exiting.
-    """
-    future: Future[T] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(fn())
-        except BaseException as exc:  # handed to whoever waits on the future
-            future.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True, name=name).start()
-    return future

@@ -10,47 +10,38 @@ go in one ``batch_isend_irecv``, so no ordering can deadlock, at any world size.
 from __future__ import annotations
 
 import torch
-from torch.distributed import ProcessGroup
 
-from gossip_comm.exchange import ExchangeEngine, GossipConfig
+from gossip_comm._exchange import ExchangeEngine
+from gossip_comm.config import GossipConfig
 from gossip_comm.handle import GossipHandle
-from gossip_topology import Mixing, Topology, UniformMixing, mixing_matrix
+from gossip_topology import Topology, check_doubly_stochastic
 
 __all__ = ["PushPull"]
-
-_MAX_CHECKED_PHASES = 64
-
-
-def _check_doubly_stochastic(topology: Topology, mixing: Mixing) -> None:
-    phases = min(topology.period * mixing.period, _MAX_CHECKED_PHASES)
-    for t in range(phases):
-        W = mixing_matrix(topology, t, mixing)
-        rows = W.sum(axis=1)
-        bad = [int(i) for i in (abs(rows - 1.0) > 1e-9).nonzero()[0]]
-        if bad:
-            raise ValueError(
-                f"PushPull needs a doubly-stochastic mixing matrix, but at step {t} the rows of "
-                f"ranks {bad[:8]} of {topology!r} under {mixing!r} sum to "
-                f"{[round(float(rows[i]), 6) for i in bad[:8]]}; use PushSum, a regular "
-                "graph, or MetropolisHastings on an undirected graph"
-            )
 
 
 class PushPull:
     """Doubly-stochastic gossip of one tensor shape, on gloo (CPU) or NCCL (CUDA).
 
+    It has [`PushSum`][gossip_comm.PushSum]'s signature (the
+    [`Gossiper`][gossip_comm.Gossiper] protocol), so code can hold either: the weight is
+    handed back unchanged, because a doubly-stochastic ``W`` keeps equal weights equal.
+
     Args:
         topology: The graph; with uniform mixing it must be regular.
         like: A tensor with the shape, dtype and device of what will be gossiped.
-        mixing: Mixing rule; uniform by default.
-        process_group: Group to gossip in; WORLD when ``None``.
-        comm_device: Device of the communication buffers.
-        wire_dtype: ``None``, ``torch.bfloat16`` or ``torch.float16``.
-        timeout: Seconds to wait for one step's messages.
-        check_finite: Raise [`NonFiniteError`][gossip_comm.NonFiniteError] on NaN/Inf.
+        config: Mixing rule, process group and communication options; defaults when
+            ``None``.
 
     Raises:
-        ValueError: If ``W(t)`` is not doubly stochastic, or on any mismatch across ranks.
+        ValueError: If ``W(t)`` is not doubly stochastic at some step, or on any mismatch
+            across ranks.
+
+    Example:
+        ```python
+        pp = PushPull(make_topology("ring", world_size), x)
+        for _ in range(10):
+            x, _ = pp.mix(x)
+        ```
     """
 
     def __init__(
@@ -58,18 +49,12 @@ class PushPull:
         topology: Topology,
         like: torch.Tensor,
         *,
-        mixing: Mixing | None = None,
-        process_group: ProcessGroup | None = None,
-        comm_device: torch.device | str | None = None,
-        wire_dtype: torch.dtype | None = None,
-        timeout: float = 300.0,
-        check_finite: bool = False,
+        config: GossipConfig | None = None,
     ) -> None:
-        mixing = UniformMixing() if mixing is None else mixing
-        _check_doubly_stochastic(topology, mixing)
-        config = GossipConfig(mixing, process_group, comm_device, wire_dtype, timeout, check_finite)
+        config = GossipConfig() if config is None else config
+        check_doubly_stochastic(topology, config.mixing, owner="PushPull")
         self._engine = ExchangeEngine(
-            topology, like, config, carries_weight=False, owner="PushPull"
+            topology, like, config=config, carries_weight=False, owner="PushPull"
         )
 
     @property
@@ -77,13 +62,19 @@ class PushPull:
         """Number of steps posted so far."""
         return self._engine.step
 
-    def mix(self, tensor: torch.Tensor) -> torch.Tensor:
-        """One blocking push-pull step; ``tensor`` is updated in place and returned."""
-        return self._engine.mix(tensor, 1.0)[0]
+    def mix(self, tensor: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, float]:
+        """One blocking push-pull step; ``tensor`` is updated in place.
 
-    def start(self, tensor: torch.Tensor) -> GossipHandle[tuple[torch.Tensor, float]]:
-        """Post one step; ``handle.wait()[0]`` is the mixed tensor (updated in place)."""
-        return self._engine.start(tensor, 1.0)
+        Returns:
+            ``(tensor, weight)``, the weight unchanged.
+        """
+        return self._engine.mix(tensor, float(weight))
+
+    def start(
+        self, tensor: torch.Tensor, weight: float = 1.0
+    ) -> GossipHandle[tuple[torch.Tensor, float]]:
+        """Post one step; ``handle.wait()`` gives ``(tensor, weight)``, mixed in place."""
+        return self._engine.start(tensor, float(weight))
 
     def state_dict(self) -> dict[str, int]:
         """The step counter."""

@@ -10,11 +10,11 @@ average (Kempe et al. 2003; Assran et al., ICML 2019,
 from __future__ import annotations
 
 import torch
-from torch.distributed import ProcessGroup
 
-from gossip_comm.exchange import ExchangeEngine, GossipConfig, _InFlight
+from gossip_comm._exchange import ExchangeEngine, InFlight
+from gossip_comm.config import GossipConfig
 from gossip_comm.handle import GossipHandle
-from gossip_topology import Mixing, Topology
+from gossip_topology import Topology
 
 __all__ = ["OverlapRound", "PushSum"]
 
@@ -22,7 +22,7 @@ __all__ = ["OverlapRound", "PushSum"]
 class OverlapRound:
     """One step of overlapped push-sum in flight; see [`PushSum.send`][gossip_comm.PushSum.send]."""
 
-    def __init__(self, flight: _InFlight) -> None:
+    def __init__(self, flight: InFlight) -> None:
         self._flight = flight
 
     @property
@@ -46,13 +46,8 @@ class PushSum:
     Args:
         topology: The graph; its ``world_size`` must equal the group's size.
         like: A tensor with the shape, dtype and device of what will be gossiped.
-        mixing: Mixing rule; uniform by default.
-        process_group: Group to gossip in; WORLD when ``None``.
-        comm_device: Device of the communication buffers (see
-            [`GossipConfig`][gossip_comm.GossipConfig]).
-        wire_dtype: ``None``, ``torch.bfloat16`` or ``torch.float16``.
-        timeout: Seconds to wait for one step's messages.
-        check_finite: Raise [`NonFiniteError`][gossip_comm.NonFiniteError] on NaN/Inf.
+        config: Mixing rule, process group and communication options; defaults when
+            ``None``.
 
     Raises:
         ValueError: If ranks disagree on the buffer or topology, or an option is invalid.
@@ -74,15 +69,15 @@ class PushSum:
         topology: Topology,
         like: torch.Tensor,
         *,
-        mixing: Mixing | None = None,
-        process_group: ProcessGroup | None = None,
-        comm_device: torch.device | str | None = None,
-        wire_dtype: torch.dtype | None = None,
-        timeout: float = 300.0,
-        check_finite: bool = False,
+        config: GossipConfig | None = None,
     ) -> None:
-        config = GossipConfig(mixing, process_group, comm_device, wire_dtype, timeout, check_finite)
-        self._engine = ExchangeEngine(topology, like, config, carries_weight=True, owner="PushSum")
+        self._engine = ExchangeEngine(
+            topology,
+            like,
+            config=GossipConfig() if config is None else config,
+            carries_weight=True,
+            owner="PushSum",
+        )
 
     @property
     def step(self) -> int:
@@ -94,8 +89,11 @@ class PushSum:
         """Whether the push-sum weight travels with each message."""
         return self._engine.carries_weight
 
-    def mix(self, tensor: torch.Tensor, weight: float) -> tuple[torch.Tensor, float]:
+    def mix(self, tensor: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, float]:
         """One blocking push-sum step; ``tensor`` is updated in place and returned.
+
+        Returns:
+            ``(tensor, new_weight)``; ``tensor / new_weight`` estimates the average.
 
         Raises:
             GossipTimeoutError: If a peer's message does not arrive within the timeout.
@@ -105,7 +103,7 @@ class PushSum:
         return self._engine.mix(tensor, float(weight))
 
     def start(
-        self, tensor: torch.Tensor, weight: float
+        self, tensor: torch.Tensor, weight: float = 1.0
     ) -> GossipHandle[tuple[torch.Tensor, float]]:
         """Post one step and return at once; ``handle.wait()`` gives ``(tensor, weight)``.
 

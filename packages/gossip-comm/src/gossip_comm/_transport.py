@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from gossip_comm.backend import to_global_rank
+from gossip_comm._backend import to_global_rank
 from gossip_comm.errors import GossipError, GossipTimeoutError, PeerLostError
 
 __all__ = ["Message", "PendingExchange", "post"]

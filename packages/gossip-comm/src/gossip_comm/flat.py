@@ -1,4 +1,4 @@
-"""Flat communication buffers: dtype/device groups, reuse across steps, and wire dtypes."""
+"""Flat buffers: tensors grouped by dtype and device, one contiguous buffer per group."""
 
 from __future__ import annotations
 
@@ -7,23 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["WIRE_DTYPES", "FlatBuffer", "check_wire_dtype"]
-
-#: Accepted values of ``wire_dtype``.
-WIRE_DTYPES: tuple[torch.dtype | None, ...] = (None, torch.bfloat16, torch.float16)
-
-
-def check_wire_dtype(wire_dtype: torch.dtype | None, like: torch.dtype) -> torch.dtype:
-    """Validate ``wire_dtype`` and return the dtype that goes on the wire.
-
-    Raises:
-        ValueError: If ``wire_dtype`` is not ``None``, ``torch.bfloat16`` or ``torch.float16``.
-    """
-    if wire_dtype not in WIRE_DTYPES:
-        raise ValueError(
-            f"wire_dtype must be None, torch.bfloat16 or torch.float16; got {wire_dtype}"
-        )
-    return like if wire_dtype is None else wire_dtype
+__all__ = ["FlatBuffer"]
 
 
 class FlatBuffer:

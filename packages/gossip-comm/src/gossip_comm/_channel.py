@@ -1,0 +1,174 @@
+"""What every gossiper validates once at construction, and checks on every message.
+
+A `Channel` is the validated context of one gossiper: its group, rank, device, wire dtype
+and the shape of what it gossips. The checks are free functions, so gossipers with
+different protocols share them without sharing an engine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
+
+from gossip_comm._backend import comm_device_for, group_rank, group_size, resolve_group
+from gossip_comm.config import GossipConfig
+from gossip_comm.errors import NonFiniteError
+from gossip_topology import Topology
+
+__all__ = ["Channel", "agree_across_ranks", "check_finite", "check_tensor", "open_channel"]
+
+_DTYPE_CODES = {
+    torch.float16: 1,
+    torch.bfloat16: 2,
+    torch.float32: 3,
+    torch.float64: 4,
+}
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A validated gossip context: where messages go and what they look like."""
+
+    owner: str
+    group: ProcessGroup
+    rank: int
+    size: int
+    device: torch.device
+    wire_dtype: torch.dtype
+    shape: torch.Size
+    dtype: torch.dtype
+    timeout: float
+    check_finite: bool
+
+    @property
+    def numel(self) -> int:
+        """Elements per message."""
+        return math.prod(self.shape)
+
+    def check(self, tensor: torch.Tensor) -> None:
+        """[`check_tensor`][gossip_comm._channel.check_tensor] against this channel."""
+        check_tensor(tensor, self)
+
+    def empty(self) -> torch.Tensor:
+        """A receive buffer: one flat message in the wire dtype, on the comm device."""
+        return torch.empty(self.numel, dtype=self.wire_dtype, device=self.device)
+
+
+def open_channel(
+    topology: Topology, like: torch.Tensor, config: GossipConfig, *, owner: str
+) -> Channel:
+    """Validate a gossiper's arguments and agree on them across ranks (one ``all_gather``).
+
+    Raises:
+        TypeError: If ``topology`` or ``like`` has the wrong type.
+        ValueError: On any inconsistency, on every rank at once.
+        RuntimeError: If ``torch.distributed`` is not initialised.
+    """
+    if not isinstance(topology, Topology):
+        raise TypeError(f"topology must be a gossip_topology.Topology; got {type(topology)}")
+    if not isinstance(like, torch.Tensor) or not like.is_floating_point():
+        raise TypeError(f"like must be a floating-point torch.Tensor; got {like!r:.80}")
+    if like.dtype not in _DTYPE_CODES:
+        raise TypeError(f"like has unsupported dtype {like.dtype}")
+    if not isinstance(config, GossipConfig):
+        raise TypeError(f"config must be a GossipConfig; got {type(config).__name__}")
+    group = resolve_group(config.process_group)
+    channel = Channel(
+        owner=owner,
+        group=group,
+        rank=group_rank(group),
+        size=group_size(group),
+        device=comm_device_for(group, config.comm_device),
+        wire_dtype=like.dtype if config.wire_dtype is None else config.wire_dtype,
+        shape=like.shape,
+        dtype=like.dtype,
+        timeout=float(config.timeout),
+        check_finite=config.check_finite,
+    )
+    agree_across_ranks(channel, topology)
+    return channel
+
+
+def agree_across_ranks(channel: Channel, topology: Topology) -> None:
+    """Raise on every rank unless all ranks gossip the same buffer over the same topology.
+
+    Raises:
+        ValueError: Naming the field and each rank's value.
+    """
+    mine = [
+        channel.numel,
+        _DTYPE_CODES[channel.dtype],
+        topology.world_size,
+        topology.peers_per_itr,
+        topology.period,
+    ]
+    local = torch.tensor(mine, dtype=torch.int64, device=channel.device)
+    gathered = [torch.empty_like(local) for _ in range(channel.size)]
+    dist.all_gather(gathered, local, group=channel.group)
+    table = [g.tolist() for g in gathered]
+    if topology.world_size != channel.size:
+        raise ValueError(
+            f"topology has world_size={topology.world_size} but the process group has "
+            f"{channel.size} ranks; build the topology for the group's size"
+        )
+    names = ["buffer numel", "dtype", "topology world_size", "peers_per_itr", "period"]
+    for field, name in enumerate(names):
+        values = {r: row[field] for r, row in enumerate(table)}
+        if len(set(values.values())) > 1:
+            raise ValueError(
+                f"{channel.owner}: ranks disagree on the {name}: {values} (rank: value); "
+                "every rank must gossip the same buffer over the same topology"
+            )
+
+
+def check_tensor(tensor: torch.Tensor, channel: Channel) -> None:
+    """Raise unless ``tensor`` has the shape, dtype and layout the channel was built for.
+
+    A CUDA tensor on a CPU channel is allowed: it is staged through host memory.
+
+    Raises:
+        TypeError: If ``tensor`` is not a tensor.
+        ValueError: On a shape, dtype, layout or device mismatch.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor must be a torch.Tensor; got {type(tensor).__name__}")
+    if tensor.shape != channel.shape or tensor.dtype != channel.dtype:
+        raise ValueError(
+            f"tensor must have shape {tuple(channel.shape)} and dtype {channel.dtype} as given "
+            f"at construction; got {tuple(tensor.shape)} {tensor.dtype}"
+        )
+    if not tensor.is_contiguous():
+        raise ValueError("tensor must be contiguous; call .contiguous() first")
+    if tensor.device != channel.device and not (
+        tensor.device.type == "cuda" and channel.device.type == "cpu"
+    ):
+        raise ValueError(
+            f"tensor is on {tensor.device} but this {channel.owner} gossips on "
+            f"{channel.device}; move it there or pass comm_device"
+        )
+
+
+def check_finite(value: torch.Tensor | float, *, rank: int, peer: int, step: int) -> None:
+    """Raise [`NonFiniteError`][gossip_comm.NonFiniteError] if ``value`` holds NaN or Inf.
+
+    The one place that builds this error: ``value`` is what ``rank`` received from
+    ``peer`` at gossip ``step``, a tensor or a push-sum weight.
+    """
+    if isinstance(value, torch.Tensor):
+        if bool(torch.isfinite(value).all()):
+            return
+        what = "NaN or Inf"
+    else:
+        if math.isfinite(value):
+            return
+        what = "a non-finite push-sum weight"
+    raise NonFiniteError(
+        f"rank {rank} received {what} from rank {peer} at gossip step {step}",
+        rank=rank,
+        peer=peer,
+        step=step,
+    )

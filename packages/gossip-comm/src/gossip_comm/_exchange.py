@@ -1,0 +1,221 @@
+"""The engine behind PushSum and PushPull: one rank's step of ``x <- W(t) x``.
+
+Senders post their buffer unscaled and receivers apply ``W[rank, q]``: rank ``q``'s
+column of ``W`` is plain data that every rank can compute (gossip-topology's
+`RankSchedule`), so nobody makes scaled copies and the local update is one pass (``lerp``
+for one in-peer on a doubly-stochastic row).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from gossip_comm._background import Worker
+from gossip_comm._channel import Channel, check_finite, open_channel
+from gossip_comm._transport import Message, PendingExchange, post
+from gossip_comm.config import GossipConfig
+from gossip_comm.handle import GossipHandle
+from gossip_topology import RankSchedule, RankStep, Topology, check_int
+
+__all__ = ["ExchangeEngine", "InFlight"]
+
+
+@dataclass
+class InFlight:
+    """One posted step: its messages, the schedule entry and the buffers it uses."""
+
+    pending: PendingExchange
+    info: RankStep
+    step: int
+    buf: torch.Tensor
+    target: torch.Tensor
+    weight: float
+    recvs: list[torch.Tensor]
+    weight_recvs: list[torch.Tensor]
+
+
+class ExchangeEngine:
+    """Validated state and buffers for gossiping one tensor shape over one process group.
+
+    Construction runs one small ``all_gather`` so that every rank learns whether all
+    ranks agree on the buffer size, dtype and topology; afterwards only point-to-point
+    messages are sent.
+
+    Raises:
+        TypeError: If ``like`` is not a floating-point tensor.
+        ValueError: On any inconsistency, on every rank at once.
+        RuntimeError: If ``torch.distributed`` is not initialised.
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        like: torch.Tensor,
+        *,
+        config: GossipConfig,
+        carries_weight: bool,
+        owner: str,
+    ) -> None:
+        self.channel: Channel = open_channel(topology, like, config, owner=owner)
+        self.topology = topology
+        self.schedule = RankSchedule(topology, config.mixing, rank=self.channel.rank)
+        self.carries_weight = carries_weight and not self.schedule.weight_is_constant
+        self.step = 0
+        self._pool: list[list[torch.Tensor]] = []
+        self._staging: torch.Tensor | None = None
+        self._wire_send: torch.Tensor | None = None
+        self._worker = Worker(f"gossip-rank{self.channel.rank}")
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, int]:
+        """The step counter, so a restored run continues the same schedule."""
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore the step counter.
+
+        Raises:
+            ValueError: If ``state["step"]`` is not an int >= 0.
+        """
+        try:
+            self.step = check_int("state['step']", state["step"], minimum=0)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+
+    # ------------------------------------------------------------------ steps
+    def _recv_set(self, count: int) -> list[torch.Tensor]:
+        bufs = self._pool.pop() if self._pool else []
+        while len(bufs) < count:
+            bufs.append(self.channel.empty())
+        return bufs
+
+    def post(self, tensor: torch.Tensor, weight: float) -> InFlight:
+        """Post one step's sends and receives; ``tensor`` must not change until finished."""
+        ch = self.channel
+        ch.check(tensor)
+        info, step = self.schedule[self.step], self.step
+        self.step += 1
+        if tensor.device != ch.device:  # CUDA tensor over gloo: stage through host memory
+            if self._staging is None:
+                pin = torch.cuda.is_available()
+                self._staging = torch.empty(ch.numel, dtype=ch.dtype, pin_memory=pin)
+            self._staging.copy_(tensor.reshape(-1))
+            buf = self._staging
+        else:
+            buf = tensor.view(-1)
+        send = buf
+        if ch.wire_dtype != ch.dtype and info.out_peers:
+            if self._wire_send is None:
+                self._wire_send = ch.empty()
+            self._wire_send.copy_(buf)
+            send = self._wire_send
+        recvs = self._recv_set(len(info.in_peers))
+        messages = [Message(p, send, True) for p in info.out_peers]
+        messages += [Message(q, recvs[i], False) for i, q in enumerate(info.in_peers)]
+        weight_recvs: list[torch.Tensor] = []
+        if self.carries_weight:
+            weight_send = torch.tensor([weight], dtype=torch.float64, device=ch.device)
+            weight_recvs = [
+                torch.empty(1, dtype=torch.float64, device=ch.device) for _ in info.in_peers
+            ]
+            messages += [Message(p, weight_send, True) for p in info.out_peers]
+            messages += [Message(q, weight_recvs[i], False) for i, q in enumerate(info.in_peers)]
+        pending = post(messages, ch.group, ch.rank, step)
+        return InFlight(pending, info, step, buf, tensor, weight, recvs, weight_recvs)
+
+    def _received(self, flight: InFlight) -> tuple[list[torch.Tensor], list[float]]:
+        """Wait for ``flight``; its received tensors and (if they travel) weights."""
+        flight.pending.wait(self.channel.timeout)
+        info = flight.info
+        recvs = flight.recvs[: len(info.in_peers)]
+        weights = [float(w.item()) for w in flight.weight_recvs]
+        if self.channel.check_finite:
+            rank = self.channel.rank
+            for q, r in zip(info.in_peers, recvs, strict=True):
+                check_finite(r, rank=rank, peer=q, step=flight.step)
+            for q, w in zip(info.in_peers, weights, strict=False):
+                check_finite(w, rank=rank, peer=q, step=flight.step)
+        return recvs, weights
+
+    def finish(self, flight: InFlight) -> tuple[torch.Tensor, float]:
+        """Wait for ``flight`` and mix in place; returns ``(tensor, weight)``."""
+        try:
+            recvs, weights = self._received(flight)
+            info, buf = flight.info, flight.buf
+            weight = flight.weight
+            if self.carries_weight:
+                weight = info.self_weight * weight + math.fsum(
+                    a * w for a, w in zip(info.in_weights, weights, strict=True)
+                )
+            _mix_into(buf, recvs, info)
+            if flight.target.device != buf.device:
+                flight.target.copy_(buf.view(flight.target.shape))
+            return flight.target, weight
+        finally:
+            self._pool.append(flight.recvs)
+
+    def accumulate(self, flight: InFlight, into: torch.Tensor) -> float:
+        """Wait for ``flight`` and add ``sum_q W[r, q] x_q`` into ``into`` (overlap mode).
+
+        Unlike ``finish``, the local share is left alone: the caller scaled its own
+        numerator by ``W[r, r]`` when it sent.
+
+        Returns:
+            ``sum_q W[r, q] w_q``, the weight received; ``(1 - W[r, r]) * weight`` when the
+            weight does not travel.
+        """
+        try:
+            recvs, weights = self._received(flight)
+            info = flight.info
+            flat = into.view(-1)
+            for r, a in zip(recvs, info.in_weights, strict=True):
+                # a CUDA numerator gossiped over gloo receives into host buffers
+                flat.add_(r.to(flat.device, non_blocking=True), alpha=a)
+            if self.carries_weight:
+                return math.fsum(a * w for a, w in zip(info.in_weights, weights, strict=True))
+            return (1.0 - info.self_weight) * flight.weight
+        finally:
+            self._pool.append(flight.recvs)
+
+    def start(
+        self, tensor: torch.Tensor, weight: float
+    ) -> GossipHandle[tuple[torch.Tensor, float]]:
+        """Post a step and return a handle; mixing happens when the messages are in.
+
+        On CPU the background worker blocks in the backend's own ``Work.wait`` and mixes,
+        so the handle completes without the caller waiting; on CUDA the works are polled
+        and the mixing runs on the caller's stream when it waits.
+        """
+        flight = self.post(tensor, weight)
+        if self.channel.device.type == "cpu":
+            return GossipHandle(future=self._worker.submit(lambda: self.finish(flight)))
+        return GossipHandle(poll=flight.pending.is_completed, finish=lambda: self.finish(flight))
+
+    def mix(self, tensor: torch.Tensor, weight: float) -> tuple[torch.Tensor, float]:
+        """Post a step and finish it in the calling thread."""
+        return self.finish(self.post(tensor, weight))
+
+    def close(self) -> None:
+        """Stop the background worker, if one was started."""
+        self._worker.close()
+
+
+def _mix_into(buf: torch.Tensor, recvs: list[torch.Tensor], info: RankStep) -> None:
+    """``buf <- W[r, r] buf + sum_q W[r, q] recv_q``, in one pass where possible."""
+    if not recvs:
+        if info.self_weight != 1.0:
+            buf.mul_(info.self_weight)
+        return
+    if (
+        len(recvs) == 1
+        and recvs[0].dtype == buf.dtype
+        and abs(info.self_weight + info.in_weights[0] - 1.0) < 1e-15
+    ):
+        buf.lerp_(recvs[0], info.in_weights[0])
+        return
+    buf.mul_(info.self_weight)
+    for r, a in zip(recvs, info.in_weights, strict=True):
+        buf.add_(r, alpha=a)

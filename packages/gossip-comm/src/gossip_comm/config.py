@@ -1,0 +1,76 @@
+"""`GossipConfig`: the communication options every gossiper shares, in one frozen dataclass."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.distributed import ProcessGroup
+
+from gossip_topology import Mixing
+
+__all__ = ["WIRE_DTYPES", "GossipConfig"]
+
+#: Accepted values of ``GossipConfig.wire_dtype``.
+WIRE_DTYPES: tuple[torch.dtype | None, ...] = (None, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GossipConfig:
+    """Options shared by every gossiper; build it with keywords and pass it as ``config=``.
+
+    Attributes:
+        mixing: Mixing rule; ``UniformMixing()`` when ``None``.
+        process_group: Group to gossip in; WORLD when ``None``.
+        comm_device: Device of the communication buffers. Default: CUDA for NCCL, CPU for
+            gloo. A CUDA tensor gossiped over gloo is staged through host memory.
+        wire_dtype: ``None`` (send the buffer's dtype), ``torch.bfloat16`` or
+            ``torch.float16``. Accumulation stays in the buffer's dtype and push-sum
+            weights always travel in float64.
+        timeout: Seconds to wait for one step's messages before raising
+            [`GossipTimeoutError`][gossip_comm.GossipTimeoutError].
+        check_finite: Check every received message for NaN/Inf and raise
+            [`NonFiniteError`][gossip_comm.NonFiniteError] naming the sender.
+
+    Raises:
+        TypeError: If ``mixing`` is not a ``gossip_topology.Mixing`` or ``check_finite``
+            is not a bool.
+        ValueError: If ``timeout`` is not a positive number or ``wire_dtype`` is not one
+            of [`WIRE_DTYPES`][gossip_comm.WIRE_DTYPES].
+
+    Example:
+        ```python
+        config = GossipConfig(wire_dtype=torch.bfloat16, timeout=60.0)
+        ps = PushSum(topology, x, config=config)
+        ```
+    """
+
+    mixing: Mixing | None = None
+    process_group: ProcessGroup | None = None
+    comm_device: torch.device | str | None = None
+    wire_dtype: torch.dtype | None = None
+    timeout: float = 300.0
+    check_finite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mixing is not None and not isinstance(self.mixing, Mixing):
+            raise TypeError(
+                f"mixing must be a gossip_topology.Mixing or None; got {type(self.mixing)}"
+            )
+        if (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, int | float)
+            or not (self.timeout > 0 and math.isfinite(self.timeout))
+        ):
+            raise ValueError(f"timeout must be a positive number of seconds; got {self.timeout!r}")
+        if self.wire_dtype not in WIRE_DTYPES:
+            raise ValueError(
+                f"wire_dtype must be None, torch.bfloat16 or torch.float16; got {self.wire_dtype}"
+            )
+        if not isinstance(self.check_finite, bool):
+            raise TypeError(f"check_finite must be a bool; got {self.check_finite!r}")
+        if self.comm_device is not None and not isinstance(self.comm_device, torch.device | str):
+            raise TypeError(
+                f"comm_device must be a torch.device, a string or None; got {self.comm_device!r}"
+            )

@@ -1,0 +1,47 @@
+"""`Gossiper`: what PushSum and PushPull have in common, for code that holds either."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from gossip_comm.handle import GossipHandle
+
+__all__ = ["Gossiper"]
+
+
+@runtime_checkable
+class Gossiper(Protocol):
+    """A synchronous gossiper of one tensor shape: one step of ``x <- W(t) x``.
+
+    [`PushSum`][gossip_comm.PushSum] tracks the push-sum weight;
+    [`PushPull`][gossip_comm.PushPull] needs none and hands it back unchanged.
+    """
+
+    @property
+    def step(self) -> int:
+        """Number of steps posted so far (the schedule position)."""
+        ...
+
+    def mix(self, tensor: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, float]:
+        """One blocking step; ``tensor`` is updated in place. Returns ``(tensor, weight)``."""
+        ...
+
+    def start(
+        self, tensor: torch.Tensor, weight: float = 1.0
+    ) -> GossipHandle[tuple[torch.Tensor, float]]:
+        """Post one step and return at once; ``wait()`` gives ``(tensor, weight)``."""
+        ...
+
+    def state_dict(self) -> dict[str, int]:
+        """The step counter."""
+        ...
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore the step counter."""
+        ...
+
+    def close(self) -> None:
+        """Release background resources."""
+        ...
