@@ -56,37 +56,39 @@ def test_zero_learning_rate_moves_towards_consensus() -> None:
     assert spread(final) < 0.05 * spread(start)
 
 
-def _straggler(rank: int, n: int, algorithm: str, slow: bool) -> float:
+FAST, SLOW = 0.01, 0.2  # seconds of "compute" per step: the straggler is 20x slower
+
+
+def _straggler(rank: int, n: int, algorithm: str) -> float:
     torch.manual_seed(0)
     net = torch.nn.Linear(16, 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     extra = {} if algorithm == "adpsgd" else {"topology": "ring"}
     dp = make_data_parallel(algorithm, net, opt, **extra)
     x, y = torch.randn(8, 16), torch.randn(8, 1)
-    compute = 0.04 if (slow and rank == 3) else 0.02  # rank 3 takes twice as long
+    steps = 8
     t0 = time.perf_counter()
-    for _ in range(25):
+    for _ in range(steps):
         torch.nn.functional.mse_loss(dp(x), y).backward()
-        time.sleep(compute)
+        time.sleep(SLOW if rank == 3 else FAST)
         opt.step()
         opt.zero_grad()
-    elapsed = (time.perf_counter() - t0) / 25
-    if hasattr(dp, "close"):
-        dp.close()
+    elapsed = (time.perf_counter() - t0) / steps
+    dp.close()
     return elapsed
 
 
 def test_a_straggler_slows_all_reduce_but_not_adpsgd() -> None:
+    # Ordinal, with wide margins: the delays are large on purpose, so the comparison holds
+    # on a loaded machine. The measured slowdowns are benchmarks/bench_straggler.py's job.
     n = 4
-    ar = run_distributed(_straggler, n, ("ar", True))
-    ad = run_distributed(_straggler, n, ("adpsgd", True))
-    ad_base = run_distributed(_straggler, n, ("adpsgd", False))
-    fast_ar = np.mean(ar[:3])
-    fast_ad, base_ad = np.mean(ad[:3]), np.mean(ad_base[:3])
-    # AR-SGD's fast ranks are dragged to the straggler's pace; AD-PSGD's are not.
-    assert fast_ar > 0.035, ar
-    assert fast_ad < 0.75 * fast_ar, (ad, ar)
-    assert fast_ad < 1.5 * base_ad, (ad, ad_base)
+    ar = run_distributed(_straggler, n, ("ar",))
+    ad = run_distributed(_straggler, n, ("adpsgd",))
+    fast_ar, fast_ad = max(ar[:3]), max(ad[:3])
+    # AR-SGD's fast ranks wait for the straggler at every step ...
+    assert fast_ar > 0.75 * SLOW, ar
+    # ... AD-PSGD's do not (rank 3 is active: it only delays its own requests)
+    assert fast_ad < 0.5 * SLOW, ad
 
 
 def _checkpoint(rank: int, n: int, path: str) -> Any:
@@ -105,7 +107,7 @@ def _checkpoint(rank: int, n: int, path: str) -> Any:
         torch.save(state, file)
         return net.weight.detach()[0].clone().numpy(), state["_extra_state"]["gossip"][0]["step"]
     dp.load_state_dict(torch.load(file, weights_only=False))
-    restored = net.weight.detach()[0].clone().numpy(), dp._pairs.step
+    restored = net.weight.detach()[0].clone().numpy(), dp.get_extra_state()["gossip"][0]["step"]
     dp.close()
     return restored
 

@@ -39,8 +39,7 @@ def _digits(rank: int, n: int) -> dict[str, float]:
                 criterion(model(Xs[batch]), ys[batch]).backward()
                 opt.step()
                 opt.zero_grad()
-        if hasattr(model, "close"):
-            model.close()  # AD-PSGD: wait until every active has finished its exchanges
+        model.close()  # AD-PSGD: wait until every active has finished its exchanges
         model.eval()
         with torch.no_grad(), model.average_for_eval():
             accuracy[algorithm] = float((model(Xt).argmax(1) == yt).float().mean())

@@ -25,7 +25,7 @@ def _train(
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     extra = {"synch_freq": synch_freq} if algorithm == "osgp" else {}
     dp = make_data_parallel(algorithm, net, opt, topology=topology(name, n), **extra)
-    zs, ws, xs, grads, inflight = [], [], [], [], []
+    zs, ws, xs, grads = [], [], [], []
     for _ in range(steps):
         loss(dp, X[rank], y[rank]).backward()
         grads.append(net.weight.grad[0].clone().numpy())
@@ -35,18 +35,17 @@ def _train(
         zs.append(z)
         ws.append(dp.ps_weight)
         xs.append(z * dp.ps_weight)
-        # mass still travelling: what this rank sent and peers have not folded in yet
-        sent = sum(
-            ((1 - r[0][0].self_weight) * r[0][1].numpy() for r in getattr(dp, "_inflight", [])),
-            np.zeros_like(z),
-        )
-        inflight.append(sent)
+    in_flight = dp.in_flight
+    dp.finish_gossip()  # bring every message home (OSGP has some in flight)
+    final_w = dp.ps_weight
     return {
         "z": np.array(zs),
         "w": np.array(ws),
         "x": np.array(xs),
         "g": np.array(grads),
-        "sent": np.array(inflight),
+        "in_flight": in_flight,
+        "x_home": net.weight.detach()[0].clone().numpy() * final_w,
+        "w_home": final_w,
     }
 
 
@@ -90,18 +89,22 @@ def test_network_average_follows_the_mean_gradient(algorithm: str, name: str) ->
     n, steps = 4, 6
     _, _, theta0 = problem(n)
     res = run_distributed(_train, n, (algorithm, name, steps, 0))
-    # total numerator mass, held plus in flight, divided by the total weight (= n)
-    held = np.stack([r["x"] + r["sent"] for r in res], axis=1).sum(axis=1)
+    held = np.stack([r["x"] for r in res], axis=1).sum(axis=1)
     weight = np.stack([r["w"] for r in res], axis=1).sum(axis=1)
     grads = np.stack([r["g"] for r in res], axis=1)
     xbar = theta0.copy()
     for t in range(steps):
         xbar = xbar - LR * grads[t].mean(axis=0)
-        if algorithm != "osgp":
-            np.testing.assert_allclose(weight[t], n, rtol=1e-12)
+        if algorithm == "osgp":
+            continue  # part of the mass is in flight between steps; checked at the end
+        np.testing.assert_allclose(weight[t], n, rtol=1e-12)
         np.testing.assert_allclose(
             held[t] / n, xbar, rtol=1e-10, atol=1e-10, err_msg=f"{algorithm} {name} step {t}"
         )
+    # once every message is home, the total numerator and weight are the network's
+    assert all(r["in_flight"] == (1 if algorithm == "osgp" else 0) for r in res)
+    np.testing.assert_allclose(sum(r["w_home"] for r in res), n, rtol=1e-12)
+    np.testing.assert_allclose(sum(r["x_home"] for r in res) / n, xbar, rtol=1e-10, atol=1e-10)
 
 
 def test_dpsgd_matches_lian_et_al_update() -> None:
@@ -168,10 +171,32 @@ def test_consensus_distance_decreases_with_zero_learning_rate() -> None:
     assert d[-1] < 0.1 * d[0]
 
 
-def test_options_reach_the_wrapper() -> None:
-    opts = GossipOptions(topology="ring", overlap=True, synch_freq=2)
-    assert opts.synch_freq == 2
-    with pytest.raises(ValueError, match="synch_freq must be an int >= 0"):
+def _synch_freq(rank: int, n: int, synch_freq: int, steps: int) -> list[int]:
+    X, y, theta0 = problem(n)
+    net = model(theta0)
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    dp = make_data_parallel("osgp", net, opt, topology="ring", synch_freq=synch_freq)
+    seen = []
+    for _ in range(steps):
+        loss(dp, X[rank], y[rank]).backward()
+        opt.step()
+        opt.zero_grad()
+        seen.append(dp.in_flight)
+    dp.close()
+    return [*seen, dp.in_flight]
+
+
+def test_synch_freq_reaches_the_wrapper_and_bounds_staleness() -> None:
+    # with synch_freq = tau, a step's messages are folded in tau + 1 steps later, so at
+    # most tau + 1 steps are in flight; close() brings them all home
+    for tau in (0, 2):
+        res = run_distributed(_synch_freq, 2, (tau, 5))
+        expected = [min(t + 1, tau + 1) for t in range(5)] + [0]
+        assert all(r == expected for r in res), (tau, res)
+
+
+def test_synch_freq_is_checked() -> None:
+    with pytest.raises(ValueError, match="synch_freq must be >= 0"):
         GossipOptions(synch_freq=-1)
-    with pytest.raises(ValueError, match="synch_freq only applies with overlap=True"):
-        GossipOptions(synch_freq=1)
+    with pytest.raises(TypeError, match="synch_freq must be an int"):
+        GossipOptions(synch_freq=1.5)  # type: ignore[arg-type]

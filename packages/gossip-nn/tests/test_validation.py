@@ -38,7 +38,7 @@ def _bad(rank: int, n: int) -> dict[str, str]:
         "dpsgd_star": _catch(lambda: make_data_parallel("dpsgd", *fresh(), topology="star")),
         "size": _catch(lambda: make_data_parallel("sgp", *fresh(), topology=make_ring(n + 1))),
         "hierarchical": _catch(lambda: make_data_parallel("sgp", *fresh(), nprocs_per_node=2)),
-        "overlap": _catch(lambda: make_data_parallel("sgp", *fresh(), overlap=True)),
+        "synch_freq": _catch(lambda: make_data_parallel("sgp", *fresh(), synch_freq=1)),
         "adpsgd_ring": _catch(lambda: make_data_parallel("adpsgd", *fresh(), topology="ring")),
     }
 
@@ -61,7 +61,7 @@ def test_bad_construction_is_named() -> None:
         assert "doubly-stochastic" in res["dpsgd_star"]
         assert "topology has world_size=4 but 3 participants gossip" in res["size"]
         assert "nprocs_per_node=2 must divide the process group's size 3" in res["hierarchical"]
-        assert "use algorithm='osgp'" in res["overlap"]
+        assert "synch_freq=1 only applies to algorithm='osgp'" in res["synch_freq"]
 
 
 def test_uninitialised_process_group() -> None:
@@ -80,9 +80,9 @@ def _eval(rank: int, n: int) -> Any:
         loss(dp, X[rank], y[rank]).backward()
         opt.step()
         opt.zero_grad()
-    in_flight = len(dp._inflight)
+    in_flight = dp.in_flight
     dp.eval()
-    after_eval = (len(dp._inflight), dp.ps_weight)
+    after_eval = (dp.in_flight, dp.ps_weight)
     with dp.average_for_eval():
         avg = net.weight.detach().clone().numpy()
     dp.train()
@@ -105,4 +105,4 @@ def test_eval_finishes_in_flight_gossip_and_average_for_eval_is_exact() -> None:
 def test_options_are_frozen() -> None:
     opts = GossipOptions()
     with pytest.raises(AttributeError):
-        opts.overlap = True  # type: ignore[misc]
+        opts.synch_freq = 1  # type: ignore[misc]

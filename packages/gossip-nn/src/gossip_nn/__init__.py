@@ -11,8 +11,9 @@ at the end).
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
+from gossip_nn._base import DataParallelModule
+from gossip_nn.adpsgd import ADPSGD_TOPOLOGY, BilateralGossipDataParallel
 from gossip_nn.allreduce import AllReduceDataParallel
-from gossip_nn.bilateral import BilateralGossipDataParallel
 from gossip_nn.factory import ALGORITHMS, make_data_parallel
 from gossip_nn.gossip import GossipDataParallel
 from gossip_nn.options import GossipOptions
@@ -23,9 +24,11 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "ADPSGD_TOPOLOGY",
     "ALGORITHMS",
     "AllReduceDataParallel",
     "BilateralGossipDataParallel",
+    "DataParallelModule",
     "GossipDataParallel",
     "GossipOptions",
     "__version__",

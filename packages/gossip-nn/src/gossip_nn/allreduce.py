@@ -10,13 +10,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from gossip_nn._base import DataParallelModule
 from gossip_nn.options import GossipOptions
 from gossip_nn.validate import checked_parameters
 
 __all__ = ["AllReduceDataParallel"]
 
 
-class AllReduceDataParallel(nn.Module):
+class AllReduceDataParallel(DataParallelModule):
     """AR-SGD: gradients are all-reduced by `DistributedDataParallel` during backward.
 
     A thin layer so that AR-SGD shares the gossip wrappers' constructor, options,
@@ -48,9 +49,11 @@ class AllReduceDataParallel(nn.Module):
         self.__dict__["_ddp"] = DistributedDataParallel(
             module, process_group=self.options.process_group
         )
-        self.ps_weight = 1.0
 
-    algorithm = "ar"
+    @property
+    def algorithm(self) -> str:
+        """``"ar"``."""
+        return "ar"
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the module through DDP, which all-reduces gradients in backward."""
@@ -67,17 +70,8 @@ class AllReduceDataParallel(nn.Module):
         """All ranks already hold the same model; provided for API parity."""
         yield
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """The same layout as the gossip wrappers'."""
-        return {"algorithm": "ar", "ps_weight": 1.0, "gossip": []}
+    def _gossip_state(self) -> dict[str, Any]:
+        return {"ps_weight": 1.0, "gossip": []}
 
-    def set_extra_state(self, state: Any) -> None:
-        """Check the checkpoint is from AR-SGD.
-
-        Raises:
-            ValueError: If it is from another algorithm.
-        """
-        if state.get("algorithm") != "ar":
-            raise ValueError(
-                f"checkpoint is from algorithm {state.get('algorithm')!r}, this wrapper runs 'ar'"
-            )
+    def _load_gossip_state(self, state: dict[str, Any]) -> None:
+        """Nothing to restore: all-reduce keeps no gossip state."""

@@ -2,22 +2,13 @@ r"""GossipDataParallel: SGP, OSGP and D-PSGD behind the plain PyTorch training l
 
 The wrapped module's trainable parameters are re-bound as views into one flat buffer per
 dtype and device, so gossip touches them without packing. Between optimizer steps the
-parameters hold the de-biased model $z_i = x_i / w_i$ that forward and backward see;
-an optimizer *pre*-step hook turns them into the numerator $x_i$ (and, for D-PSGD, mixes
-them) and a *post*-step hook mixes and de-biases again. The training loop is unchanged.
-
-- **SGP** (Assran et al., ICML 2019, Algorithm 1, [arXiv:1811.10792](https://arxiv.org/abs/1811.10792)):
-  $x_i \leftarrow x_i - \gamma\,d_i(z_i)$, then one push-sum step on $(x, w)$.
-- **OSGP**: the push-sum messages of step $t$ carry $x_i$ from *before* step $t$'s update;
-  rank $i$ keeps $W_{ii} x_i$ and $W_{ii} w_i$, applies its update to that, and adds the
-  messages of step $t$ at step $t + 1 + \tau$, $\tau$ = ``synch_freq``.
-- **D-PSGD** (Lian et al., NeurIPS 2017): $x_i \leftarrow \sum_j W_{ij} x_j - \gamma\,d_i(x_i)$
-  with a doubly-stochastic $W$.
+parameters hold the de-biased model $z_i = x_i / w_i$ that forward and backward see. An
+optimizer *pre*-step hook and a *post*-step hook hand the buffers to the algorithm's step
+object (see ``gossip_nn._steps``), so the training loop is unchanged.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,9 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gossip_comm import OverlapRound, PushPull, PushSum
-from gossip_comm.backend import group_size, resolve_group
-from gossip_comm.wire import FlatBuffer
+from gossip_comm import FlatBuffer
+from gossip_nn._base import DataParallelModule, bind_flat, network_average
+from gossip_nn._steps import build_step
 from gossip_nn.hierarchy import Hierarchy, build_hierarchy
 from gossip_nn.options import GossipOptions
 from gossip_nn.validate import checked_parameters
@@ -36,20 +27,22 @@ from gossip_nn.validate import checked_parameters
 __all__ = ["GossipDataParallel"]
 
 
-class GossipDataParallel(nn.Module):
-    """Decentralised data parallelism by gossip: SGP, OSGP (``overlap``) or D-PSGD.
+class GossipDataParallel(DataParallelModule):
+    """Decentralised data parallelism by gossip: SGP, OSGP or D-PSGD.
 
     Args:
         module: The model, identical on every rank.
         optimizer: The optimizer over exactly ``module``'s trainable parameters; the
             wrapper hooks its ``step``.
-        push_sum: ``True`` for SGP/OSGP, ``False`` for D-PSGD (push-pull).
-        options: Topology, mixing, overlap and communication settings.
+        algorithm: ``"sgp"`` (push-sum), ``"osgp"`` (push-sum overlapped with the next
+            step's computation, at most ``options.synch_freq`` steps stale) or
+            ``"dpsgd"`` (push-pull on a doubly-stochastic graph).
+        options: Topology, mixing and communication settings.
 
     Raises:
         ValueError: If the model differs across ranks, the optimizer does not own the
             parameters, the topology does not fit the group or the algorithm, or an
-            unsupported option is set.
+            option does not apply to the algorithm.
         RuntimeError: If ``torch.distributed`` is not initialised.
 
     Example:
@@ -67,90 +60,58 @@ class GossipDataParallel(nn.Module):
         module: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
-        push_sum: bool = True,
+        algorithm: str = "sgp",
         options: GossipOptions | None = None,
     ) -> None:
         super().__init__()
         options = GossipOptions() if options is None else options
-        if options.overlap and not push_sum:
-            raise ValueError("overlap=True needs push_sum=True (OSGP); D-PSGD does not overlap")
-        self.module = module
-        self.options, self.push_sum = options, push_sum
-        group, self._params = checked_parameters(module, optimizer, options.process_group)
+        self.module, self.options = module, options
+        self._group, self._params = checked_parameters(module, optimizer, options.process_group)
         self._hierarchy: Hierarchy | None = None
         self._grad_flat: FlatBuffer | None = None
-        gossip_group = options.process_group
-        participants = group_size(group)
+        gossip_group, participants = self._group, dist.get_world_size(self._group)
         if options.nprocs_per_node > 1:
-            self._hierarchy = build_hierarchy(group, options.nprocs_per_node)
+            self._hierarchy = build_hierarchy(self._group, options.nprocs_per_node)
             gossip_group, participants = self._hierarchy.plane_group, self._hierarchy.nodes
-        topology = options.build_topology(participants)
-        with torch.no_grad():
-            self._flat = FlatBuffer([p.detach() for p in self._params])
-            for p, view in zip(self._params, self._flat.views(), strict=True):
-                p.data = view
-        common: dict[str, Any] = {
-            "mixing": options.mixing,
-            "process_group": gossip_group,
-            "wire_dtype": options.wire_dtype,
-            "timeout": options.timeout,
-        }
-        self._gossipers: list[PushSum | PushPull] = [
-            PushSum(topology, buf, **common) if push_sum else PushPull(topology, buf, **common)
-            for buf in self._flat.buffers
-        ]
-        self.topology = topology
-        self.ps_weight = 1.0
-        # With a constant weight (regular graph, uniform mixing, no overlap) z == x: skip
-        # the bookkeeping ("lazy mixing"); the result is the same.
-        self._lazy = not push_sum or (
-            not options.overlap and not any(g.sends_weight for g in self._ps())
+        self.topology = options.build_topology(participants)
+        self._flat = bind_flat(self._params)
+        self._step = build_step(
+            algorithm,
+            self._flat.buffers,
+            self.topology,
+            options.comm_config(gossip_group),
+            synch_freq=options.synch_freq,
         )
-        self._inflight: deque[list[tuple[OverlapRound, torch.Tensor]]] = deque()
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
         ]
 
-    # ----------------------------------------------------------------- helpers
-    def _ps(self) -> list[PushSum]:
-        return [g for g in self._gossipers if isinstance(g, PushSum)]
-
     @property
     def algorithm(self) -> str:
         """``"sgp"``, ``"osgp"`` or ``"dpsgd"``."""
-        if not self.push_sum:
-            return "dpsgd"
-        return "osgp" if self.options.overlap else "sgp"
+        return self._step.algorithm
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the wrapped module on the de-biased parameters."""
-        return self.module(*args, **kwargs)
+    @property
+    def ps_weight(self) -> float:
+        """This rank's push-sum weight ``w_i`` (always 1 for D-PSGD)."""
+        return self._step.weight
+
+    @property
+    def in_flight(self) -> int:
+        """OSGP: gossip steps sent but not yet folded in (0 for SGP and D-PSGD)."""
+        return self._step.in_flight
 
     # ------------------------------------------------------------------- hooks
     @torch.no_grad()
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._hierarchy is not None:
             self._average_node_gradients()
-        if not self.push_sum:
-            for g, buf in zip(self._gossipers, self._flat.buffers, strict=True):
-                g.mix(buf)  # type: ignore[call-arg]  # x <- W x, then the update applies
-            return
-        if not self._lazy:
-            for buf in self._flat.buffers:
-                buf.mul_(self.ps_weight)  # z -> x: the optimizer updates the numerator
-        if self.options.overlap:
-            while len(self._inflight) > self.options.synch_freq:
-                self._fold(self._inflight.popleft())
-            rounds = []
-            weight = self.ps_weight
-            for g, buf in zip(self._ps(), self._flat.buffers, strict=True):
-                snapshot = buf.clone()
-                rnd = g.send(snapshot, weight)
-                buf.mul_(rnd.self_weight)
-                rounds.append((rnd, snapshot))
-            self.ps_weight = weight * rounds[0][0].self_weight
-            self._inflight.append(rounds)
+        self._step.before_update()
+
+    @torch.no_grad()
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._step.after_update()
 
     def _average_node_gradients(self) -> None:
         assert self._hierarchy is not None
@@ -165,108 +126,32 @@ class GossipDataParallel(nn.Module):
         self._hierarchy.average_gradients(self._grad_flat.buffers)
         self._grad_flat.unpack(grads)
 
-    @torch.no_grad()
-    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self.push_sum:
-            return
-        if not self.options.overlap:
-            weight = new_weight = self.ps_weight
-            for g, buf in zip(self._ps(), self._flat.buffers, strict=True):
-                _, new_weight = g.mix(buf, weight)  # every group mixes the same weight
-            self.ps_weight = new_weight
-        if not self._lazy:
-            for buf in self._flat.buffers:
-                buf.div_(self.ps_weight)  # x -> z for the next forward
-
-    def _fold(self, rounds: list[tuple[OverlapRound, torch.Tensor]]) -> None:
-        received = [
-            g.receive(rnd, buf)
-            for g, (rnd, _), buf in zip(self._ps(), rounds, self._flat.buffers, strict=True)
-        ]
-        self.ps_weight += received[0]
-
+    # --------------------------------------------------------------- lifecycle
     @torch.no_grad()
     def finish_gossip(self) -> None:
         """Fold in every in-flight overlapped message; parameters stay de-biased."""
-        if not self._inflight:
-            return
-        for buf in self._flat.buffers:
-            buf.mul_(self.ps_weight)
-        while self._inflight:
-            self._fold(self._inflight.popleft())
-        for buf in self._flat.buffers:
-            buf.div_(self.ps_weight)
-
-    def train(self, mode: bool = True) -> GossipDataParallel:
-        """Switch mode; ``eval()`` first finishes in-flight gossip."""
-        if not mode:
-            self.finish_gossip()
-        super().train(mode)
-        return self
+        self._step.finish()
 
     @contextmanager
     def average_for_eval(self) -> Iterator[None]:
         r"""Temporarily replace every rank's parameters with the exact network average.
 
-        Computes $\sum_i x_i / \sum_i w_i$ with one all-reduce (a collective: every rank
-        must enter) and restores the local de-biased parameters on exit.
+        Computes $\sum_i x_i / \sum_i w_i$ with one all-reduce per buffer (a collective:
+        every rank must enter) and restores the local de-biased parameters on exit.
         """
         self.finish_gossip()
-        group = resolve_group(self.options.process_group)
-        saved = [buf.clone() for buf in self._flat.buffers]
-        with torch.no_grad():
-            for buf in self._flat.buffers:
-                buf.mul_(self.ps_weight)
-                dist.all_reduce(buf, group=group)
-            total = torch.tensor(
-                [self.ps_weight], dtype=torch.float64, device=self._flat.buffers[0].device
-            )
-            dist.all_reduce(total, group=group)
-            for buf in self._flat.buffers:
-                buf.div_(float(total.item()))
-        try:
+        with network_average(self._flat.buffers, self.ps_weight, self._group):
             yield
-        finally:
-            with torch.no_grad():
-                for buf, old in zip(self._flat.buffers, saved, strict=True):
-                    buf.copy_(old)
 
-    # ----------------------------------------------------------- checkpoints
-    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        """Finish in-flight gossip, then save de-biased parameters and the gossip state."""
-        self.finish_gossip()
-        return super().state_dict(*args, **kwargs)
+    def _gossip_state(self) -> dict[str, Any]:
+        return self._step.state_dict()
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """The push-sum weight and the gossipers' step counters."""
-        return {
-            "algorithm": self.algorithm,
-            "ps_weight": self.ps_weight,
-            "gossip": [g.state_dict() for g in self._gossipers],
-        }
-
-    def set_extra_state(self, state: Any) -> None:
-        """Restore what [`get_extra_state`][gossip_nn.GossipDataParallel.get_extra_state] saved.
-
-        Raises:
-            ValueError: If the checkpoint is from another algorithm or layout.
-        """
-        if state.get("algorithm") != self.algorithm:
-            raise ValueError(
-                f"checkpoint is from algorithm {state.get('algorithm')!r}, this wrapper runs "
-                f"{self.algorithm!r}"
-            )
-        if len(state["gossip"]) != len(self._gossipers):
-            raise ValueError("checkpoint has a different number of parameter groups")
-        self._inflight.clear()
-        self.ps_weight = float(state["ps_weight"])
-        for g, s in zip(self._gossipers, state["gossip"], strict=True):
-            g.load_state_dict(s)
+    def _load_gossip_state(self, state: dict[str, Any]) -> None:
+        self._step.load_state_dict(state)
 
     def close(self) -> None:
-        """Remove the optimizer hooks and release gossip threads."""
+        """Finish gossip, remove the optimizer hooks and release gossip threads."""
         self.finish_gossip()
         for h in self._handles:
             h.remove()
-        for g in self._gossipers:
-            g.close()
+        self._step.close()

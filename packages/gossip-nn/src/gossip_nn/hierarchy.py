@@ -19,8 +19,6 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from gossip_comm.backend import group_rank, group_size, to_global_rank
-
 __all__ = ["Hierarchy", "build_hierarchy"]
 
 
@@ -53,14 +51,14 @@ def build_hierarchy(group: ProcessGroup, procs_per_node: int) -> Hierarchy:
     Raises:
         ValueError: If the group's size is not a multiple of ``procs_per_node``.
     """
-    size = group_size(group)
+    size = dist.get_world_size(group)
     if size % procs_per_node:
         raise ValueError(
             f"nprocs_per_node={procs_per_node} must divide the process group's size {size}"
         )
     nodes = size // procs_per_node
-    me = group_rank(group)
-    glob = [to_global_rank(group, r) for r in range(size)]
+    me = dist.get_rank(group)
+    glob = dist.get_process_group_ranks(group)
     node_group = plane_group = None
     # every rank creates every group, in the same order, as new_group requires
     for k in range(nodes):

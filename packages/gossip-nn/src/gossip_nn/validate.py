@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed import ProcessGroup
 
-from gossip_comm.backend import comm_device_for, resolve_group
+from gossip_comm import comm_device_for, resolve_group
 
 __all__ = ["check_optimizer_owns", "check_same_model", "checked_parameters"]
 

@@ -1,0 +1,141 @@
+"""What every data-parallel wrapper shares: the lifecycle, the checkpoint layout, the eval.
+
+Each wrapper *has* a strategy (DDP, a gossip step, an AD-PSGD role) and inherits only
+this lifecycle: ``forward`` runs the model, ``eval()`` and ``state_dict()`` first finish
+in-flight gossip, and the extra state names its algorithm so a checkpoint from another
+algorithm is refused.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed import ProcessGroup
+
+from gossip_comm import FlatBuffer
+
+__all__ = ["DataParallelModule", "bind_flat", "network_average"]
+
+
+class DataParallelModule(nn.Module, ABC):
+    """The type [`make_data_parallel`][gossip_nn.make_data_parallel] returns.
+
+    Every wrapper (AR-SGD, SGP, OSGP, D-PSGD, AD-PSGD) is one, so a training script can
+    call the same methods whatever the algorithm.
+
+    Attributes:
+        module: The wrapped model.
+    """
+
+    module: nn.Module
+
+    @property
+    @abstractmethod
+    def algorithm(self) -> str:
+        """``"ar"``, ``"sgp"``, ``"osgp"``, ``"dpsgd"`` or ``"adpsgd"``."""
+
+    @property
+    def ps_weight(self) -> float:
+        """This rank's push-sum weight (1 for algorithms without one)."""
+        return 1.0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the wrapped module."""
+        return self.module(*args, **kwargs)
+
+    @abstractmethod
+    def finish_gossip(self) -> None:
+        """Fold in every gossip message still in flight; parameters stay usable."""
+
+    @abstractmethod
+    def average_for_eval(self) -> AbstractContextManager[None]:
+        """Context manager: hold the exact network-average model inside the block.
+
+        A collective: every rank must enter. The local parameters are restored on exit.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Finish gossip and release hooks and threads (every rank must call it)."""
+
+    @abstractmethod
+    def _gossip_state(self) -> dict[str, Any]:
+        """``{"ps_weight": ..., "gossip": [...]}`` for the checkpoint."""
+
+    @abstractmethod
+    def _load_gossip_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``_gossip_state`` saved (the algorithm is already checked)."""
+
+    def train(self, mode: bool = True) -> DataParallelModule:
+        """Switch mode; ``eval()`` first finishes in-flight gossip."""
+        if not mode:
+            self.finish_gossip()
+        super().train(mode)
+        return self
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """Finish in-flight gossip, then save the parameters and the gossip state."""
+        self.finish_gossip()
+        return super().state_dict(*args, **kwargs)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The algorithm, the push-sum weight and the gossipers' step counters."""
+        return {"algorithm": self.algorithm, **self._gossip_state()}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore what ``get_extra_state`` saved.
+
+        Raises:
+            ValueError: If the checkpoint is from another algorithm or layout.
+        """
+        if not isinstance(state, dict) or state.get("algorithm") != self.algorithm:
+            found = state.get("algorithm") if isinstance(state, dict) else state
+            raise ValueError(
+                f"checkpoint is from algorithm {found!r}, this wrapper runs {self.algorithm!r}"
+            )
+        self._load_gossip_state(state)
+
+
+def bind_flat(params: list[nn.Parameter]) -> FlatBuffer:
+    """Re-bind ``params`` as views into one flat buffer per dtype and device.
+
+    Gossip then reads and writes the parameters without packing, and the optimizer,
+    which holds the same ``Parameter`` objects, updates the buffers in place.
+    """
+    with torch.no_grad():
+        flat = FlatBuffer([p.detach() for p in params])
+        for p, view in zip(params, flat.views(), strict=True):
+            p.data = view
+    return flat
+
+
+@contextmanager
+def network_average(
+    buffers: list[torch.Tensor], weight: float, group: ProcessGroup
+) -> Iterator[None]:
+    r"""Hold $\sum_i w_i z_i / \sum_i w_i$ in ``buffers`` inside the block; restore on exit.
+
+    ``buffers`` hold this rank's de-biased parameters $z_i$ and ``weight`` its push-sum
+    weight $w_i$ (1 without push-sum, which gives the plain mean). One all-reduce per
+    buffer and one for the weights: every rank must enter.
+    """
+    saved = [buf.clone() for buf in buffers]
+    with torch.no_grad():
+        total = torch.tensor([weight], dtype=torch.float64, device=buffers[0].device)
+        dist.all_reduce(total, group=group)
+        for buf in buffers:
+            buf.mul_(weight)
+            dist.all_reduce(buf, group=group)
+            buf.div_(float(total.item()))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, old in zip(buffers, saved, strict=True):
+                buf.copy_(old)

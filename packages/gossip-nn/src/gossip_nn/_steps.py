@@ -1,0 +1,213 @@
+r"""How each synchronous gossip algorithm mixes, around the optimizer's update.
+
+One small object per algorithm, chosen at construction; the wrapper's optimizer hooks
+decide *when* (``before_update`` in the pre-step hook, ``after_update`` in the post-step
+hook), these objects decide *how*. The parameters live in ``buffers`` and hold the
+de-biased model $z_i = x_i / w_i$ between optimizer steps.
+
+- **SGP** (Assran et al., ICML 2019, Algorithm 1, [arXiv:1811.10792](https://arxiv.org/abs/1811.10792)):
+  $x_i \leftarrow x_i - \gamma\,d_i(z_i)$, then one push-sum step on $(x, w)$.
+- **OSGP**: the push-sum messages of step $t$ carry $x_i$ from *before* step $t$'s update;
+  rank $i$ keeps $W_{ii} x_i$ and $W_{ii} w_i$, applies its update to that, and adds the
+  messages of step $t$ at step $t + 1 + \tau$, $\tau$ = ``synch_freq``.
+- **D-PSGD** (Lian et al., NeurIPS 2017, [arXiv:1705.09056](https://arxiv.org/abs/1705.09056)):
+  $x_i \leftarrow \sum_j W_{ij} x_j - \gamma\,d_i(x_i)$ with a doubly-stochastic $W$.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, ClassVar
+
+import torch
+
+from gossip_comm import GossipConfig, Gossiper, OverlapRound, PushPull, PushSum
+from gossip_topology import Topology
+
+__all__ = ["GOSSIP_ALGORITHMS", "DPSGDStep", "GossipStep", "OSGPStep", "SGPStep", "build_step"]
+
+
+class GossipStep:
+    """The common part: one gossiper per flat buffer, a push-sum weight, a state dict."""
+
+    algorithm: ClassVar[str]
+
+    def __init__(self, buffers: list[torch.Tensor], gossipers: list[Gossiper]) -> None:
+        self.buffers, self.gossipers = buffers, gossipers
+        self.weight = 1.0
+
+    def before_update(self) -> None:
+        """Runs before ``optimizer.step()``."""
+
+    def after_update(self) -> None:
+        """Runs after ``optimizer.step()``."""
+
+    def finish(self) -> None:
+        """Fold in whatever is still in flight (nothing, for synchronous steps)."""
+
+    @property
+    def in_flight(self) -> int:
+        """Steps whose messages have been sent but not yet folded in."""
+        return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The push-sum weight and each gossiper's step counter."""
+        return {"ps_weight": self.weight, "gossip": [g.state_dict() for g in self.gossipers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict``'s output.
+
+        Raises:
+            ValueError: If the checkpoint has another number of parameter groups.
+        """
+        if len(state["gossip"]) != len(self.gossipers):
+            raise ValueError(
+                f"checkpoint has {len(state['gossip'])} parameter groups, this model "
+                f"{len(self.gossipers)}"
+            )
+        self.weight = float(state["ps_weight"])
+        for g, s in zip(self.gossipers, state["gossip"], strict=True):
+            g.load_state_dict(s)
+
+    def close(self) -> None:
+        """Release the gossipers' threads."""
+        for g in self.gossipers:
+            g.close()
+
+
+class SGPStep(GossipStep):
+    """SGP: update the numerator, then one blocking push-sum step."""
+
+    algorithm = "sgp"
+
+    def __init__(
+        self, buffers: list[torch.Tensor], topology: Topology, config: GossipConfig
+    ) -> None:
+        self.push_sum = [PushSum(topology, b, config=config) for b in buffers]
+        super().__init__(buffers, list(self.push_sum))
+        # With a constant weight (regular graph, uniform mixing) z == x: skip the
+        # bookkeeping ("lazy mixing"); the result is the same.
+        self.lazy = not any(g.sends_weight for g in self.push_sum)
+
+    def before_update(self) -> None:
+        if not self.lazy:
+            for buf in self.buffers:
+                buf.mul_(self.weight)  # z -> x: the optimizer updates the numerator
+
+    def after_update(self) -> None:
+        weight = new_weight = self.weight
+        for g, buf in zip(self.push_sum, self.buffers, strict=True):
+            _, new_weight = g.mix(buf, weight)  # every group mixes the same weight
+        self.weight = new_weight
+        if not self.lazy:
+            for buf in self.buffers:
+                buf.div_(self.weight)  # x -> z for the next forward
+
+
+class OSGPStep(GossipStep):
+    """OSGP: send before the update, fold in ``synch_freq + 1`` steps later."""
+
+    algorithm = "osgp"
+
+    def __init__(
+        self,
+        buffers: list[torch.Tensor],
+        topology: Topology,
+        config: GossipConfig,
+        synch_freq: int,
+    ) -> None:
+        self.push_sum = [PushSum(topology, b, config=config) for b in buffers]
+        super().__init__(buffers, list(self.push_sum))
+        self.synch_freq = synch_freq
+        self._inflight: deque[list[OverlapRound]] = deque()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def before_update(self) -> None:
+        for buf in self.buffers:
+            buf.mul_(self.weight)
+        while len(self._inflight) > self.synch_freq:
+            self._fold(self._inflight.popleft())
+        rounds = []
+        for g, buf in zip(self.push_sum, self.buffers, strict=True):
+            rnd = g.send(buf.clone(), self.weight)  # a snapshot: buf keeps changing
+            buf.mul_(rnd.self_weight)
+            rounds.append(rnd)
+        self.weight *= rounds[0].self_weight
+        self._inflight.append(rounds)
+
+    def after_update(self) -> None:
+        for buf in self.buffers:
+            buf.div_(self.weight)
+
+    def _fold(self, rounds: list[OverlapRound]) -> None:
+        received = [
+            g.receive(rnd, buf)
+            for g, rnd, buf in zip(self.push_sum, rounds, self.buffers, strict=True)
+        ]
+        self.weight += received[0]
+
+    def finish(self) -> None:
+        if not self._inflight:
+            return
+        for buf in self.buffers:
+            buf.mul_(self.weight)
+        while self._inflight:
+            self._fold(self._inflight.popleft())
+        for buf in self.buffers:
+            buf.div_(self.weight)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._inflight.clear()
+        super().load_state_dict(state)
+
+
+class DPSGDStep(GossipStep):
+    """D-PSGD: mix with the neighbours, then apply the local update."""
+
+    algorithm = "dpsgd"
+
+    def __init__(
+        self, buffers: list[torch.Tensor], topology: Topology, config: GossipConfig
+    ) -> None:
+        super().__init__(buffers, [PushPull(topology, b, config=config) for b in buffers])
+
+    def before_update(self) -> None:
+        for g, buf in zip(self.gossipers, self.buffers, strict=True):
+            g.mix(buf)  # x <- W x, then the update applies
+
+
+GOSSIP_ALGORITHMS: tuple[str, ...] = ("sgp", "osgp", "dpsgd")
+"""The synchronous gossip algorithms, in the order the docs list them."""
+
+
+def build_step(
+    algorithm: str,
+    buffers: list[torch.Tensor],
+    topology: Topology,
+    config: GossipConfig,
+    *,
+    synch_freq: int = 0,
+) -> GossipStep:
+    """The step object for ``algorithm``; the one place that knows which may overlap.
+
+    Raises:
+        ValueError: For an unknown algorithm, or ``synch_freq`` with one that does not
+            overlap.
+    """
+    if algorithm not in GOSSIP_ALGORITHMS:
+        raise ValueError(
+            f"algorithm must be one of {', '.join(GOSSIP_ALGORITHMS)}; got {algorithm!r}"
+        )
+    if algorithm == "osgp":
+        return OSGPStep(buffers, topology, config, synch_freq)
+    if synch_freq:
+        raise ValueError(
+            f"synch_freq={synch_freq} only applies to algorithm='osgp' (overlapped SGP); "
+            f"{algorithm!r} does not overlap"
+        )
+    if algorithm == "sgp":
+        return SGPStep(buffers, topology, config)
+    return DPSGDStep(buffers, topology, config)

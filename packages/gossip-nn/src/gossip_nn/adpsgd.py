@@ -1,0 +1,197 @@
+r"""BilateralGossipDataParallel: AD-PSGD behind the plain PyTorch training loop.
+
+Lian et al., *Asynchronous Decentralized Parallel Stochastic Gradient Descent*, ICML 2018
+([arXiv:1710.06952](https://arxiv.org/abs/1710.06952)). No rank waits for a global step:
+
+- an **active** rank, after its optimizer step, asks its partner to average a snapshot of
+  its parameters and goes on computing; at its next optimizer step it adopts the pair's
+  average (its gradient was computed before it, so it is stale by one exchange);
+- a **passive** rank answers requests from a responder thread, on a shared copy of its
+  parameters guarded by a lock; each optimizer step adopts that copy (averages included)
+  and adds its own update to it. The parameters a forward pass sees are only ever
+  written by the training thread, so no forward sees a half-applied update.
+
+Each exchange replaces both ends by their average, so the sum of the models over all ranks
+changes only by the optimizer updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from gossip_comm import AsyncBilateral, GossipHandle
+from gossip_nn._base import DataParallelModule, bind_flat, network_average
+from gossip_nn.options import GossipOptions
+from gossip_nn.validate import checked_parameters
+
+__all__ = ["ADPSGD_TOPOLOGY", "BilateralGossipDataParallel"]
+
+ADPSGD_TOPOLOGY = "dynamic-bipartite-exponential"
+"""AD-PSGD's default topology: bipartite, one peer per step."""
+
+
+class _ActiveRole:
+    """Asks its partner to average a snapshot after each update; adopts it next step."""
+
+    def __init__(self, pairs: AsyncBilateral, buf: torch.Tensor) -> None:
+        self.pairs, self.buf = pairs, buf
+        self._pending: GossipHandle[torch.Tensor] | None = None
+
+    def sync(self) -> None:
+        if self._pending is not None:
+            self.buf.copy_(self._pending.wait())
+            self._pending = None
+
+    def before_update(self) -> None:
+        self.sync()
+
+    def after_update(self) -> None:
+        self._pending = self.pairs.request(self.buf.clone())
+
+    def restored(self) -> None:
+        self._pending = None
+
+
+class _PassiveRole:
+    """Answers from a responder thread on a locked shared copy; adopts it every step."""
+
+    def __init__(self, pairs: AsyncBilateral, buf: torch.Tensor) -> None:
+        self.pairs, self.buf = pairs, buf
+        self.shared = buf.detach().to("cpu", copy=True)
+        self.published = self.shared.clone()  # the shared value as of the last sync
+        self._before = buf.clone()
+        pairs.serve(self.shared)
+
+    def sync(self) -> None:
+        self.pairs.check()  # a responder error surfaces in the training thread
+        with self.pairs.lock:
+            # adopt the averages made since the last sync; publish any local edit
+            self.buf.add_((self.shared - self.published).to(self.buf.device))
+            self.shared.copy_(self.buf)
+            self.published.copy_(self.shared)
+
+    def before_update(self) -> None:
+        self.sync()
+        self._before.copy_(self.buf)
+
+    def after_update(self) -> None:
+        delta = (self.buf - self._before).to(self.shared.device)
+        with self.pairs.lock:
+            self.shared.add_(delta)  # the update joins whatever averages happened
+            self.published.add_(delta)
+
+    def restored(self) -> None:
+        with self.pairs.lock:
+            self.shared.copy_(self.buf)
+            self.published.copy_(self.buf)
+
+
+class BilateralGossipDataParallel(DataParallelModule):
+    """AD-PSGD: asynchronous pairwise gossip on a bipartite graph.
+
+    Args:
+        module: The model, identical on every rank; all trainable parameters must share
+            one dtype and device.
+        optimizer: The optimizer over exactly ``module``'s trainable parameters.
+        options: ``topology`` must be bipartite with one peer per step (by default
+            [`ADPSGD_TOPOLOGY`][gossip_nn.ADPSGD_TOPOLOGY]); ``synch_freq``,
+            ``wire_dtype``, ``mixing`` and ``nprocs_per_node > 1`` do not apply.
+
+    Raises:
+        ValueError: If the topology is not bipartite, the model differs across ranks, or
+            an option does not apply.
+
+    Call [`close`][gossip_nn.BilateralGossipDataParallel.close] on every rank when
+    training ends: actives tell their passives they are done, and passives answer until
+    every active has.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        options: GossipOptions | None = None,
+    ) -> None:
+        super().__init__()
+        options = GossipOptions(topology=ADPSGD_TOPOLOGY) if options is None else options
+        if options.synch_freq or options.nprocs_per_node != 1:
+            raise ValueError(
+                "AD-PSGD is asynchronous already: synch_freq and nprocs_per_node > 1 do not apply"
+            )
+        self.module, self.options = module, options
+        self._group, params = checked_parameters(module, optimizer, options.process_group)
+        if len({(p.dtype, p.device) for p in params}) != 1:
+            raise ValueError(
+                "AD-PSGD needs every trainable parameter in one dtype and on one device"
+            )
+        self.topology = options.build_topology(self._group.size())
+        self._buf = bind_flat(params).buffers[0]
+        self._pairs = AsyncBilateral(
+            self.topology, self._buf, config=options.comm_config(options.process_group)
+        )
+        self._role: _ActiveRole | _PassiveRole = (
+            _PassiveRole(self._pairs, self._buf)
+            if self._pairs.is_passive
+            else _ActiveRole(self._pairs, self._buf)
+        )
+        self._closed = False
+        self._handles = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+        ]
+
+    @property
+    def algorithm(self) -> str:
+        """``"adpsgd"``."""
+        return "adpsgd"
+
+    @property
+    def is_passive(self) -> bool:
+        """Whether this rank answers (passive) rather than asks (active)."""
+        return self._pairs.is_passive
+
+    @torch.no_grad()
+    def finish_gossip(self) -> None:
+        """Adopt every average completed so far (an active waits for its open request)."""
+        self._role.sync()
+
+    @torch.no_grad()
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._role.before_update()
+
+    @torch.no_grad()
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self._closed:
+            self._role.after_update()
+
+    @contextmanager
+    def average_for_eval(self) -> Iterator[None]:
+        """Temporarily hold the exact network average (one all-reduce; all ranks enter)."""
+        self.finish_gossip()
+        with network_average([self._buf], 1.0, self._group):
+            yield
+
+    def close(self) -> None:
+        """End gossip on this rank (every rank must call it) and adopt the final state."""
+        if self._closed:
+            return
+        self.finish_gossip()
+        self._closed = True
+        self._pairs.finish()
+        self.finish_gossip()
+        for h in self._handles:
+            h.remove()
+
+    def _gossip_state(self) -> dict[str, Any]:
+        return {"ps_weight": 1.0, "gossip": [self._pairs.state_dict()]}
+
+    @torch.no_grad()
+    def _load_gossip_state(self, state: dict[str, Any]) -> None:
+        self._pairs.load_state_dict(state["gossip"][0])
+        self._role.restored()
