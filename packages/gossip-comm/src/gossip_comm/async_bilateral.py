@@ -36,7 +36,7 @@ from gossip_comm._transport import Message, post
 from gossip_comm.config import GossipConfig
 from gossip_comm.errors import GossipError, GossipPeerError
 from gossip_comm.handle import GossipHandle
-from gossip_topology import Topology
+from gossip_topology import Topology, check_int
 
 __all__ = ["AsyncBilateral"]
 
@@ -240,15 +240,24 @@ class AsyncBilateral:
         """Requests made so far (actives); 0 on passive ranks."""
         return self._role.step if isinstance(self._role, _Active) else 0
 
-    @step.setter
-    def step(self, value: int) -> None:
-        if isinstance(self._role, _Active):
-            self._role.step = value
-
     @property
     def served(self) -> int:
         """Requests answered so far (passives); 0 on active ranks."""
         return self._role.served if isinstance(self._role, _Passive) else 0
+
+    def state_dict(self) -> dict[str, int]:
+        """The request counter (an active's position in its schedule)."""
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore the request counter (passives have none to restore).
+
+        Raises:
+            ValueError: If ``state["step"]`` is not an int >= 0.
+        """
+        step = check_int("state['step']", state["step"], minimum=0)
+        if isinstance(self._role, _Active):
+            self._role.step = step
 
     def _passive(self, what: str) -> _Passive:
         if not isinstance(self._role, _Passive):
