@@ -161,11 +161,18 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks in benchmarks/ and write JSON + markdown under benchmarks/results/."""
+    """Run every benchmarks/bench_*.py in turn; each writes JSON + markdown to results/.
+
+    Arguments after ``--`` go to every benchmark: ``nox -s bench -- --quick`` is the
+    small, fast smoke run for CI; without it each benchmark runs its full reference sizes.
+    """
     python = _dev_python(session)
-    session.run(
-        python, str(ROOT / "benchmarks" / "bench_simulator.py"), *session.posargs, external=True
-    )
+    scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))
+    if not scripts:
+        session.error("no benchmarks/bench_*.py found")
+    for script in scripts:
+        session.log(f"benchmark {script.name} {' '.join(session.posargs)}".rstrip())
+        session.run(python, str(script), *session.posargs, external=True)
 
 
 @nox.session(venv_backend="none", name="clean")

@@ -12,25 +12,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from _results import write_results
 from gossip_comm import PushSum
 from gossip_comm.testing import run_distributed
 from gossip_topology import make_topology
 
-RESULTS = Path(__file__).parent / "results"
 TOPOLOGY = "npeer-dynamic-directed-exponential"
 
 
 def _floor_step(
-    x: torch.Tensor, recv: torch.Tensor, out: torch.Tensor, topo: Any, step: int, rank: int
+    x: torch.Tensor, recv: torch.Tensor, out: torch.Tensor | None, topo: Any, step: int, rank: int
 ) -> None:
     ops = [dist.P2POp(dist.isend, x, p) for p in topo.out_peers(rank, step)]
     ops += [dist.P2POp(dist.irecv, recv, q) for q in topo.in_peers(rank, step)]
@@ -68,15 +67,20 @@ def _worker(rank: int, n: int, numel: int, reps: int, rounds: int) -> dict[str, 
     return times
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="1 M floats, fewer repetitions")
-    parser.add_argument("--world-sizes", type=int, nargs="+", default=[2, 4, 8])
-    args = parser.parse_args()
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 M floats, 3 blocks of 3 steps, world sizes 2 and 4 unless given",
+    )
+    parser.add_argument("--world-sizes", type=int, nargs="+", help="default: 2 4 8")
+    args = parser.parse_args(argv)
+    world_sizes = args.world_sizes or ([2, 4] if args.quick else [2, 4, 8])
     numel = 1_000_000 if args.quick else 25_600_000
     reps, rounds = (3, 3) if args.quick else (5, 4)
     rows = []
-    for n in args.world_sizes:
+    for n in world_sizes:
         per_rank = run_distributed(_worker, n, (numel, reps, rounds), timeout=1800)
         # a step lasts as long as its slowest rank; take the median block over rounds
         mix = statistics.median(max(r["mix"][i] for r in per_rank) for i in range(rounds))
@@ -98,28 +102,38 @@ def main() -> int:
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
-    RESULTS.mkdir(exist_ok=True)
-    meta = {
-        "machine": platform.machine(),
-        "cpus": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "backend": "gloo",
-        "topology": TOPOLOGY,
-    }
-    (RESULTS / "mix.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [
-        "| world size | floats | mix ms | floor ms | mix GB/s | floor GB/s | floor/mix "
-        "| in-place floor ms | in-place floor/mix |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['world_size']} | {r['numel']:,} | {r['mix_ms']} | {r['floor_ms']} | "
-        f"{r['mix_GBps']} | {r['floor_GBps']} | {r['ratio']} | {r['floor_inplace_ms']} "
-        f"| {r['ratio_inplace']} |"
-        for r in rows
-    ]
-    (RESULTS / "mix.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(
+        "mix",
+        {"rows": rows},
+        header=[
+            "world size",
+            "floats",
+            "mix ms",
+            "floor ms",
+            "mix GB/s",
+            "floor GB/s",
+            "floor/mix",
+            "in-place floor ms",
+            "in-place floor/mix",
+        ],
+        rows=[
+            [
+                r["world_size"],
+                f"{r['numel']:,}",
+                r["mix_ms"],
+                r["floor_ms"],
+                r["mix_GBps"],
+                r["floor_GBps"],
+                r["ratio"],
+                r["floor_inplace_ms"],
+                r["ratio_inplace"],
+            ]
+            for r in rows
+        ],
+        title="PushSum.mix against the communication floor (gloo, CPU)",
+        quick=args.quick,
+        meta={"backend": "gloo", "topology": TOPOLOGY},
+    )
     return 0
 
 

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 
+from _results import write_results
 from gossip_topology import make_topology, simulate_push_sum
 
-RESULTS = Path(__file__).parent / "results"
 TARGET_S = 10.0
+CASES = [
+    ("npeer-dynamic-directed-exponential", 1),
+    ("npeer-dynamic-directed-exponential", 2),
+    ("dynamic-directed-exponential", 1),
+    ("dynamic-bipartite-exponential", 1),
+    ("one-peer-exponential", 1),
+    ("torus-2d", 1),
+    ("star", 1),
+]
 
 
 def run(name: str, n: int, d: int, steps: int, k: int) -> dict[str, object]:
@@ -39,36 +47,35 @@ def run(name: str, n: int, d: int, steps: int, k: int) -> dict[str, object]:
     }
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="n=512, d=1000: a smoke run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     n, d = (512, 1000) if args.quick else (4096, 10_000)
-    cases = [
-        ("npeer-dynamic-directed-exponential", 1),
-        ("npeer-dynamic-directed-exponential", 2),
-        ("dynamic-directed-exponential", 1),
-        ("dynamic-bipartite-exponential", 1),
-        ("one-peer-exponential", 1),
-        ("torus-2d", 1),
-        ("star", 1),
-    ]
     rows = []
-    for name, k in cases:
+    for name, k in CASES:
         row = run(name, n, d, 100, k)
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)
         rows.append(row)
-    RESULTS.mkdir(exist_ok=True)
-    meta = {"machine": platform.processor() or platform.machine(), "numpy": np.__version__}
-    (RESULTS / "simulator.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = ["| topology | k | n | d | steps | seconds | < 10 s |", "|---|---|---|---|---|---|---|"]
-    lines += [
-        f"| {r['topology']} | {r['peers_per_itr']} | {r['n']} | {r['d']} | {r['steps']} "
-        f"| {r['seconds']} | {'yes' if r['meets_target'] else 'NO'} |"
-        for r in rows
-    ]
-    (RESULTS / "simulator.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(
+        "simulator",
+        {"rows": rows},
+        header=["topology", "k", "n", "d", "steps", "seconds", f"< {TARGET_S:g} s"],
+        rows=[
+            [
+                r["topology"],
+                r["peers_per_itr"],
+                r["n"],
+                r["d"],
+                r["steps"],
+                r["seconds"],
+                "yes" if r["meets_target"] else "NO",
+            ]
+            for r in rows
+        ],
+        title="Push-sum simulator",
+        quick=args.quick,
+    )
     return 0
 
 

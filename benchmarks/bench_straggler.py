@@ -2,26 +2,30 @@
 
 Each step sleeps 20 ms to stand for compute (40 ms on rank 3). Reports the mean step
 time of the three fast ranks for AR-SGD, SGP and AD-PSGD, with and without the straggler.
-Writes ``benchmarks/results/straggler.json`` and ``straggler.md``.
+Writes ``benchmarks/results/straggler.json`` and ``straggler.md``. Run with
+``nox -s bench`` or ``python benchmarks/bench_straggler.py [--quick]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 
+from _results import write_results
 from gossip_comm.testing import run_distributed
 from gossip_nn import make_data_parallel
 
-RESULTS = Path(__file__).parent / "results"
 STEPS = 40
+QUICK_STEPS = 10
+ALGORITHMS = ("ar", "sgp", "adpsgd")
 
 
-def _run(rank: int, n: int, algorithm: str, slow: bool) -> float:
+def _run(rank: int, n: int, algorithm: str, slow: bool, steps: int) -> float:
     torch.manual_seed(0)
     net = torch.nn.Linear(64, 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
@@ -29,22 +33,27 @@ def _run(rank: int, n: int, algorithm: str, slow: bool) -> float:
     x, y = torch.randn(16, 64), torch.randn(16, 1)
     compute = 0.04 if (slow and rank == 3) else 0.02
     t0 = time.perf_counter()
-    for _ in range(STEPS):
+    for _ in range(steps):
         torch.nn.functional.mse_loss(dp(x), y).backward()
         time.sleep(compute)
         opt.step()
         opt.zero_grad()
-    elapsed = (time.perf_counter() - t0) / STEPS
-    if hasattr(dp, "close"):
-        dp.close()
+    elapsed = (time.perf_counter() - t0) / steps
+    dp.close()
     return elapsed
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_STEPS} steps per run instead of {STEPS}"
+    )
+    args = parser.parse_args(argv)
+    steps = QUICK_STEPS if args.quick else STEPS
     rows = []
-    for algorithm in ("ar", "sgp", "adpsgd"):
-        base = run_distributed(_run, 4, (algorithm, False))
-        slow = run_distributed(_run, 4, (algorithm, True))
+    for algorithm in ALGORITHMS:
+        base = run_distributed(_run, 4, (algorithm, False, steps))
+        slow = run_distributed(_run, 4, (algorithm, True, steps))
         b, s = statistics.mean(base[:3]) * 1e3, statistics.mean(slow[:3]) * 1e3
         rows.append(
             {
@@ -56,20 +65,30 @@ def main() -> int:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "straggler.json").write_text(json.dumps(rows, indent=2))
-    lines = [
-        "| algorithm | fast ranks, no straggler (ms/step) | fast ranks, with straggler "
-        "| straggler | slowdown |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['algorithm']} | {r['fast_ranks_ms_no_straggler']} | "
-        f"{r['fast_ranks_ms_with_straggler']} | {r['straggler_ms']} | {r['slowdown']} |"
-        for r in rows
-    ]
-    (RESULTS / "straggler.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(
+        "straggler",
+        {"rows": rows},
+        header=[
+            "algorithm",
+            "fast ranks, no straggler (ms/step)",
+            "fast ranks, with straggler",
+            "straggler",
+            "slowdown",
+        ],
+        rows=[
+            [
+                r["algorithm"],
+                r["fast_ranks_ms_no_straggler"],
+                r["fast_ranks_ms_with_straggler"],
+                r["straggler_ms"],
+                r["slowdown"],
+            ]
+            for r in rows
+        ],
+        title="A straggler: one of 4 ranks computes twice as slowly",
+        quick=args.quick,
+        meta={"world_size": 4, "steps": steps},
+    )
     return 0
 
 
