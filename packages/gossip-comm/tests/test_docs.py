@@ -12,6 +12,7 @@ from gossip_comm.testing import run_torchrun
 PAGE = Path(__file__).parents[3] / "docs" / "tutorials" / "gossip-average.md"
 
 
+@pytest.mark.slow
 def test_gossip_average_tutorial_runs_under_torchrun(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ import os
 import time
 from typing import Any
 
+import pytest
 import torch
 
 from gossip_comm import GossipConfig, GossipPeerError, GossipTimeoutError, NonFiniteError, PushSum
@@ -36,6 +37,7 @@ def _silent_rank_worker(rank: int, n: int) -> Any:
     return {"peer": None, "elapsed": time.monotonic() - t0}
 
 
+@pytest.mark.slow
 def test_silent_peer_raises_timeout_naming_the_peer() -> None:
     n = 4
     results = run_distributed(_silent_rank_worker, n, timeout=60)
@@ -71,6 +73,7 @@ def _killed_rank_worker(rank: int, n: int) -> Any:
     return None
 
 
+@pytest.mark.slow
 def test_killed_peer_is_reported_not_hung() -> None:
     results = run_distributed(_killed_rank_worker, 4, timeout=90, allowed_exits=[2])
     assert results[2] is None

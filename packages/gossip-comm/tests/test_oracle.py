@@ -82,6 +82,7 @@ def _oracle_worker(rank: int, n: int, x0: np.ndarray, cases: list[tuple[str, int
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8])
 def test_every_topology_matches_the_simulator_step_for_step(n: int) -> None:
     rng = np.random.default_rng(100 + n)

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from gossip_comm.testing import run_distributed
@@ -78,6 +79,7 @@ def _straggler(rank: int, n: int, algorithm: str) -> float:
     return elapsed
 
 
+@pytest.mark.slow
 def test_a_straggler_slows_all_reduce_but_not_adpsgd() -> None:
     # Ordinal, with wide margins: the delays are large on purpose, so the comparison holds
     # on a loaded machine. The measured slowdowns are benchmarks/bench_straggler.py's job.
@@ -112,6 +114,7 @@ def _checkpoint(rank: int, n: int, path: str) -> Any:
     return restored
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_parameters_and_exchange_counter(tmp_path: Any) -> None:
     n = 4
     saved = run_distributed(_checkpoint, n, (str(tmp_path),))

@@ -50,6 +50,7 @@ def _run(rank: int, n: int, algorithm: str, name: str, ckpt: str, mode: str) -> 
 @pytest.mark.parametrize(
     ("algorithm", "name"), [("sgp", "star"), ("osgp", "ring"), ("dpsgd", "ring"), ("ar", "ring")]
 )
+@pytest.mark.slow
 def test_restored_run_continues_bit_for_bit(algorithm: str, name: str, tmp_path: Path) -> None:
     n = 3 if name == "star" else 4
     first = run_distributed(_run, n, (algorithm, name, str(tmp_path), "save"))
@@ -74,6 +75,7 @@ def _wrong_algorithm(rank: int, n: int, ckpt: str) -> str:
     return ""
 
 
+@pytest.mark.slow
 def test_loading_another_algorithms_checkpoint_is_refused(tmp_path: Path) -> None:
     run_distributed(_run, 3, ("sgp", "star", str(tmp_path), "save"))
     for msg in run_distributed(_wrong_algorithm, 3, (str(tmp_path),)):

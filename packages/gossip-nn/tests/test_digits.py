@@ -46,6 +46,7 @@ def _digits(rank: int, n: int) -> dict[str, float]:
     return accuracy
 
 
+@pytest.mark.slow
 def test_every_algorithm_reaches_all_reduce_accuracy_on_digits() -> None:
     pytest.importorskip("sklearn")
     results = run_distributed(_digits, 4, timeout=600)

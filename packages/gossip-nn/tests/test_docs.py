@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from gossip_comm.testing import run_torchrun
 
 PAGE = Path(__file__).parents[3] / "docs" / "tutorials" / "wrap-your-model.md"
 
 
+@pytest.mark.slow
 def test_wrap_your_model_tutorial_runs_every_command(tmp_path: Path) -> None:
     text = PAGE.read_text()
     script = re.search(r'```python title="train.py"\n(.*?)```', text, flags=re.S)

@@ -45,6 +45,7 @@ def _flat(rank: int, n: int, algorithm: str) -> np.ndarray:
     return np.array(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["sgp", "dpsgd"])
 def test_two_nodes_of_two_match_two_ranks_on_averaged_gradients(algorithm: str) -> None:
     hier = run_distributed(_hierarchical, 4, (algorithm,))

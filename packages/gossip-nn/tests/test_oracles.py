@@ -133,6 +133,7 @@ def _complete(rank: int, n: int, algorithm: str, steps: int) -> np.ndarray:
     return np.array(out)
 
 
+@pytest.mark.slow
 def test_sgp_on_the_complete_graph_equals_all_reduce() -> None:
     n, steps = 4, 20
     ar = run_distributed(_complete, n, ("ar", steps))

@@ -50,7 +50,7 @@ class Channel:
         return math.prod(self.shape)
 
     def check(self, tensor: torch.Tensor) -> None:
-        """[`check_tensor`][gossip_comm._channel.check_tensor] against this channel."""
+        """``check_tensor`` against this channel."""
         check_tensor(tensor, self)
 
     def empty(self) -> torch.Tensor:
