@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gossip_comm import AsyncBilateral, GossipConfig
+from gossip_comm import AsyncBilateral, GossipConfig, GossipPeerError
 from gossip_comm.testing import run_distributed
 from gossip_topology import make_topology
 
@@ -59,3 +59,35 @@ def test_sums_are_conserved_and_every_request_is_served() -> None:
     passive_served = sum(r[2] for r in res[0::2])
     active_requests = sum(r[2] for r in res[1::2])
     assert passive_served == active_requests == (n // 2) * exchanges
+
+
+def _poisoned(rank: int, n: int) -> Any:
+    x = torch.zeros(3, dtype=torch.float64)
+    ab = AsyncBilateral(
+        make_topology("dynamic-bipartite-exponential", n),
+        x,
+        config=GossipConfig(timeout=3, check_finite=True),
+    )
+    if ab.is_passive:
+        ab.serve(x.clone())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the training thread's next calls
+            try:
+                ab.check()
+            except GossipPeerError as exc:
+                return type(exc).__name__, exc.rank, exc.peer, exc.step, str(exc)
+            time.sleep(0.05)
+        return "no error"
+    try:
+        ab.request(torch.full((3,), float("nan"), dtype=torch.float64)).wait()
+    except GossipPeerError as exc:  # the passive stopped serving: no reply comes
+        return exc.rank, exc.peer
+    return "answered"
+
+
+def test_a_responder_error_reaches_the_training_thread_naming_rank_peer_and_step() -> None:
+    res = run_distributed(_poisoned, 2)
+    assert res[1] == (1, 0), res[1]  # the active's wait names itself and its passive
+    name, rank, peer, step, text = res[0]
+    assert (name, rank, peer, step) == ("NonFiniteError", 0, 1, 0), res[0]
+    assert "rank 0 received NaN or Inf from rank 1 at gossip step 0" in text

@@ -97,3 +97,19 @@ def test_flat_buffer_groups_by_dtype_and_round_trips() -> None:
     torch.testing.assert_close(flat.buffers[0][:6], a.reshape(-1))
     with pytest.raises(ValueError, match="must not be empty"):
         FlatBuffer([])
+
+
+def test_gossip_config_is_keyword_only_and_checked_at_construction() -> None:
+    with pytest.raises(TypeError):
+        GossipConfig(None, None)  # type: ignore[misc]  # positional fields would be a trap
+    with pytest.raises(TypeError, match=r"mixing must be a gossip_topology\.Mixing"):
+        GossipConfig(mixing="uniform")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        GossipConfig(timeout=float("inf"))
+    with pytest.raises(ValueError, match=r"wire_dtype must be None, torch\.bfloat16"):
+        GossipConfig(wire_dtype=torch.float64)
+    with pytest.raises(TypeError, match="check_finite must be a bool"):
+        GossipConfig(check_finite=1)  # type: ignore[arg-type]
+    config = GossipConfig(wire_dtype=torch.bfloat16, timeout=5)
+    with pytest.raises(AttributeError):
+        config.timeout = 1  # type: ignore[misc]

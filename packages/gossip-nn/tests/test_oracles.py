@@ -200,4 +200,4 @@ def test_synch_freq_is_checked() -> None:
     with pytest.raises(ValueError, match="synch_freq must be >= 0"):
         GossipOptions(synch_freq=-1)
     with pytest.raises(TypeError, match="synch_freq must be an int"):
-        GossipOptions(synch_freq=1.5)  # type: ignore[arg-type]
+        GossipOptions(**{"synch_freq": 1.5})

@@ -34,8 +34,14 @@ def gossip_average(
         tensor: This rank's value.
         topology: The graph; ``world_size`` must equal the group's size.
         steps: Number of gossip steps, ``>= 0``.
-        mixing, process_group, comm_device, wire_dtype, timeout: As in
-            [`GossipConfig`][gossip_comm.GossipConfig], spelled out for one-off calls.
+        mixing: Mixing rule; uniform by default.
+        process_group: Group to average over; WORLD when ``None``.
+        comm_device: Device for communication buffers.
+        wire_dtype: Optional lower-precision wire dtype.
+        timeout: Seconds to wait for one step's messages.
+
+    The options are [`GossipConfig`][gossip_comm.GossipConfig]'s, spelled out as keywords
+    because they read better in a one-off call.
 
     Returns:
         A new tensor: this rank's estimate of the average.

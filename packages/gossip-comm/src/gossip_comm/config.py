@@ -37,7 +37,7 @@ class GossipConfig:
         TypeError: If ``mixing`` is not a ``gossip_topology.Mixing`` or ``check_finite``
             is not a bool.
         ValueError: If ``timeout`` is not a positive number or ``wire_dtype`` is not one
-            of [`WIRE_DTYPES`][gossip_comm.WIRE_DTYPES].
+            of ``WIRE_DTYPES``.
 
     Example:
         ```python
