@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from gossip_comm import BilateralPushPull, GossipConfig
+from gossip_comm import AsyncBilateral, BilateralPushPull, GossipConfig
 from gossip_comm.testing import run_distributed
-from gossip_topology import make_topology
+from gossip_topology import UniformMixing, make_topology
 
 STEPS = 6
 
@@ -88,6 +88,16 @@ def _role_errors(rank: int, n: int) -> dict[str, str]:
     for key, build in {
         "not_bipartite": lambda: BilateralPushPull(make_topology("complete", n), x),
         "two_peers": lambda: BilateralPushPull(make_topology("dynamic-bipartite-linear", n, 2), x),
+        "mixing": lambda: BilateralPushPull(
+            make_topology("dynamic-bipartite-exponential", n),
+            x,
+            config=GossipConfig(mixing=UniformMixing()),
+        ),
+        "async_wire": lambda: AsyncBilateral(
+            make_topology("dynamic-bipartite-exponential", n),
+            x,
+            config=GossipConfig(wire_dtype=torch.bfloat16),
+        ),
     }.items():
         try:
             build()
@@ -105,4 +115,9 @@ def test_bad_topologies_and_roles() -> None:
     for res in run_distributed(_role_errors, 4):
         assert "needs a bipartite topology" in res["not_bipartite"]
         assert "peers_per_itr must be 1" in res["two_peers"]
+        assert "BilateralPushPull averages pairs with weight 1/2: config.mixing" in res["mixing"]
+        assert (
+            "AsyncBilateral averages pairs with weight 1/2: config.wire_dtype"
+            in (res["async_wire"])
+        )
         assert "passive" in res["role"] or "active" in res["role"]

@@ -44,6 +44,8 @@ def _bad_input_worker(rank: int, n: int) -> dict[str, str | None]:
     out["device"] = _catch(lambda: ps.mix(torch.zeros(4, device="meta"), 1.0))
     out["shape"] = _catch(lambda: ps.mix(torch.zeros(5), 1.0))
     out["contiguous"] = _catch(lambda: ps.mix(torch.zeros(4, 2)[:, 0], 1.0))
+    out["state"] = _catch(lambda: ps.load_state_dict({"step": -1}))
+    out["state_type"] = _catch(lambda: ps.load_state_dict({"step": 1.5}))  # type: ignore[dict-item]
     return out
 
 
@@ -62,6 +64,8 @@ def test_bad_input_is_named() -> None:
         assert "tensor is on meta but this PushSum gossips on cpu" in res["device"]
         assert "tensor must have shape (4,)" in res["shape"]
         assert "contiguous" in res["contiguous"]
+        assert "ValueError: state['step'] must be an int >= 0; got -1" in res["state"]
+        assert "ValueError: state['step'] must be an int >= 0; got 1.5" in res["state_type"]
 
 
 def _raise_worker(rank: int, n: int) -> None:

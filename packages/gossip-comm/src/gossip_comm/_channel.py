@@ -19,7 +19,15 @@ from gossip_comm.config import GossipConfig
 from gossip_comm.errors import NonFiniteError
 from gossip_topology import Topology
 
-__all__ = ["Channel", "agree_across_ranks", "check_finite", "check_tensor", "open_channel"]
+__all__ = [
+    "Channel",
+    "agree_across_ranks",
+    "check_finite",
+    "check_pairwise",
+    "check_tensor",
+    "checked_step",
+    "open_channel",
+]
 
 _DTYPE_CODES = {
     torch.float16: 1,
@@ -172,3 +180,48 @@ def check_finite(value: torch.Tensor | float, *, rank: int, peer: int, step: int
         peer=peer,
         step=step,
     )
+
+
+def check_pairwise(
+    topology: Topology, config: GossipConfig, *, owner: str, unsupported: tuple[str, ...]
+) -> None:
+    """Raise unless ``topology`` pairs active with passive ranks, one partner per step.
+
+    Pairwise gossip averages with weight 1/2 whatever the mixing rule, so the options in
+    ``unsupported`` must stay unset.
+
+    Raises:
+        TypeError: If ``topology`` is not a ``Topology``.
+        ValueError: If the graph is not bipartite, has more than one peer per step, or an
+            unsupported option is set.
+    """
+    if not isinstance(topology, Topology):
+        raise TypeError(f"topology must be a gossip_topology.Topology; got {type(topology)}")
+    if not topology.is_bipartite:
+        raise ValueError(
+            f"{owner} needs a bipartite topology (active and passive ranks); {topology!r} is "
+            "not: try dynamic-bipartite-exponential"
+        )
+    if topology.peers_per_itr != 1:
+        raise ValueError(
+            f"{owner} averages with one peer at a time: peers_per_itr must be 1; got "
+            f"{topology.peers_per_itr}"
+        )
+    for name in unsupported:
+        if getattr(config, name) is not None:
+            raise ValueError(
+                f"{owner} averages pairs with weight 1/2: config.{name} does not apply; "
+                "leave it None"
+            )
+
+
+def checked_step(state: dict[str, int]) -> int:
+    """The step counter in a gossiper's ``state_dict``, checked.
+
+    Raises:
+        ValueError: If ``state["step"]`` is missing or not an int >= 0.
+    """
+    step = state.get("step") if isinstance(state, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"state['step'] must be an int >= 0; got {step!r}")
+    return step

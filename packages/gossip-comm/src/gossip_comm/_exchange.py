@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from gossip_comm._background import Worker
-from gossip_comm._channel import Channel, check_finite, open_channel
+from gossip_comm._channel import Channel, check_finite, checked_step, open_channel
 from gossip_comm._transport import Message, PendingExchange, post
 from gossip_comm.config import GossipConfig
 from gossip_comm.handle import GossipHandle
-from gossip_topology import RankSchedule, RankStep, Topology, check_int
+from gossip_topology import RankSchedule, RankStep, Topology
 
 __all__ = ["ExchangeEngine", "InFlight"]
 
@@ -80,10 +80,7 @@ class ExchangeEngine:
         Raises:
             ValueError: If ``state["step"]`` is not an int >= 0.
         """
-        try:
-            self.step = check_int("state['step']", state["step"], minimum=0)
-        except TypeError as exc:
-            raise ValueError(str(exc)) from None
+        self.step = checked_step(state)
 
     # ------------------------------------------------------------------ steps
     def _recv_set(self, count: int) -> list[torch.Tensor]:

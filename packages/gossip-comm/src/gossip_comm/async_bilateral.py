@@ -31,12 +31,18 @@ from torch.distributed import ProcessGroup
 
 from gossip_comm._backend import group_rank, group_size, resolve_group, to_global_rank
 from gossip_comm._background import Worker
-from gossip_comm._channel import Channel, check_finite, open_channel
+from gossip_comm._channel import (
+    Channel,
+    check_finite,
+    check_pairwise,
+    checked_step,
+    open_channel,
+)
 from gossip_comm._transport import Message, post
 from gossip_comm.config import GossipConfig
 from gossip_comm.errors import GossipError, GossipPeerError
 from gossip_comm.handle import GossipHandle
-from gossip_topology import Topology, check_int
+from gossip_topology import Topology
 
 __all__ = ["AsyncBilateral"]
 
@@ -80,7 +86,8 @@ class _Active:
 
         return GossipHandle(future=self._worker.submit(finish))
 
-    def finish(self) -> None:
+    def finish(self, wait: float) -> None:
+        """Say goodbye to every partner; the sends take at most the channel's timeout."""
         ch = self.channel
         header = torch.tensor([ch.rank, 0], dtype=torch.int64)
         pending = post(
@@ -92,6 +99,9 @@ class _Active:
         )
         pending.wait(ch.timeout)
         self._worker.close(timeout=ch.timeout)
+
+    def check(self) -> None:
+        """Nothing runs in the background between requests; their errors reach ``wait``."""
 
 
 class _Passive:
@@ -181,6 +191,7 @@ class AsyncBilateral:
             ``mixing``, ``wire_dtype`` and ``comm_device`` must stay unset.
 
     Raises:
+        TypeError: If ``topology`` is not a ``Topology``.
         ValueError: If the topology is not bipartite with one peer per step, or an
             option that does not apply is set.
     """
@@ -193,19 +204,12 @@ class AsyncBilateral:
         config: GossipConfig | None = None,
     ) -> None:
         config = GossipConfig() if config is None else config
-        if not isinstance(topology, Topology):
-            raise TypeError(f"topology must be a gossip_topology.Topology; got {type(topology)}")
-        if not topology.is_bipartite or topology.peers_per_itr != 1:
-            raise ValueError(
-                "AsyncBilateral needs a bipartite topology with peers_per_itr=1 (active ranks "
-                f"pair with passive ones); got {topology!r}: try dynamic-bipartite-exponential"
-            )
-        unused = [f for f in ("mixing", "wire_dtype", "comm_device") if getattr(config, f)]
-        if unused:
-            raise ValueError(
-                f"AsyncBilateral sends {like.dtype} tensors on CPU and averages pairs with "
-                f"weight 1/2: config.{unused[0]} does not apply; leave it None"
-            )
+        check_pairwise(
+            topology,
+            config,
+            owner="AsyncBilateral",
+            unsupported=("mixing", "wire_dtype", "comm_device"),  # CPU, like's dtype
+        )
         group = resolve_group(config.process_group)
         n = group_size(group)
         gossip_group = dist.new_group([to_global_rank(group, r) for r in range(n)], backend="gloo")
@@ -255,7 +259,7 @@ class AsyncBilateral:
         Raises:
             ValueError: If ``state["step"]`` is not an int >= 0.
         """
-        step = check_int("state['step']", state["step"], minimum=0)
+        step = checked_step(state)
         if isinstance(self._role, _Active):
             self._role.step = step
 
@@ -276,14 +280,14 @@ class AsyncBilateral:
     def check(self) -> None:
         """Re-raise, in the calling thread, an error the responder thread met.
 
-        Call it at every training step; [`request`][gossip_comm.AsyncBilateral.request]
-        and [`finish`][gossip_comm.AsyncBilateral.finish] call it too.
+        Call it at every training step; [`finish`][gossip_comm.AsyncBilateral.finish]
+        re-raises such an error too. A no-op on active ranks, whose errors reach
+        ``handle.wait()``.
 
         Raises:
             GossipPeerError: Naming this rank, the active it was serving and the exchange.
         """
-        if isinstance(self._role, _Passive):
-            self._role.check()
+        self._role.check()
 
     # ------------------------------------------------------------------ active
     def request(self, snapshot: torch.Tensor) -> GossipHandle[torch.Tensor]:
@@ -322,7 +326,4 @@ class AsyncBilateral:
         if self._finished:
             return
         self._finished = True
-        if isinstance(self._role, _Active):
-            self._role.finish()
-        else:
-            self._role.finish(self.timeout if timeout is None else timeout)
+        self._role.finish(self.timeout if timeout is None else timeout)

@@ -19,11 +19,17 @@ from concurrent.futures import Future
 import torch
 
 from gossip_comm._background import Worker
-from gossip_comm._channel import Channel, check_finite, open_channel
+from gossip_comm._channel import (
+    Channel,
+    check_finite,
+    check_pairwise,
+    checked_step,
+    open_channel,
+)
 from gossip_comm._transport import Message, PendingExchange, post
 from gossip_comm.config import GossipConfig
 from gossip_comm.handle import GossipHandle
-from gossip_topology import Topology, check_int
+from gossip_topology import Topology
 
 __all__ = ["BilateralPushPull"]
 
@@ -52,20 +58,7 @@ class BilateralPushPull:
         config: GossipConfig | None = None,
     ) -> None:
         config = GossipConfig() if config is None else config
-        if not topology.is_bipartite:
-            raise ValueError(
-                f"BilateralPushPull needs a bipartite topology (active and passive ranks); "
-                f"{topology!r} is not: try dynamic-bipartite-exponential"
-            )
-        if topology.peers_per_itr != 1:
-            raise ValueError(
-                f"BilateralPushPull averages with one peer at a time: peers_per_itr must be 1; "
-                f"got {topology.peers_per_itr}"
-            )
-        if config.mixing is not None:
-            raise ValueError(
-                "BilateralPushPull: pairs average with weight 1/2; config.mixing must be None"
-            )
+        check_pairwise(topology, config, owner="BilateralPushPull", unsupported=("mixing",))
         self._channel: Channel = open_channel(topology, like, config, owner="BilateralPushPull")
         self._topology = topology
         self._step = 0
@@ -200,7 +193,7 @@ class BilateralPushPull:
         """
         if self._armed is not None:
             raise RuntimeError("load_state_dict must be called before the first poll()")
-        self._step = check_int("state['step']", state["step"], minimum=0)
+        self._step = checked_step(state)
 
     def close(self) -> None:
         """Stop the background worker (an exchange still in flight is abandoned)."""
