@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gossip_comm import PushSum
+from gossip_comm import GossipConfig, PushSum
 from gossip_comm.testing import run_distributed
 from gossip_topology import Star, Topology, make_topology, mixing_matrix
 
@@ -37,8 +37,11 @@ def _oracle(topo: Topology, x0: np.ndarray, lag: int) -> tuple[np.ndarray, np.nd
     return x, w
 
 
-def _worker(rank: int, n: int, name: str, x0: np.ndarray, lag: int) -> Any:
-    ps = PushSum(_topology(name, n), torch.from_numpy(x0[rank].copy()))
+def _worker(
+    rank: int, n: int, name: str, x0: np.ndarray, lag: int, wire: torch.dtype | None = None
+) -> Any:
+    config = GossipConfig(wire_dtype=wire)
+    ps = PushSum(_topology(name, n), torch.from_numpy(x0[rank].copy()), config=config)
     x, w = torch.from_numpy(x0[rank].copy()), 1.0
     rounds = []
     for _ in range(STEPS):
@@ -61,3 +64,15 @@ def test_overlapped_rounds_match_the_delayed_oracle(name: str, lag: int) -> None
     np.testing.assert_allclose(np.stack([r[0] for r in results]), ex, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose([r[1] for r in results], ew, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(sum(r[1] for r in results), n, rtol=1e-12)
+
+
+def test_rounds_in_flight_together_keep_their_own_wire_buffers() -> None:
+    # Two rounds in flight at once, each cast to bfloat16 for the wire: a send buffer
+    # shared between them would ship the later round's values in the earlier message.
+    n, lag = 4, 2
+    x0 = np.random.default_rng(7).normal(size=(n, 1 << 18)) + 4.0  # large: sends take time
+    results = run_distributed(_worker, n, ("ring", x0, lag, torch.bfloat16))
+    ex, ew = _oracle(_topology("ring", n), x0, lag)
+    # every message is rounded to bfloat16 once (relative error <= 2^-8), then mixed
+    np.testing.assert_allclose(np.stack([r[0] for r in results]), ex, rtol=2**-7, atol=0)
+    np.testing.assert_allclose([r[1] for r in results], ew, rtol=1e-12, atol=1e-12)

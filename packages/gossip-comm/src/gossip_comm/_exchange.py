@@ -35,6 +35,8 @@ class InFlight:
     weight: float
     recvs: list[torch.Tensor]
     weight_recvs: list[torch.Tensor]
+    staging: torch.Tensor | None  # host copy of a CUDA tensor gossiped over gloo
+    wire: torch.Tensor | None  # the buffer cast to the wire dtype
 
 
 class ExchangeEngine:
@@ -64,9 +66,11 @@ class ExchangeEngine:
         self.schedule = RankSchedule(topology, config.mixing, rank=self.channel.rank)
         self.carries_weight = carries_weight and not self.schedule.weight_is_constant
         self.step = 0
+        # Buffers are borrowed by a step and returned when it finishes, so overlapped
+        # steps in flight at once (OSGP with synch_freq > 0) never share one.
         self._pool: list[list[torch.Tensor]] = []
-        self._staging: torch.Tensor | None = None
-        self._wire_send: torch.Tensor | None = None
+        self._spare_staging: list[torch.Tensor] = []
+        self._spare_wire: list[torch.Tensor] = []
         self._worker = Worker(f"gossip-rank{self.channel.rank}")
 
     # ------------------------------------------------------------------ state
@@ -95,20 +99,22 @@ class ExchangeEngine:
         ch.check(tensor)
         info, step = self.schedule[self.step], self.step
         self.step += 1
+        staging = wire = None
         if tensor.device != ch.device:  # CUDA tensor over gloo: stage through host memory
-            if self._staging is None:
+            if self._spare_staging:
+                staging = self._spare_staging.pop()
+            else:
                 pin = torch.cuda.is_available()
-                self._staging = torch.empty(ch.numel, dtype=ch.dtype, pin_memory=pin)
-            self._staging.copy_(tensor.reshape(-1))
-            buf = self._staging
+                staging = torch.empty(ch.numel, dtype=ch.dtype, pin_memory=pin)
+            staging.copy_(tensor.reshape(-1))
+            buf = staging
         else:
             buf = tensor.view(-1)
         send = buf
         if ch.wire_dtype != ch.dtype and info.out_peers:
-            if self._wire_send is None:
-                self._wire_send = ch.empty()
-            self._wire_send.copy_(buf)
-            send = self._wire_send
+            wire = self._spare_wire.pop() if self._spare_wire else ch.empty()
+            wire.copy_(buf)
+            send = wire
         recvs = self._recv_set(len(info.in_peers))
         messages = [Message(p, send, True) for p in info.out_peers]
         messages += [Message(q, recvs[i], False) for i, q in enumerate(info.in_peers)]
@@ -121,7 +127,17 @@ class ExchangeEngine:
             messages += [Message(p, weight_send, True) for p in info.out_peers]
             messages += [Message(q, weight_recvs[i], False) for i, q in enumerate(info.in_peers)]
         pending = post(messages, ch.group, ch.rank, step)
-        return InFlight(pending, info, step, buf, tensor, weight, recvs, weight_recvs)
+        return InFlight(
+            pending, info, step, buf, tensor, weight, recvs, weight_recvs, staging, wire
+        )
+
+    def _release(self, flight: InFlight) -> None:
+        """Return the step's borrowed buffers for later steps to reuse."""
+        self._pool.append(flight.recvs)
+        if flight.staging is not None:
+            self._spare_staging.append(flight.staging)
+        if flight.wire is not None:
+            self._spare_wire.append(flight.wire)
 
     def _received(self, flight: InFlight) -> tuple[list[torch.Tensor], list[float]]:
         """Wait for ``flight``; its received tensors and (if they travel) weights."""
@@ -152,7 +168,7 @@ class ExchangeEngine:
                 flight.target.copy_(buf.view(flight.target.shape))
             return flight.target, weight
         finally:
-            self._pool.append(flight.recvs)
+            self._release(flight)
 
     def accumulate(self, flight: InFlight, into: torch.Tensor) -> float:
         """Wait for ``flight`` and add ``sum_q W[r, q] x_q`` into ``into`` (overlap mode).
@@ -175,7 +191,7 @@ class ExchangeEngine:
                 return math.fsum(a * w for a, w in zip(info.in_weights, weights, strict=True))
             return (1.0 - info.self_weight) * flight.weight
         finally:
-            self._pool.append(flight.recvs)
+            self._release(flight)
 
     def start(
         self, tensor: torch.Tensor, weight: float
