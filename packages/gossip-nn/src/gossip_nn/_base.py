@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed import ProcessGroup
+from torch.utils.hooks import RemovableHandle
 
 from gossip_comm import FlatBuffer
 
@@ -34,6 +35,10 @@ class DataParallelModule(nn.Module, ABC):
     """
 
     module: nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hook_handles: list[RemovableHandle] = []
 
     @property
     @abstractmethod
@@ -63,6 +68,25 @@ class DataParallelModule(nn.Module, ABC):
     @abstractmethod
     def close(self) -> None:
         """Finish gossip and release hooks and threads (every rank must call it)."""
+
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Optimizer pre-step hook; wrappers that gossip around the update override it."""
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Optimizer post-step hook; wrappers that gossip around the update override it."""
+
+    def _hook(self, optimizer: torch.optim.Optimizer) -> None:
+        """Run ``_before_step`` and ``_after_step`` around every ``optimizer.step()``."""
+        self._hook_handles = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+        ]
+
+    def _unhook(self) -> None:
+        """Remove the optimizer hooks (idempotent)."""
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles = []
 
     @abstractmethod
     def _gossip_state(self) -> dict[str, Any]:

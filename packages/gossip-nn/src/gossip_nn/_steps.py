@@ -119,7 +119,10 @@ class OSGPStep(GossipStep):
         self.push_sum = [PushSum(topology, b, config=config) for b in buffers]
         super().__init__(buffers, list(self.push_sum))
         self.synch_freq = synch_freq
-        self._inflight: deque[list[OverlapRound]] = deque()
+        # each round in flight pairs its messages with the snapshots they are sent from;
+        # a folded round's snapshots are reused, so steady state allocates nothing
+        self._inflight: deque[list[tuple[OverlapRound, torch.Tensor]]] = deque()
+        self._spare: list[list[torch.Tensor]] = []
 
     @property
     def in_flight(self) -> int:
@@ -130,24 +133,27 @@ class OSGPStep(GossipStep):
             buf.mul_(self.weight)
         while len(self._inflight) > self.synch_freq:
             self._fold(self._inflight.popleft())
+        snapshots = self._spare.pop() if self._spare else [b.clone() for b in self.buffers]
         rounds = []
-        for g, buf in zip(self.push_sum, self.buffers, strict=True):
-            rnd = g.send(buf.clone(), self.weight)  # a snapshot: buf keeps changing
+        for g, buf, snap in zip(self.push_sum, self.buffers, snapshots, strict=True):
+            snap.copy_(buf)  # the message's payload: buf keeps changing meanwhile
+            rnd = g.send(snap, self.weight)
             buf.mul_(rnd.self_weight)
-            rounds.append(rnd)
-        self.weight *= rounds[0].self_weight
+            rounds.append((rnd, snap))
+        self.weight *= rounds[0][0].self_weight
         self._inflight.append(rounds)
 
     def after_update(self) -> None:
         for buf in self.buffers:
             buf.div_(self.weight)
 
-    def _fold(self, rounds: list[OverlapRound]) -> None:
+    def _fold(self, rounds: list[tuple[OverlapRound, torch.Tensor]]) -> None:
         received = [
             g.receive(rnd, buf)
-            for g, rnd, buf in zip(self.push_sum, rounds, self.buffers, strict=True)
+            for g, (rnd, _), buf in zip(self.push_sum, rounds, self.buffers, strict=True)
         ]
         self.weight += received[0]
+        self._spare.append([snap for _, snap in rounds])  # its sends are complete
 
     def finish(self) -> None:
         if not self._inflight:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from gossip_comm import AsyncBilateral, GossipHandle
@@ -130,7 +131,7 @@ class BilateralGossipDataParallel(DataParallelModule):
             raise ValueError(
                 "AD-PSGD needs every trainable parameter in one dtype and on one device"
             )
-        self.topology = options.build_topology(self._group.size())
+        self.topology = options.build_topology(dist.get_world_size(self._group))
         self._buf = bind_flat(params).buffers[0]
         self._pairs = AsyncBilateral(
             self.topology, self._buf, config=options.comm_config(options.process_group)
@@ -141,10 +142,7 @@ class BilateralGossipDataParallel(DataParallelModule):
             else _ActiveRole(self._pairs, self._buf)
         )
         self._closed = False
-        self._handles = [
-            optimizer.register_step_pre_hook(self._before_step),
-            optimizer.register_step_post_hook(self._after_step),
-        ]
+        self._hook(optimizer)
 
     @property
     def algorithm(self) -> str:
@@ -185,8 +183,7 @@ class BilateralGossipDataParallel(DataParallelModule):
         self._closed = True
         self._pairs.finish()
         self.finish_gossip()
-        for h in self._handles:
-            h.remove()
+        self._unhook()
 
     def _gossip_state(self) -> dict[str, Any]:
         return {"ps_weight": 1.0, "gossip": [self._pairs.state_dict()]}

@@ -82,10 +82,7 @@ class GossipDataParallel(DataParallelModule):
             options.comm_config(gossip_group),
             synch_freq=options.synch_freq,
         )
-        self._handles = [
-            optimizer.register_step_pre_hook(self._before_step),
-            optimizer.register_step_post_hook(self._after_step),
-        ]
+        self._hook(optimizer)
 
     @property
     def algorithm(self) -> str:
@@ -152,6 +149,5 @@ class GossipDataParallel(DataParallelModule):
     def close(self) -> None:
         """Finish gossip, remove the optimizer hooks and release gossip threads."""
         self.finish_gossip()
-        for h in self._handles:
-            h.remove()
+        self._unhook()
         self._step.close()
