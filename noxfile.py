@@ -9,6 +9,7 @@ purpose: they prove each package installs with only what it declares.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 import tomllib
@@ -173,6 +174,23 @@ def bench(session: nox.Session) -> None:
     for script in scripts:
         session.log(f"benchmark {script.name} {' '.join(session.posargs)}".rstrip())
         session.run(python, str(script), *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def cluster(session: nox.Session) -> None:
+    """Training iterations on an emulated 4-host Ethernet cluster (needs root and iproute2).
+
+    Builds network namespaces with 1 and 10 Gbit/s shaped links, runs every algorithm side
+    by side, and writes ``benchmarks/results/cluster*``. ``nox -s cluster -- --quick`` is a
+    2-host smoke run. Arguments after ``--`` go to ``benchmarks/cluster/bench_cluster.py``.
+    """
+    if os.geteuid() != 0:
+        session.error("the emulated cluster needs root (ip netns, tc); run as root")
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        session.error("the emulated cluster needs iproute2 (ip, tc): apt-get install iproute2")
+    python = _dev_python(session)
+    script = ROOT / "benchmarks" / "cluster" / "bench_cluster.py"
+    session.run(python, str(script), *session.posargs, external=True)
 
 
 @nox.session(venv_backend="none", name="clean")

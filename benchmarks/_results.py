@@ -92,6 +92,11 @@ def write_results(
 ) -> tuple[Path, Path]:
     """Write ``<directory>/<name>.json`` and ``<name>.md``, and print the table.
 
+    A ``--quick`` run writes ``<name>_quick.json`` and ``<name>_quick.md`` instead, so a
+    smoke run never overwrites the reference figures that ``docs/benchmarks.md`` embeds.
+    The markdown starts with the title in bold (not a heading), so the docs can include
+    it under their own heading.
+
     Args:
         name: File stem, e.g. ``"simulator"``.
         payload: The measurements, JSON-serialisable; written as the JSON's top-level
@@ -121,7 +126,7 @@ def write_results(
         raise ValueError(f"meta repeats machine metadata keys: {', '.join(clash)}")
     info.update(meta or {})
     table = markdown_table(header, rows)
-    parts = [f"# {title}\n"]
+    parts = [f"**{title}**\n"]
     if quick:
         parts.append("Quick run (`--quick`): small sizes, a smoke test; not reference figures.\n")
     if notes:
@@ -132,7 +137,8 @@ def write_results(
         f"numpy {info['numpy']}, torch {info['torch']}; {info['utc']}.\n"
     )
     directory.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = directory / f"{name}.json", directory / f"{name}.md"
+    stem = f"{name}_quick" if quick and not name.endswith("_quick") else name
+    json_path, md_path = directory / f"{stem}.json", directory / f"{stem}.md"
     json_path.write_text(json.dumps({"meta": info, **payload}, indent=2) + "\n")
     md_path.write_text("\n".join(parts))
     print(table, end="")

@@ -78,9 +78,13 @@ def _poisoned(rank: int, n: int) -> Any:
                 return type(exc).__name__, exc.rank, exc.peer, exc.step, str(exc)
             time.sleep(0.05)
         return "no error"
+    # The reply streams back while the request arrives (full duplex), so the first
+    # exchange completes on the active's side; the passive then stops serving, and the
+    # active's next request gets no answer.
+    ab.request(torch.full((3,), float("nan"), dtype=torch.float64)).wait()
     try:
-        ab.request(torch.full((3,), float("nan"), dtype=torch.float64)).wait()
-    except GossipPeerError as exc:  # the passive stopped serving: no reply comes
+        ab.request(torch.zeros(3, dtype=torch.float64)).wait()
+    except GossipPeerError as exc:
         return exc.rank, exc.peer
     return "answered"
 

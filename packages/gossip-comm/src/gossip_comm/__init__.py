@@ -13,7 +13,7 @@ from gossip_comm._backend import comm_device_for, resolve_group
 from gossip_comm.async_bilateral import AsyncBilateral
 from gossip_comm.average import gossip_average
 from gossip_comm.bilateral import BilateralPushPull
-from gossip_comm.config import WIRE_DTYPES, GossipConfig
+from gossip_comm.config import DEFAULT_CHUNK_BYTES, WIRE_DTYPES, GossipConfig
 from gossip_comm.errors import (
     GossipError,
     GossipPeerError,
@@ -33,6 +33,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "DEFAULT_CHUNK_BYTES",
     "WIRE_DTYPES",
     "AsyncBilateral",
     "BilateralPushPull",

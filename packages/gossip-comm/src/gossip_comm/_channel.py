@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from gossip_comm._backend import comm_device_for, group_rank, group_size, resolve_group
-from gossip_comm.config import GossipConfig
+from gossip_comm.config import DEFAULT_CHUNK_BYTES, GossipConfig
 from gossip_comm.errors import NonFiniteError
 from gossip_topology import Topology
 
@@ -26,6 +26,7 @@ __all__ = [
     "check_pairwise",
     "check_tensor",
     "checked_step",
+    "chunk_numel_for",
     "open_channel",
 ]
 
@@ -51,6 +52,7 @@ class Channel:
     dtype: torch.dtype
     timeout: float
     check_finite: bool
+    chunk_numel: int = 0  # elements per chunk of a message; 0: one piece
 
     @property
     def numel(self) -> int:
@@ -85,20 +87,41 @@ def open_channel(
     if not isinstance(config, GossipConfig):
         raise TypeError(f"config must be a GossipConfig; got {type(config).__name__}")
     group = resolve_group(config.process_group)
+    device = comm_device_for(group, config.comm_device)
+    wire_dtype = like.dtype if config.wire_dtype is None else config.wire_dtype
     channel = Channel(
         owner=owner,
         group=group,
         rank=group_rank(group),
         size=group_size(group),
-        device=comm_device_for(group, config.comm_device),
-        wire_dtype=like.dtype if config.wire_dtype is None else config.wire_dtype,
+        device=device,
+        wire_dtype=wire_dtype,
         shape=like.shape,
         dtype=like.dtype,
         timeout=float(config.timeout),
         check_finite=config.check_finite,
+        chunk_numel=chunk_numel_for(config.chunk_bytes, device, wire_dtype, like.numel()),
     )
     agree_across_ranks(channel, topology)
     return channel
+
+
+def chunk_numel_for(
+    chunk_bytes: int | None, device: torch.device, wire_dtype: torch.dtype, numel: int
+) -> int:
+    """Elements per chunk for ``GossipConfig.chunk_bytes``; 0 means one piece.
+
+    ``None`` picks the backend's default: chunks on CPU (gloo), one message on CUDA
+    (NCCL). Chunks are a multiple of 1024 elements, so every chunk but the last starts
+    and ends on the same vector boundaries as the whole buffer.
+    """
+    if chunk_bytes is None:
+        chunk_bytes = DEFAULT_CHUNK_BYTES if device.type == "cpu" else 0
+    if chunk_bytes == 0:
+        return 0
+    itemsize = torch.empty((), dtype=wire_dtype).element_size()
+    elems = max(1024, -(-chunk_bytes // itemsize // 1024) * 1024)
+    return 0 if elems >= numel else elems
 
 
 def agree_across_ranks(channel: Channel, topology: Topology) -> None:
@@ -113,6 +136,8 @@ def agree_across_ranks(channel: Channel, topology: Topology) -> None:
         topology.world_size,
         topology.peers_per_itr,
         topology.period,
+        _DTYPE_CODES[channel.wire_dtype],
+        channel.chunk_numel,
     ]
     local = torch.tensor(mine, dtype=torch.int64, device=channel.device)
     gathered = [torch.empty_like(local) for _ in range(channel.size)]
@@ -123,7 +148,15 @@ def agree_across_ranks(channel: Channel, topology: Topology) -> None:
             f"topology has world_size={topology.world_size} but the process group has "
             f"{channel.size} ranks; build the topology for the group's size"
         )
-    names = ["buffer numel", "dtype", "topology world_size", "peers_per_itr", "period"]
+    names = [
+        "buffer numel",
+        "dtype",
+        "topology world_size",
+        "peers_per_itr",
+        "period",
+        "wire dtype",
+        "chunk size (elements)",
+    ]
     for field, name in enumerate(names):
         values = {r: row[field] for r, row in enumerate(table)}
         if len(set(values.values())) > 1:

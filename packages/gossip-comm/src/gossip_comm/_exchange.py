@@ -9,6 +9,7 @@ for one in-peer on a doubly-stochastic row).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -126,7 +127,7 @@ class ExchangeEngine:
             ]
             messages += [Message(p, weight_send, True) for p in info.out_peers]
             messages += [Message(q, weight_recvs[i], False) for i, q in enumerate(info.in_peers)]
-        pending = post(messages, ch.group, ch.rank, step)
+        pending = post(messages, ch.group, ch.rank, step, chunk_numel=ch.chunk_numel)
         return InFlight(
             pending, info, step, buf, tensor, weight, recvs, weight_recvs, staging, wire
         )
@@ -139,31 +140,41 @@ class ExchangeEngine:
         if flight.wire is not None:
             self._spare_wire.append(flight.wire)
 
-    def _received(self, flight: InFlight) -> tuple[list[torch.Tensor], list[float]]:
-        """Wait for ``flight``; its received tensors and (if they travel) weights."""
-        flight.pending.wait(self.channel.timeout)
-        info = flight.info
+    def _chunks(self, flight: InFlight) -> Iterator[tuple[slice, list[torch.Tensor]]]:
+        """Wait for ``flight`` chunk by chunk; yield each range with its received slices.
+
+        The push-sum weights travel in the first chunk and are checked before anything
+        is yielded. With ``check_finite``, a chunk holding NaN or Inf raises before it is
+        mixed (earlier chunks have been mixed by then).
+        """
+        ch, info = self.channel, flight.info
         recvs = flight.recvs[: len(info.in_peers)]
+        first = True
+        for sl in flight.pending.chunks(ch.timeout):
+            if first and ch.check_finite:
+                for q, w in zip(info.in_peers, flight.weight_recvs, strict=False):
+                    check_finite(float(w.item()), rank=ch.rank, peer=q, step=flight.step)
+            first = False
+            parts = [r[sl] for r in recvs]
+            if ch.check_finite:
+                for q, part in zip(info.in_peers, parts, strict=True):
+                    check_finite(part, rank=ch.rank, peer=q, step=flight.step)
+            yield sl, parts
+
+    def _weight_in(self, flight: InFlight) -> float:
+        """``sum_q W[r, q] w_q`` over the weights received (only when they travel)."""
         weights = [float(w.item()) for w in flight.weight_recvs]
-        if self.channel.check_finite:
-            rank = self.channel.rank
-            for q, r in zip(info.in_peers, recvs, strict=True):
-                check_finite(r, rank=rank, peer=q, step=flight.step)
-            for q, w in zip(info.in_peers, weights, strict=False):
-                check_finite(w, rank=rank, peer=q, step=flight.step)
-        return recvs, weights
+        return math.fsum(a * w for a, w in zip(flight.info.in_weights, weights, strict=True))
 
     def finish(self, flight: InFlight) -> tuple[torch.Tensor, float]:
-        """Wait for ``flight`` and mix in place; returns ``(tensor, weight)``."""
+        """Wait for ``flight``, mixing each chunk in place as it arrives; ``(tensor, weight)``."""
         try:
-            recvs, weights = self._received(flight)
             info, buf = flight.info, flight.buf
+            for sl, parts in self._chunks(flight):
+                _mix_into(buf[sl], parts, info)
             weight = flight.weight
             if self.carries_weight:
-                weight = info.self_weight * weight + math.fsum(
-                    a * w for a, w in zip(info.in_weights, weights, strict=True)
-                )
-            _mix_into(buf, recvs, info)
+                weight = info.self_weight * weight + self._weight_in(flight)
             if flight.target.device != buf.device:
                 flight.target.copy_(buf.view(flight.target.shape))
             return flight.target, weight
@@ -174,21 +185,22 @@ class ExchangeEngine:
         """Wait for ``flight`` and add ``sum_q W[r, q] x_q`` into ``into`` (overlap mode).
 
         Unlike ``finish``, the local share is left alone: the caller scaled its own
-        numerator by ``W[r, r]`` when it sent.
+        numerator by ``W[r, r]`` when it sent. Each chunk is added as it arrives.
 
         Returns:
             ``sum_q W[r, q] w_q``, the weight received; ``(1 - W[r, r]) * weight`` when the
             weight does not travel.
         """
         try:
-            recvs, weights = self._received(flight)
             info = flight.info
             flat = into.view(-1)
-            for r, a in zip(recvs, info.in_weights, strict=True):
-                # a CUDA numerator gossiped over gloo receives into host buffers
-                flat.add_(r.to(flat.device, non_blocking=True), alpha=a)
+            for sl, parts in self._chunks(flight):
+                dest = flat[sl]
+                for r, a in zip(parts, info.in_weights, strict=True):
+                    # a CUDA numerator gossiped over gloo receives into host buffers
+                    dest.add_(r.to(dest.device, non_blocking=True), alpha=a)
             if self.carries_weight:
-                return math.fsum(a * w for a, w in zip(info.in_weights, weights, strict=True))
+                return self._weight_in(flight)
             return (1.0 - info.self_weight) * flight.weight
         finally:
             self._release(flight)

@@ -74,13 +74,15 @@ class _Active:
             ch.rank,
             step,
             tags=[_HEADER, _DATA, _DATA],
+            chunk_numel=ch.chunk_numel,
         )
 
         def finish() -> torch.Tensor:
-            pending.wait(ch.timeout)
-            if ch.check_finite:
-                check_finite(reply, rank=ch.rank, peer=peer, step=step)
-            host.lerp_(reply, 0.5)
+            # each chunk is averaged as it arrives (its send is done by then too)
+            for sl in pending.chunks(ch.timeout):
+                if ch.check_finite:
+                    check_finite(reply[sl], rank=ch.rank, peer=peer, step=step)
+                host[sl].lerp_(reply[sl], 0.5)
             snapshot.copy_(host.view(snapshot.shape))
             return snapshot
 
@@ -140,15 +142,29 @@ class _Passive:
                 if kind == 0:
                     remaining -= 1
                     continue
-                src = to_global_rank(ch.group, active)
-                dist.recv(incoming, src, group=ch.group, tag=_DATA)
-                if ch.check_finite:
-                    check_finite(incoming, rank=ch.rank, peer=active, step=self.served)
+                # Reply with a snapshot while the request streams in (full duplex), then
+                # add half the difference chunk by chunk: x_p += (x_a - x_snapshot) / 2.
+                # Equal to the pairwise average when x_p did not move meanwhile; if the
+                # training thread updated x_p, its update is kept, and x_a + x_p is
+                # conserved either way.
                 with self.lock:
                     reply = flat.clone()
-                    flat.lerp_(incoming, 0.5)
+                pending = post(
+                    [Message(active, incoming, False), Message(active, reply, True)],
+                    ch.group,
+                    ch.rank,
+                    self.served,
+                    tags=[_DATA, _DATA],
+                    chunk_numel=ch.chunk_numel,
+                )
+                for sl in pending.chunks(ch.timeout):
+                    if ch.check_finite:
+                        check_finite(incoming[sl], rank=ch.rank, peer=active, step=self.served)
+                    half = incoming[sl].sub(reply[sl])
+                    with self.lock:
+                        flat[sl].add_(half, alpha=0.5)
+                with self.lock:
                     self.served += 1
-                dist.send(reply, src, group=ch.group, tag=_DATA)
         except GossipPeerError:
             raise
         except Exception as exc:  # name who and when, whatever went wrong

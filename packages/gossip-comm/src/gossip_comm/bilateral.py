@@ -116,12 +116,17 @@ class BilateralPushPull:
         send = self._encode(tensor)
         recv = ch.empty()
         pending = post(
-            [Message(peer, send, True), Message(peer, recv, False)], ch.group, ch.rank, step
+            [Message(peer, send, True), Message(peer, recv, False)],
+            ch.group,
+            ch.rank,
+            step,
+            chunk_numel=ch.chunk_numel,
         )
 
         def finish() -> torch.Tensor:
-            self._wait(pending)
-            self._average(tensor, recv, peer, step)
+            flat = tensor.view(-1)
+            for sl in pending.chunks(ch.timeout):  # average each chunk as it arrives
+                self._average(flat[sl], recv[sl], peer, step)
             return tensor
 
         return GossipHandle(future=self._worker.submit(finish))
@@ -137,6 +142,7 @@ class BilateralPushPull:
                 ch.group,
                 ch.rank,
                 self._step,
+                chunk_numel=ch.chunk_numel,
             )
             self._armed = (peers, recvs, self._worker.submit(lambda: self._wait(pending)))
         return self._armed
@@ -148,7 +154,10 @@ class BilateralPushPull:
         ch, step = self._channel, self._step
         for peer, recv in zip(peers, recvs, strict=True):
             reply = self._encode(tensor)  # the send completes before the average below
-            self._wait(post([Message(peer, reply, True)], ch.group, ch.rank, step))
+            sent = post(
+                [Message(peer, reply, True)], ch.group, ch.rank, step, chunk_numel=ch.chunk_numel
+            )
+            self._wait(sent)
             self._average(tensor, recv, peer, step)
         self._armed = None
         self._step += 1

@@ -10,10 +10,14 @@ from torch.distributed import ProcessGroup
 
 from gossip_topology import Mixing
 
-__all__ = ["WIRE_DTYPES", "GossipConfig"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "WIRE_DTYPES", "GossipConfig"]
 
 #: Accepted values of ``GossipConfig.wire_dtype``.
 WIRE_DTYPES: tuple[torch.dtype | None, ...] = (None, torch.bfloat16, torch.float16)
+
+#: Chunk size used on gloo when ``GossipConfig.chunk_bytes`` is ``None``; chosen by
+#: measurement on the emulated cluster (see the benchmarks page).
+DEFAULT_CHUNK_BYTES = 4 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,12 +36,17 @@ class GossipConfig:
             [`GossipTimeoutError`][gossip_comm.GossipTimeoutError].
         check_finite: Check every received message for NaN/Inf and raise
             [`NonFiniteError`][gossip_comm.NonFiniteError] naming the sender.
+        chunk_bytes: Messages longer than this travel in chunks of about this many bytes,
+            posted interleaved in both directions and mixed as each one arrives, so a
+            pair of ranks that send to each other get the line rate both ways. ``None``
+            picks the backend's default: ``DEFAULT_CHUNK_BYTES`` on gloo, one message on
+            NCCL; ``0`` never splits. Every rank must use the same value.
 
     Raises:
         TypeError: If ``mixing`` is not a ``gossip_topology.Mixing`` or ``check_finite``
             is not a bool.
-        ValueError: If ``timeout`` is not a positive number or ``wire_dtype`` is not one
-            of ``WIRE_DTYPES``.
+        ValueError: If ``timeout`` is not a positive number, ``wire_dtype`` is not one
+            of ``WIRE_DTYPES`` or ``chunk_bytes`` is negative.
 
     Example:
         ```python
@@ -52,6 +61,7 @@ class GossipConfig:
     wire_dtype: torch.dtype | None = None
     timeout: float = 300.0
     check_finite: bool = False
+    chunk_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.mixing is not None and not isinstance(self.mixing, Mixing):
@@ -73,4 +83,13 @@ class GossipConfig:
         if self.comm_device is not None and not isinstance(self.comm_device, torch.device | str):
             raise TypeError(
                 f"comm_device must be a torch.device, a string or None; got {self.comm_device!r}"
+            )
+        if self.chunk_bytes is not None and (
+            isinstance(self.chunk_bytes, bool)
+            or not isinstance(self.chunk_bytes, int)
+            or self.chunk_bytes < 0
+        ):
+            raise ValueError(
+                "chunk_bytes must be None (the backend's default), 0 (never split) or a "
+                f"positive int; got {self.chunk_bytes!r}"
             )

@@ -77,6 +77,7 @@ def _child(
     import torch.distributed as dist
 
     out = Path(out_dir) / f"rank{rank}.pkl"
+    stage = "init"  # a rank that fails in init is often a victim of a peer failing in fn
     try:
         fn = _load(*target)
         if backend == "nccl":
@@ -90,17 +91,20 @@ def _child(
             world_size=world_size,
             timeout=timedelta(seconds=init_timeout),
         )
+        stage = "run"
         try:
             result = fn(rank, world_size, *args)
         finally:
             dist.destroy_process_group()
         payload: tuple[str, Any] = ("ok", result)
     except BaseException as exc:  # report everything, KeyboardInterrupt included
-        payload = ("error", (repr(exc), traceback.format_exc(), exc))
+        payload = ("error", (repr(exc), traceback.format_exc(), exc, stage))
     try:
         data = pickle.dumps(payload)
     except Exception:
-        data = pickle.dumps(("error", (repr(payload[1]), "unpicklable result or error", None)))
+        data = pickle.dumps(
+            ("error", (repr(payload[1]), "unpicklable result or error", None, stage))
+        )
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, out)
@@ -132,7 +136,8 @@ def run_distributed(
         The return values, in rank order.
 
     Raises:
-        RankFailedError: For the lowest failing rank, with the child's traceback.
+        RankFailedError: For the lowest rank that raised in ``fn`` (or, if none did, the
+            lowest that failed to join the group), with the child's traceback.
         ValueError: If ``world_size < 1`` or ``fn`` is not a module-level function.
     """
     if world_size < 1:
@@ -164,21 +169,31 @@ def run_distributed(
                 if p.is_alive():
                     p.kill()
                     p.join()
+        # (priority, rank, message): a rank that raised in fn is the likely cause; one
+        # whose init failed (a peer that raised early closes its connections), hung or
+        # died without a result is reported only if no rank raised in fn.
+        failures: list[tuple[int, int, str]] = []
         results: list[Any] = []
         for r, p in enumerate(procs):
             path = Path(tmp) / f"rank{r}.pkl"
             if r in overran:
-                raise RankFailedError(f"rank {r} did not finish within {timeout:g}s", r)
-            if not path.exists():
-                if r in allowed_exits:
-                    results.append(None)
-                    continue
-                raise RankFailedError(f"rank {r} exited with code {p.exitcode} without a result", r)
-            status, value = pickle.loads(path.read_bytes())
-            if status == "error":
-                text, tb, _ = value
-                raise RankFailedError(f"rank {r} raised {text}\n--- child traceback ---\n{tb}", r)
-            results.append(value)
+                failures.append((2, r, f"rank {r} did not finish within {timeout:g}s"))
+            elif not path.exists():
+                if r not in allowed_exits:
+                    message = f"rank {r} exited with code {p.exitcode} without a result"
+                    failures.append((2, r, message))
+                results.append(None)
+                continue
+            else:
+                status, value = pickle.loads(path.read_bytes())
+                if status == "error":
+                    text, tb, _, stage = value
+                    message = f"rank {r} raised {text}\n--- child traceback ---\n{tb}"
+                    failures.append((0 if stage == "run" else 1, r, message))
+                results.append(value)
+        if failures:
+            _, r, message = min(failures)
+            raise RankFailedError(message, r)
         return results
 
 

@@ -28,6 +28,8 @@ class GossipOptions:
             gossips).
         process_group: Group to train in; WORLD when ``None``.
         timeout: Seconds to wait for one gossip step before raising.
+        chunk_bytes: Size of the pieces large messages travel in (see
+            [`GossipConfig`][gossip_comm.GossipConfig]); ``None``: the backend's default.
 
     Raises:
         TypeError: If ``topology`` or an integer option has the wrong type.
@@ -42,6 +44,7 @@ class GossipOptions:
     nprocs_per_node: int = 1
     process_group: ProcessGroup | None = None
     timeout: float = 300.0
+    chunk_bytes: int | None = None
 
     def __post_init__(self) -> None:
         check_int("peers_per_itr", self.peers_per_itr, minimum=1)
@@ -57,13 +60,14 @@ class GossipOptions:
         """The [`GossipConfig`][gossip_comm.GossipConfig] for gossip in ``process_group``.
 
         Raises:
-            ValueError: If ``timeout`` or ``wire_dtype`` is invalid.
+            ValueError: If ``timeout``, ``wire_dtype`` or ``chunk_bytes`` is invalid.
         """
         return GossipConfig(
             mixing=self.mixing,
             process_group=process_group,
             wire_dtype=self.wire_dtype,
             timeout=self.timeout,
+            chunk_bytes=self.chunk_bytes,
         )
 
     def build_topology(self, world_size: int) -> Topology:

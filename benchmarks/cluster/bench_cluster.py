@@ -1,0 +1,331 @@
+"""Training iterations on an emulated 4-host Ethernet cluster, every algorithm side by side.
+
+Run as root: ``nox -s cluster`` or ``python benchmarks/cluster/bench_cluster.py``.
+For each link rate (1 and 10 Gbit/s) it builds the cluster (`emulate.Cluster`), checks
+the links, and runs `train_step.py` on every host for: compute only, AR-SGD (DDP), SGP,
+OSGP with ``synch_freq`` 0 and 1, D-PSGD, AD-PSGD and SGP with a bf16 wire. Then a
+straggler run at 1 Gbit/s (one host computes 2x slower) and a chunk-size sweep of one
+full-duplex exchange of the model's bytes between two hosts.
+
+Each algorithm is reported as a ratio to its physical floor, from the same run:
+``compute + M/B`` for SGP and D-PSGD (a step's send follows its compute),
+``compute + M/(2B)`` with a bf16 wire, ``max(compute, M/B)`` for OSGP and AD-PSGD
+(communication overlaps compute), and ``compute + 2(n-1)/n * M/B`` for ring all-reduce.
+``M`` is the model's bytes, ``B`` the configured link rate, ``compute`` the measured
+compute-only iteration. Times are the median of ``--iters`` iterations after
+``--warmup``, on the slowest rank (AD-PSGD: the mean over active ranks).
+
+Writes ``benchmarks/results/cluster.{json,md}``, ``cluster_chunks.{json,md}``,
+``cluster_straggler.{json,md}`` and ``cluster.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from emulate import Cluster, parse_rate  # noqa: E402
+
+from _results import RESULTS, write_results  # noqa: E402
+
+#: (label, train_step.py arguments, floor kind)
+CONFIGS: list[tuple[str, list[str], str]] = [
+    ("compute only", ["--algorithm", "compute"], "compute"),
+    ("AR-SGD (DDP)", ["--algorithm", "ar"], "allreduce"),
+    ("SGP", ["--algorithm", "sgp"], "serial"),
+    ("SGP, bf16 wire", ["--algorithm", "sgp", "--wire", "bf16"], "serial-half"),
+    ("OSGP, synch_freq 0", ["--algorithm", "osgp", "--synch-freq", "0"], "overlap"),
+    ("OSGP, synch_freq 1", ["--algorithm", "osgp", "--synch-freq", "1"], "overlap"),
+    ("D-PSGD", ["--algorithm", "dpsgd"], "serial"),
+    ("AD-PSGD", ["--algorithm", "adpsgd"], "overlap"),
+]
+STRAGGLER: list[tuple[str, list[str]]] = [
+    ("AR-SGD (DDP)", ["--algorithm", "ar"]),
+    ("SGP", ["--algorithm", "sgp"]),
+    ("OSGP, synch_freq 2", ["--algorithm", "osgp", "--synch-freq", "2"]),
+    ("AD-PSGD", ["--algorithm", "adpsgd"]),
+]
+
+
+def floor(kind: str, compute: float, model_bytes: int, rate_bps: float, n: int) -> float:
+    """The physical lower bound of one iteration for a floor ``kind`` (see above)."""
+    transfer = model_bytes * 8 / rate_bps
+    return {
+        "compute": compute,
+        "serial": compute + transfer,
+        "serial-half": compute + transfer / 2,
+        "overlap": max(compute, transfer),
+        "allreduce": compute + 2 * (n - 1) / n * transfer,
+    }[kind]
+
+
+def iteration_time(result: dict[str, object], exclude: int = -1) -> float:
+    """The slowest rank's median; for AD-PSGD the mean over active ranks."""
+    ranks = [r for r in result["ranks"] if r["rank"] != exclude]  # type: ignore[attr-defined]
+    if result["algorithm"] == "adpsgd":
+        ranks = [r for r in ranks if not r["passive"]] or ranks
+        return float(statistics.mean(r["median_s"] for r in ranks))
+    return float(max(r["median_s"] for r in ranks))
+
+
+def run_step(
+    cluster: Cluster, args: list[str], common: list[str], out: Path, timeout: float
+) -> dict[str, object]:
+    """Run train_step.py on every host; its JSON result."""
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, str(HERE / "train_step.py"), *args, *common, "--out", str(out)]
+    codes = cluster.run_all(cmd, timeout=timeout)
+    if any(codes) or not out.exists():
+        raise RuntimeError(f"train_step.py {' '.join(args)} failed: exit codes {codes}")
+    result: dict[str, object] = json.loads(out.read_text())
+    return result
+
+
+def sweep_chunks(
+    cluster: Cluster, sizes: list[int], numel: int, steps: int, tmp: Path
+) -> list[dict[str, object]]:
+    """Seconds per full-duplex exchange of ``numel`` floats between hosts 0 and 1."""
+    rows = []
+    out = tmp / "exchange.json"
+    for size in sizes:
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, str(HERE / "exchange.py"), "--numel", str(numel)]
+        cmd += ["--steps", str(steps), "--chunk-bytes", str(size), "--out", str(out)]
+        sub = Cluster.__new__(Cluster)  # the same namespaces, only hosts 0 and 1
+        sub.__dict__.update(cluster.__dict__, hosts=2)
+        codes = sub.run_all(cmd, timeout=600)
+        if any(codes):
+            raise RuntimeError(f"exchange.py failed with chunk_bytes={size}: {codes}")
+        res = json.loads(out.read_text())
+        ideal = numel * 4 * 8 / cluster.rate_bps
+        rows.append(
+            {
+                "rate_gbit": cluster.rate_bps / 1e9,
+                "chunk_bytes": size,
+                "median_s": res["median_s"],
+                "ideal_s": ideal,
+                "ratio": res["median_s"] / ideal,
+                "all_s": res["times"],
+                "tiny_allreduce_s": res["tiny_allreduce_s"],
+            }
+        )
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "all_s"}), flush=True)
+    return rows
+
+
+def plot(rows: list[dict[str, object]], path: Path) -> None:
+    """Bars of seconds per iteration by algorithm, one panel per rate, floors marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = sorted({float(r["rate_gbit"]) for r in rows})  # type: ignore[arg-type]
+    fig, axes = plt.subplots(1, len(rates), figsize=(6.5 * len(rates), 4.8), squeeze=False)
+    for ax, rate in zip(axes[0], rates, strict=True):
+        sel = [r for r in rows if r["rate_gbit"] == rate]
+        labels = [str(r["label"]) for r in sel]
+        ys = [float(r["seconds"]) for r in sel]  # type: ignore[arg-type]
+        floors = [float(r["floor_s"]) for r in sel]  # type: ignore[arg-type]
+        xs = range(len(sel))
+        ax.bar(xs, ys, color="#4c72b0", label="measured")
+        ax.scatter(xs, floors, marker="_", s=900, color="#dd5555", zorder=3, label="floor")
+        for x, y, r in zip(xs, ys, sel, strict=True):
+            ax.annotate(f"{r['vs_floor']:.2f}x", (x, y), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(list(xs), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel("seconds per iteration (median)")
+        ax.set_title(f"4 hosts, {rate:g} Gbit/s links (label: time / floor)")
+        ax.legend(fontsize=8)
+    fig.suptitle("ResNet-50 training iteration on an emulated cluster (gloo, 1 thread per rank)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--quick", action="store_true", help="2 hosts, ResNet-18, 3 iterations")
+    p.add_argument("--rates", nargs="+", default=["1gbit", "10gbit"])
+    p.add_argument("--hosts", type=int, default=4)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--chunk-sizes", type=int, nargs="*", default=None)
+    p.add_argument("--skip", nargs="*", default=[], choices=["train", "straggler", "chunks"])
+    args = p.parse_args(argv)
+    model, hosts, iters, warmup = "resnet50", args.hosts, args.iters, args.warmup
+    if args.quick:
+        model, hosts, iters, warmup = "resnet18", 2, 3, 1
+    common = ["--model", model, "--iters", str(iters), "--warmup", str(warmup)]
+    sizes = args.chunk_sizes or [0, 1 << 20, 4 << 20, 16 << 20]
+    rows: list[dict[str, object]] = []
+    checks: list[dict[str, float]] = []
+    chunk_rows: list[dict[str, object]] = []
+    raw: list[dict[str, object]] = []
+    straggler_rows: list[dict[str, object]] = []
+    suffix = f"_h{hosts}" if hosts != 4 else ""  # write_results adds "_quick"
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        for rate in args.rates:
+            with Cluster(hosts, rate) as cluster:
+                check = cluster.check_link()
+                checks.append(check.as_dict())
+                print(f"[bench] link self-check at {rate}: {json.dumps(check.as_dict())}")
+                if "chunks" not in args.skip:
+                    numel = 25_557_032 if not args.quick else 11_689_512
+                    chunk_rows += sweep_chunks(cluster, sizes, numel, 3 if args.quick else 8, tmp)
+                if "train" in args.skip:
+                    continue
+                results = {}
+                for label, cfg, kind in CONFIGS:
+                    print(f"[bench] {rate}: {label}", flush=True)
+                    res = run_step(cluster, cfg, common, tmp / "step.json", timeout=900)
+                    res["label"], res["kind"] = label, kind
+                    results[label] = res
+                    raw.append(res)
+                compute = iteration_time(results["compute only"])
+                ddp = iteration_time(results["AR-SGD (DDP)"])
+                for label, _, kind in CONFIGS:
+                    res = results[label]
+                    t = iteration_time(res)
+                    fl = floor(kind, compute, int(res["model_bytes"]), parse_rate(rate), hosts)  # type: ignore[call-overload]
+                    eff = cluster.rate_bps * check.efficiency
+                    fl_meas = floor(kind, compute, int(res["model_bytes"]), eff, hosts)  # type: ignore[call-overload]
+                    rows.append(
+                        {
+                            "rate_gbit": parse_rate(rate) / 1e9,
+                            "label": label,
+                            "seconds": round(t, 4),
+                            "floor_s": round(fl, 4),
+                            "vs_floor": round(t / fl, 3),
+                            "vs_floor_measured_link": round(t / fl_meas, 3),
+                            "speedup_vs_ddp": round(ddp / t, 3),
+                            "floor_kind": kind,
+                        }
+                    )
+                    print(json.dumps(rows[-1]), flush=True)
+                if "straggler" in args.skip or rate != args.rates[0]:
+                    continue
+                for label, cfg in STRAGGLER:
+                    print(f"[bench] {rate}: straggler, {label}", flush=True)
+                    extra = ["--straggler-rank", str(hosts - 1), "--straggler-factor", "2"]
+                    res = run_step(cluster, [*cfg, *extra], common, tmp / "s.json", timeout=900)
+                    fast = iteration_time(res, exclude=hosts - 1)
+                    if label not in results:  # its no-straggler run, for the baseline
+                        out = tmp / "b.json"
+                        results[label] = run_step(cluster, cfg, common, out, timeout=900)
+                    base = iteration_time(results[label], exclude=hosts - 1)
+                    straggler_rows.append(
+                        {
+                            "rate_gbit": parse_rate(rate) / 1e9,
+                            "label": label,
+                            "others_s_no_straggler": round(base, 4),
+                            "others_s_with_straggler": round(fast, 4),
+                            "rate_kept": round(base / fast, 3),
+                            "straggler_s": round(
+                                next(r["median_s"] for r in res["ranks"] if r["rank"] == hosts - 1),  # type: ignore[attr-defined]
+                                4,
+                            ),
+                        }
+                    )
+                    print(json.dumps(straggler_rows[-1]), flush=True)
+    meta = {"hosts": hosts, "model": model, "iters": iters, "warmup": warmup, "backend": "gloo"}
+    if rows:
+        write_results(
+            f"cluster{suffix}",
+            {"rows": rows, "link_checks": checks, "runs": raw},
+            header=[
+                "link",
+                "algorithm",
+                "s/iter",
+                "floor s",
+                "/ floor",
+                "/ floor (measured link)",
+                "DDP / this",
+            ],
+            rows=[
+                [
+                    f"{r['rate_gbit']:g} Gbit/s",
+                    r["label"],
+                    f"{r['seconds']:.3f}",
+                    f"{r['floor_s']:.3f}",
+                    f"{r['vs_floor']:.2f}",
+                    f"{r['vs_floor_measured_link']:.2f}",
+                    f"{r['speedup_vs_ddp']:.2f}",
+                ]
+                for r in rows
+            ],
+            title=f"Training iterations on an emulated {hosts}-host cluster",
+            quick=args.quick,
+            notes=(
+                f"{model}, batch 8 at 32x32, 100 classes, one thread per rank, gloo. "
+                "Link self-checks (raw TCP, both directions at once): "
+                + "; ".join(
+                    f"{c['rate_gbit']:g} Gbit/s: {c['efficiency']:.2f} of the rate" for c in checks
+                )
+                + ". `/ floor` uses the configured rate; `/ floor (measured link)` the rate the "
+                "self-check reached."
+            ),
+            meta=meta,
+        )
+        plot(rows, RESULTS / f"cluster{suffix}{'_quick' if args.quick else ''}.png")
+    if chunk_rows:
+        write_results(
+            f"cluster_chunks{suffix}",
+            {"rows": chunk_rows},
+            header=["link", "chunk bytes", "s per exchange", "ideal s", "/ ideal"],
+            rows=[
+                [
+                    f"{r['rate_gbit']:g} Gbit/s",
+                    "one message" if r["chunk_bytes"] == 0 else f"{r['chunk_bytes'] >> 20} MiB",  # type: ignore[operator]
+                    f"{r['median_s']:.3f}",
+                    f"{r['ideal_s']:.3f}",
+                    f"{r['ratio']:.2f}",
+                ]
+                for r in chunk_rows
+            ],
+            title="One full-duplex exchange between two hosts, by chunk size",
+            quick=args.quick,
+            notes="PushSum on 2 ranks (each sends to the other every step), the model's "
+            "float32 bytes each way; median over steps; ideal = bytes / rate.",
+            meta=meta,
+        )
+    if straggler_rows:
+        write_results(
+            f"cluster_straggler{suffix}",
+            {"rows": straggler_rows},
+            header=[
+                "algorithm",
+                "others s/iter",
+                "with a 2x straggler",
+                "rate kept",
+                "straggler s/iter",
+            ],
+            rows=[
+                [
+                    r["label"],
+                    f"{r['others_s_no_straggler']:.3f}",
+                    f"{r['others_s_with_straggler']:.3f}",
+                    f"{r['rate_kept']:.2f}",
+                    f"{r['straggler_s']:.3f}",
+                ]
+                for r in straggler_rows
+            ],
+            title="A straggler on the emulated cluster",
+            quick=args.quick,
+            notes=f"Host {hosts - 1} computes 2x slower; the other hosts' iteration time.",
+            meta=meta,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
