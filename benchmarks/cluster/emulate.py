@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["PREFIX", "Cluster", "LinkCheck", "main", "parse_rate"]
+__all__ = ["PREFIX", "Cluster", "LinkCheck", "install_signal_teardown", "main", "parse_rate"]
 
 #: Every namespace this tool creates starts with this prefix (and only those are removed).
 PREFIX = "gsp-"
@@ -359,7 +359,9 @@ class Cluster:
         return LinkCheck(self.rate_bps, nbytes, [r["recv_s"] for r in results])
 
 
-def _install_signal_teardown() -> None:
+def install_signal_teardown() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so ``with Cluster(...)`` tears down."""
+
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -392,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.down:
         print(f"removed: {remove_leftovers()}")
         return 0
-    _install_signal_teardown()
+    install_signal_teardown()
     with Cluster(args.hosts, args.rate, args.delay) as cluster:
         check = cluster.check_link()
         print(f"[cluster] self-check: {json.dumps(check.as_dict())}", file=sys.stderr)

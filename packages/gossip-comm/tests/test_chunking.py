@@ -64,6 +64,36 @@ def _all_gossipers(rank: int, n: int, chunk_bytes: int) -> dict[str, Any]:
             w += ps.receive(rounds.pop(0), x)
     w += ps.receive(rounds.pop(0), x)
     out["overlap"] = (x.numpy().copy(), w)
+    # the same, folding each round straight into its own snapshot (receive with base=),
+    # which then carries the next round: must equal the in-place fold bit for bit
+    x = torch.from_numpy(x0[rank].copy())
+    ps2 = PushSum(Star(n), x, config=base)
+    w, snap = 1.0, x.clone()
+    rnd = ps2.send(snap, w)
+    torch.mul(snap, rnd.self_weight, out=x)
+    w *= rnd.self_weight
+    for _ in range(STEPS - 1):
+        w += ps2.receive(rnd, snap, base=x)  # snap <- x + messages
+        rnd = ps2.send(snap, w)
+        torch.mul(snap, rnd.self_weight, out=x)
+        w *= rnd.self_weight
+    w += ps2.receive(rnd, x)
+    out["overlap fused"] = (x.numpy().copy(), w)
+    # reference for it: fold the previous round in place, then send a copy (OSGP's order)
+    x = torch.from_numpy(x0[rank].copy())
+    ps3 = PushSum(Star(n), x, config=base)
+    w, prev = 1.0, None
+    for _ in range(STEPS):
+        if prev is not None:
+            w += ps3.receive(prev, x)
+        prev = ps3.send(x.clone(), w)
+        x.mul_(prev.self_weight)
+        w *= prev.self_weight
+    assert prev is not None
+    w += ps3.receive(prev, x)
+    out["overlap fold-first"] = (x.numpy().copy(), w)
+    for g in (ps, ps2, ps3):
+        g.close()
     # push-pull on a ring (every rank sends to and receives from different peers)
     x = torch.from_numpy(x0[rank].copy())
     pp = PushPull(make_topology("npeer-dynamic-directed-exponential", n), x, config=base)
@@ -107,6 +137,15 @@ CASES = [
     "bilateral",
     "async",
 ]
+
+
+def test_folding_into_the_snapshot_equals_folding_in_place(
+    both: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+) -> None:
+    for results in both:
+        for r in results:
+            assert r["overlap fused"][1] == r["overlap fold-first"][1]
+            assert np.array_equal(r["overlap fused"][0], r["overlap fold-first"][0])
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -72,6 +72,9 @@ class ExchangeEngine:
         self._pool: list[list[torch.Tensor]] = []
         self._spare_staging: list[torch.Tensor] = []
         self._spare_wire: list[torch.Tensor] = []
+        # a lower-precision wire: received chunks are widened into these before mixing
+        # (a mixed-dtype add is several times slower than a cast and a lerp)
+        self._spare_widen: list[list[torch.Tensor]] = []
         self._worker = Worker(f"gossip-rank{self.channel.rank}")
 
     # ------------------------------------------------------------------ state
@@ -149,6 +152,22 @@ class ExchangeEngine:
         """
         ch, info = self.channel, flight.info
         recvs = flight.recvs[: len(info.in_peers)]
+        widen: list[torch.Tensor] = []
+        if ch.wire_dtype != ch.dtype and recvs:
+            widen = self._spare_widen.pop() if self._spare_widen else []
+            size = ch.chunk_numel or ch.numel
+            while len(widen) < len(recvs):
+                widen.append(torch.empty(size, dtype=ch.dtype, device=ch.device))
+        try:
+            yield from self._chunk_parts(flight, recvs, widen)
+        finally:
+            if widen:
+                self._spare_widen.append(widen)
+
+    def _chunk_parts(
+        self, flight: InFlight, recvs: list[torch.Tensor], widen: list[torch.Tensor]
+    ) -> Iterator[tuple[slice, list[torch.Tensor]]]:
+        ch, info = self.channel, flight.info
         first = True
         for sl in flight.pending.chunks(ch.timeout):
             if first and ch.check_finite:
@@ -159,6 +178,8 @@ class ExchangeEngine:
             if ch.check_finite:
                 for q, part in zip(info.in_peers, parts, strict=True):
                     check_finite(part, rank=ch.rank, peer=q, step=flight.step)
+            if widen:
+                parts = [w[: p.numel()].copy_(p) for w, p in zip(widen, parts, strict=False)]
             yield sl, parts
 
     def _weight_in(self, flight: InFlight) -> float:
@@ -181,11 +202,16 @@ class ExchangeEngine:
         finally:
             self._release(flight)
 
-    def accumulate(self, flight: InFlight, into: torch.Tensor) -> float:
+    def accumulate(
+        self, flight: InFlight, into: torch.Tensor, base: torch.Tensor | None = None
+    ) -> float:
         """Wait for ``flight`` and add ``sum_q W[r, q] x_q`` into ``into`` (overlap mode).
 
         Unlike ``finish``, the local share is left alone: the caller scaled its own
-        numerator by ``W[r, r]`` when it sent. Each chunk is added as it arrives.
+        numerator by ``W[r, r]`` when it sent. Each chunk is added as it arrives. With
+        ``base``, ``into`` receives ``base + sum_q W[r, q] x_q`` instead (one pass where
+        an in-place add and a copy would take two); ``into`` may then be the tensor
+        ``flight`` sent, since each chunk is written only once its send is complete.
 
         Returns:
             ``sum_q W[r, q] w_q``, the weight received; ``(1 - W[r, r]) * weight`` when the
@@ -194,11 +220,22 @@ class ExchangeEngine:
         try:
             info = flight.info
             flat = into.view(-1)
+            source = None if base is None else base.view(-1)
             for sl, parts in self._chunks(flight):
                 dest = flat[sl]
+                first = source is not None
                 for r, a in zip(parts, info.in_weights, strict=True):
                     # a CUDA numerator gossiped over gloo receives into host buffers
-                    dest.add_(r.to(dest.device, non_blocking=True), alpha=a)
+                    r = r.to(dest.device, non_blocking=True)
+                    if first:
+                        assert source is not None
+                        torch.add(source[sl], r, alpha=a, out=dest)
+                        first = False
+                    else:
+                        dest.add_(r, alpha=a)
+                if first:  # no in-peers at this step
+                    assert source is not None
+                    dest.copy_(source[sl])
             if self.carries_weight:
                 return self._weight_in(flight)
             return (1.0 - info.self_weight) * flight.weight
@@ -234,11 +271,7 @@ def _mix_into(buf: torch.Tensor, recvs: list[torch.Tensor], info: RankStep) -> N
         if info.self_weight != 1.0:
             buf.mul_(info.self_weight)
         return
-    if (
-        len(recvs) == 1
-        and recvs[0].dtype == buf.dtype
-        and abs(info.self_weight + info.in_weights[0] - 1.0) < 1e-15
-    ):
+    if len(recvs) == 1 and abs(info.self_weight + info.in_weights[0] - 1.0) < 1e-15:
         buf.lerp_(recvs[0], info.in_weights[0])
         return
     buf.mul_(info.self_weight)

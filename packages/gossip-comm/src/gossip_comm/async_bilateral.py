@@ -59,15 +59,21 @@ class _Active:
             {p for t in range(topology.period) for p in topology.out_peers(rank, t)}
         )
         self.step = 0
+        self._replies: list[torch.Tensor] = []
         self._worker = Worker(f"gossip-adpsgd{rank}")
 
     def request(self, snapshot: torch.Tensor) -> GossipHandle[torch.Tensor]:
         ch, step = self.channel, self.step
         (peer,) = self.topology.out_peers(ch.rank, step)
         self.step += 1
-        host = snapshot.detach().reshape(-1).to("cpu", copy=True)
+        flat = snapshot.detach().view(-1) if snapshot.is_contiguous() else None
+        if flat is not None and flat.device.type == "cpu":
+            host = flat  # the caller's snapshot is ours until wait(): average it in place
+        else:
+            host = snapshot.detach().reshape(-1).to("cpu", copy=True)
         header = torch.tensor([ch.rank, 1], dtype=torch.int64)
-        reply = torch.empty_like(host)
+        # reply buffers are reused: a fresh 100 MB buffer per request costs page faults
+        reply = self._replies.pop() if self._replies else torch.empty_like(host)
         pending = post(
             [Message(peer, header, True), Message(peer, host, True), Message(peer, reply, False)],
             ch.group,
@@ -83,7 +89,9 @@ class _Active:
                 if ch.check_finite:
                     check_finite(reply[sl], rank=ch.rank, peer=peer, step=step)
                 host[sl].lerp_(reply[sl], 0.5)
-            snapshot.copy_(host.view(snapshot.shape))
+            self._replies.append(reply)
+            if host.data_ptr() != snapshot.data_ptr():
+                snapshot.copy_(host.view(snapshot.shape))
             return snapshot
 
         return GossipHandle(future=self._worker.submit(finish))
@@ -132,6 +140,7 @@ class _Passive:
         remaining = len(self.partners)
         header = torch.empty(2, dtype=torch.int64)
         incoming = torch.empty_like(flat)
+        reply = torch.empty_like(flat)  # both reused: one exchange at a time
         active = -1
         try:
             while remaining:
@@ -148,7 +157,7 @@ class _Passive:
                 # training thread updated x_p, its update is kept, and x_a + x_p is
                 # conserved either way.
                 with self.lock:
-                    reply = flat.clone()
+                    reply.copy_(flat)
                 pending = post(
                     [Message(active, incoming, False), Message(active, reply, True)],
                     ch.group,
@@ -160,9 +169,9 @@ class _Passive:
                 for sl in pending.chunks(ch.timeout):
                     if ch.check_finite:
                         check_finite(incoming[sl], rank=ch.rank, peer=active, step=self.served)
-                    half = incoming[sl].sub(reply[sl])
+                    diff = incoming[sl].sub_(reply[sl])  # scratch: x_a - x_snapshot
                     with self.lock:
-                        flat[sl].add_(half, alpha=0.5)
+                        flat[sl].add_(diff, alpha=0.5)
                 with self.lock:
                     self.served += 1
         except GossipPeerError:
@@ -309,7 +318,9 @@ class AsyncBilateral:
     def request(self, snapshot: torch.Tensor) -> GossipHandle[torch.Tensor]:
         """Active: average ``snapshot`` with this exchange's partner; returns at once.
 
-        ``handle.wait()`` returns ``snapshot``, averaged in place with the partner's value.
+        ``handle.wait()`` returns ``snapshot``, averaged in place with the partner's value;
+        a contiguous CPU ``snapshot`` is sent and averaged without a copy, so do not
+        modify it before then.
 
         Raises:
             RuntimeError: On a passive rank, or after ``finish``.

@@ -120,8 +120,15 @@ class PushSum:
         """
         return OverlapRound(self._engine.post(tensor, float(weight)))
 
-    def receive(self, round_: OverlapRound, into: torch.Tensor) -> float:
+    def receive(
+        self, round_: OverlapRound, into: torch.Tensor, base: torch.Tensor | None = None
+    ) -> float:
         """Overlap mode: wait for ``round_``'s messages and add their numerators into ``into``.
+
+        With ``base``, ``into`` is overwritten with ``base`` plus the messages instead:
+        one pass that leaves ``base`` alone. ``into`` may be the snapshot ``round_`` sent
+        (each chunk is written only after it has gone), so a caller can fold a round and
+        take the next round's snapshot in the same buffer.
 
         Returns:
             The push-sum weight received, to add to the local weight.
@@ -129,7 +136,10 @@ class PushSum:
         Raises:
             GossipTimeoutError: If a peer's message does not arrive within the timeout.
         """
-        return self._engine.accumulate(round_._flight, into)
+        if base is not None:
+            self._engine.channel.check(base)
+        self._engine.channel.check(into)
+        return self._engine.accumulate(round_._flight, into, base)
 
     def state_dict(self) -> dict[str, int]:
         """The step counter."""

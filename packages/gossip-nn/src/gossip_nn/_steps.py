@@ -129,16 +129,31 @@ class OSGPStep(GossipStep):
         return len(self._inflight)
 
     def before_update(self) -> None:
-        for buf in self.buffers:
-            buf.mul_(self.weight)
+        if self.weight != 1.0:  # exactly 1 in steady state on a regular graph, synch_freq 0
+            for buf in self.buffers:
+                buf.mul_(self.weight)
+        due = []
         while len(self._inflight) > self.synch_freq:
-            self._fold(self._inflight.popleft())
-        snapshots = self._spare.pop() if self._spare else [b.clone() for b in self.buffers]
+            due.append(self._inflight.popleft())
+        for rounds in due[:-1]:
+            self._fold(rounds)
+        if due:
+            # fold the last due round straight into its own snapshot buffers, which
+            # become the next message's payload: snap = buf + messages, in one pass
+            snapshots = [snap for _, snap in due[-1]]
+            received = [
+                g.receive(rnd, snap, base=buf)
+                for g, (rnd, snap), buf in zip(self.push_sum, due[-1], self.buffers, strict=True)
+            ]
+            self.weight += received[0]
+        else:
+            snapshots = self._spare.pop() if self._spare else [b.clone() for b in self.buffers]
+            for snap, buf in zip(snapshots, self.buffers, strict=True):
+                snap.copy_(buf)  # the message's payload: buf keeps changing meanwhile
         rounds = []
         for g, buf, snap in zip(self.push_sum, self.buffers, snapshots, strict=True):
-            snap.copy_(buf)  # the message's payload: buf keeps changing meanwhile
             rnd = g.send(snap, self.weight)
-            buf.mul_(rnd.self_weight)
+            torch.mul(snap, rnd.self_weight, out=buf)  # keep only the own share
             rounds.append((rnd, snap))
         self.weight *= rounds[0][0].self_weight
         self._inflight.append(rounds)

@@ -42,17 +42,22 @@ class _ActiveRole:
     def __init__(self, pairs: AsyncBilateral, buf: torch.Tensor) -> None:
         self.pairs, self.buf = pairs, buf
         self._pending: GossipHandle[torch.Tensor] | None = None
+        self._spare: torch.Tensor | None = None  # the last snapshot, reused
 
     def sync(self) -> None:
         if self._pending is not None:
-            self.buf.copy_(self._pending.wait())
-            self._pending = None
+            averaged = self._pending.wait()
+            self.buf.copy_(averaged)
+            self._pending, self._spare = None, averaged
 
     def before_update(self) -> None:
         self.sync()
 
     def after_update(self) -> None:
-        self._pending = self.pairs.request(self.buf.clone())
+        snapshot = self._spare if self._spare is not None else torch.empty_like(self.buf)
+        self._spare = None
+        snapshot.copy_(self.buf)
+        self._pending = self.pairs.request(snapshot)
 
     def restored(self) -> None:
         self._pending = None
@@ -72,7 +77,8 @@ class _PassiveRole:
         self.pairs.check()  # a responder error surfaces in the training thread
         with self.pairs.lock:
             # adopt the averages made since the last sync; publish any local edit
-            self.buf.add_((self.shared - self.published).to(self.buf.device))
+            averages = torch.sub(self.shared, self.published, out=self.published)
+            self.buf.add_(averages.to(self.buf.device))
             self.shared.copy_(self.buf)
             self.published.copy_(self.shared)
 
@@ -81,7 +87,7 @@ class _PassiveRole:
         self._before.copy_(self.buf)
 
     def after_update(self) -> None:
-        delta = (self.buf - self._before).to(self.shared.device)
+        delta = torch.sub(self.buf, self._before, out=self._before).to(self.shared.device)
         with self.pairs.lock:
             self.shared.add_(delta)  # the update joins whatever averages happened
             self.published.add_(delta)
