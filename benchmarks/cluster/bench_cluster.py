@@ -116,6 +116,9 @@ def sweep_chunks(
                 "ratio": res["median_s"] / ideal,
                 "all_s": res["times"],
                 "tiny_allreduce_s": res["tiny_allreduce_s"],
+                # machine-wide busy CPU per exchange of 2 x numel floats (both ways)
+                "cpu_busy_s": res["cpu_busy_s_per_step"],
+                "cpu_s_per_gb": res["cpu_busy_s_per_step"] / (2 * numel * 4 / 1e9),
             }
         )
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "all_s"}), flush=True)
@@ -417,7 +420,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_results(
             f"cluster_chunks{suffix}",
             {"rows": chunk_rows},
-            header=["link", "chunk bytes", "s per exchange", "ideal s", "/ ideal"],
+            header=[
+                "link",
+                "chunk bytes",
+                "s per exchange",
+                "ideal s",
+                "/ ideal",
+                "busy CPU s per exchange",
+                "CPU s per GB moved",
+            ],
             rows=[
                 [
                     f"{r['rate_gbit']:g} Gbit/s",
@@ -425,13 +436,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{r['median_s']:.3f}",
                     f"{r['ideal_s']:.3f}",
                     f"{r['ratio']:.2f}",
+                    f"{r['cpu_busy_s']:.3f}",
+                    f"{r['cpu_s_per_gb']:.2f}",
                 ]
                 for r in chunk_rows
             ],
             title="One full-duplex exchange between two hosts, by chunk size",
             quick=args.quick,
             notes="PushSum on 2 ranks (each sends to the other every step), the model's "
-            "float32 bytes each way; median over steps; ideal = bytes / rate.",
+            "float32 bytes each way; median over steps; ideal = bytes / rate. Busy CPU is "
+            "the whole machine's (both hosts' processes and the kernel's packet work, from "
+            "/proc/stat) per exchange, with no compute running: the CPU that moving bytes "
+            "costs here, which the floors do not count.",
             meta=meta,
         )
     if straggler_rows:

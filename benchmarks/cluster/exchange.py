@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -18,6 +19,18 @@ import torch.distributed as dist
 
 from gossip_comm import GossipConfig, PushSum
 from gossip_topology import make_topology
+
+
+def cpu_busy_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (all cores, kernel time included).
+
+    Network namespaces share ``/proc/stat``, so this counts every host's processes and
+    the kernel's softirq work of moving their packets through veth, bridge and tbf.
+    """
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(f) for f in fields]
+    busy = sum(ticks[:3]) + sum(ticks[5:8])  # user nice system . . irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -35,11 +48,15 @@ def main() -> int:
     ps = PushSum(topo, x, config=GossipConfig(chunk_bytes=args.chunk_bytes, timeout=600))
     ps.mix(x)  # warm-up: connections, buffers
     times = []
+    dist.barrier()
+    busy0 = cpu_busy_seconds()
     for _ in range(args.steps):
         dist.barrier()
         t0 = time.perf_counter()
         ps.mix(x)
         times.append(time.perf_counter() - t0)
+    dist.barrier()
+    busy_per_step = (cpu_busy_seconds() - busy0) / args.steps
     ps.close()
     # latency: one tiny all_reduce per round trip (2 ranks: one hop each way)
     tiny = torch.zeros(1)
@@ -59,6 +76,7 @@ def main() -> int:
                     "times": slowest,
                     "median_s": statistics.median(slowest),
                     "tiny_allreduce_s": tiny_s,
+                    "cpu_busy_s_per_step": busy_per_step,
                 }
             )
         )
