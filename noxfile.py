@@ -181,16 +181,23 @@ def cluster(session: nox.Session) -> None:
     """Training iterations on an emulated 4-host Ethernet cluster (needs root and iproute2).
 
     Builds network namespaces with 1 and 10 Gbit/s shaped links, runs every algorithm side
-    by side, and writes ``benchmarks/results/cluster*``. ``nox -s cluster -- --quick`` is a
-    2-host smoke run. Arguments after ``--`` go to ``benchmarks/cluster/bench_cluster.py``.
+    by side at 4 hosts (with a straggler run and a chunk-size sweep), then at 2 hosts, then
+    fits the scale model; writes ``benchmarks/results/cluster*`` and ``scale_model*``
+    (about 25 minutes). ``nox -s cluster -- --quick`` is a 2-host smoke run; any other
+    arguments after ``--`` go to ``benchmarks/cluster/bench_cluster.py`` alone.
     """
     if os.geteuid() != 0:
         session.error("the emulated cluster needs root (ip netns, tc); run as root")
     if shutil.which("ip") is None or shutil.which("tc") is None:
         session.error("the emulated cluster needs iproute2 (ip, tc): apt-get install iproute2")
     python = _dev_python(session)
-    script = ROOT / "benchmarks" / "cluster" / "bench_cluster.py"
+    cluster_dir = ROOT / "benchmarks" / "cluster"
+    script = cluster_dir / "bench_cluster.py"
     session.run(python, str(script), *session.posargs, external=True)
+    if not session.posargs:  # the reference run: add the 2-host points and the model
+        two_hosts = ["--hosts", "2", "--skip", "straggler", "chunks"]
+        session.run(python, str(script), *two_hosts, external=True)
+        session.run(python, str(cluster_dir / "scale_model.py"), external=True)
 
 
 @nox.session(venv_backend="none", name="clean")

@@ -207,10 +207,23 @@ def _plot(
         kind = LABELS[str(ch["algorithm"])]
         marker = "o" if ch["rate_gbit"] == 1.0 else "s"
         ax.scatter([ch["hosts"]], [ch["measured_s"]], color=colours[kind], marker=marker, zorder=3)
+        ax.scatter(  # the model at that point, with that point's own compute time
+            [ch["hosts"]],
+            [ch["model_s"]],
+            facecolors="none",
+            edgecolors=colours[kind],
+            marker=marker,
+            s=70,
+            zorder=3,
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("hosts")
     ax.set_ylabel("seconds per iteration")
-    ax.set_title("Model (lines) vs measured (o: 1 Gbit/s, s: 10 Gbit/s), ResNet-50")
+    ax.set_title(
+        "ResNet-50: model (lines: 4-host compute; hollow: each point's own compute)\n"
+        "vs measured (filled); o = 1 Gbit/s, s = 10 Gbit/s",
+        fontsize=10,
+    )
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     bars = [
