@@ -134,7 +134,8 @@ def write_results(
     parts.append(table)
     parts.append(
         f"Machine: {info['machine']}, {info['cpu_count']} CPUs, Python {info['python']}, "
-        f"numpy {info['numpy']}, torch {info['torch']}; {info['utc']}.\n"
+        f"numpy {info['numpy']}, torch {info['torch']}; "
+        f"{info.get('measured_utc', info['utc'])}.\n"
     )
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"{name}_quick" if quick and not name.endswith("_quick") else name
