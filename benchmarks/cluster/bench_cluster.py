@@ -100,9 +100,7 @@ def sweep_chunks(
         out.unlink(missing_ok=True)
         cmd = [sys.executable, str(HERE / "exchange.py"), "--numel", str(numel)]
         cmd += ["--steps", str(steps), "--chunk-bytes", str(size), "--out", str(out)]
-        sub = Cluster.__new__(Cluster)  # the same namespaces, only hosts 0 and 1
-        sub.__dict__.update(cluster.__dict__, hosts=2)
-        codes = sub.run_all(cmd, timeout=600)
+        codes = cluster.run_all(cmd, timeout=600, hosts=2)  # hosts 0 and 1 only
         if any(codes):
             raise RuntimeError(f"exchange.py failed with chunk_bytes={size}: {codes}")
         res = json.loads(out.read_text())
@@ -218,6 +216,29 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     plt.close(fig)
 
 
+def write_targets(
+    name: str, goals: list[dict[str, object]], *, quick: bool, meta: dict[str, object]
+) -> None:
+    """The targets table, as `targets` computed it."""
+    write_results(
+        name,
+        {"targets": goals},
+        header=["target", "measured", "bound", "met"],
+        rows=[
+            [
+                g["target"],
+                f"{g['measured']:.2f}",
+                f"{g['kind']} {g['bound']}",
+                "yes" if g["met"] else "**no**",
+            ]
+            for g in goals
+        ],
+        title="Targets of issue 8, from this run",
+        quick=quick,
+        meta=meta,
+    )
+
+
 def write_cluster_table(
     name: str,
     rows: list[dict[str, object]],
@@ -305,23 +326,7 @@ def report_only() -> int:
             json.loads(straggler_path.read_text())["rows"] if straggler_path.exists() else []
         )
         goals = targets(rows, straggler)
-        write_results(
-            "cluster_targets",
-            {"targets": goals},
-            header=["target", "measured", "bound", "met"],
-            rows=[
-                [
-                    g["target"],
-                    f"{g['measured']:.2f}",
-                    f"{g['kind']} {g['bound']}",
-                    "yes" if g["met"] else "**no**",
-                ]
-                for g in goals
-            ],
-            title="Targets of issue 8, from this run",
-            quick=False,
-            meta=meta,
-        )
+        write_targets("cluster_targets", goals, quick=False, meta=meta)
     return 0
 
 
@@ -447,23 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot(rows, RESULTS / f"cluster{suffix}{'_quick' if args.quick else ''}.png")
     goals = targets(rows, straggler_rows) if hosts == 4 else []
     if goals:
-        write_results(
-            f"cluster_targets{suffix}",
-            {"targets": goals},
-            header=["target", "measured", "bound", "met"],
-            rows=[
-                [
-                    g["target"],
-                    f"{g['measured']:.2f}",
-                    f"{g['kind']} {g['bound']}",
-                    "yes" if g["met"] else "**no**",
-                ]
-                for g in goals
-            ],
-            title="Targets of issue 8, from this run",
-            quick=args.quick,
-            meta=meta,
-        )
+        write_targets(f"cluster_targets{suffix}", goals, quick=args.quick, meta=meta)
     if chunk_rows:
         write_results(
             f"cluster_chunks{suffix}",

@@ -260,12 +260,14 @@ class Cluster:
             self._up = False
 
     # --------------------------------------------------------------- running
-    def env(self, rank: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The environment rank ``rank`` runs with (see the module docstring)."""
+    def env(
+        self, rank: int, extra: Mapping[str, str] | None = None, world: int | None = None
+    ) -> dict[str, str]:
+        """The environment rank ``rank`` of ``world`` (all hosts) runs with."""
         env = dict(os.environ)
         env.update(
             RANK=str(rank),
-            WORLD_SIZE=str(self.hosts),
+            WORLD_SIZE=str(self.hosts if world is None else world),
             LOCAL_RANK="0",
             LOCAL_WORLD_SIZE="1",
             MASTER_ADDR=self.address(0),
@@ -279,11 +281,16 @@ class Cluster:
         return env
 
     def spawn(
-        self, rank: int, argv: Sequence[str], extra_env: Mapping[str, str] | None = None
+        self,
+        rank: int,
+        argv: Sequence[str],
+        extra_env: Mapping[str, str] | None = None,
+        world: int | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` as rank ``rank`` inside host ``rank``'s namespace."""
+        """Start ``argv`` as rank ``rank`` (of ``world``) inside host ``rank``'s namespace."""
         return subprocess.Popen(
-            ["ip", "netns", "exec", self.namespace(rank), *argv], env=self.env(rank, extra_env)
+            ["ip", "netns", "exec", self.namespace(rank), *argv],
+            env=self.env(rank, extra_env, world),
         )
 
     def run_all(
@@ -291,18 +298,17 @@ class Cluster:
         argv: Sequence[str],
         extra_env: Mapping[str, str] | None = None,
         timeout: float | None = None,
-        rank_env: Mapping[int, Mapping[str, str]] | None = None,
+        hosts: int | None = None,
     ) -> list[int]:
-        """Run ``argv`` on every host at once; returns the exit codes, rank order.
+        """Run ``argv`` on every host (or the first ``hosts``) at once; the exit codes.
 
         If a rank fails, the others are given 30 s and then killed, so a crash never
-        leaves a job hanging. ``rank_env`` adds variables for single ranks.
+        leaves a job hanging.
         """
-        procs = []
-        for r in range(self.hosts):
-            env = dict(extra_env or {})
-            env.update((rank_env or {}).get(r, {}))
-            procs.append(self.spawn(r, argv, env))
+        world = self.hosts if hosts is None else hosts
+        if not 1 <= world <= self.hosts:
+            raise ValueError(f"hosts must be from 1 to {self.hosts}; got {hosts!r}")
+        procs = [self.spawn(r, argv, extra_env, world) for r in range(world)]
         deadline = None if timeout is None else time.monotonic() + timeout
         codes: list[int | None] = [None] * len(procs)
         try:
