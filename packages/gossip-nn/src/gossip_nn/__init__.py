@@ -14,9 +14,11 @@ from importlib.metadata import version as _version
 from gossip_nn._base import DataParallelModule
 from gossip_nn.adpsgd import ADPSGD_TOPOLOGY, BilateralGossipDataParallel
 from gossip_nn.allreduce import AllReduceDataParallel
+from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.factory import ALGORITHMS, make_data_parallel
 from gossip_nn.gossip import GossipDataParallel
-from gossip_nn.options import GossipOptions
+from gossip_nn.options import BUFFER_MODES, DPSGD_ORDERS, GossipOptions
+from gossip_nn.slowmo import SlowMoOptions
 
 try:
     __version__ = _version("gossip-nn")
@@ -26,11 +28,15 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "ADPSGD_TOPOLOGY",
     "ALGORITHMS",
+    "BUFFER_MODES",
+    "DPSGD_ORDERS",
     "AllReduceDataParallel",
     "BilateralGossipDataParallel",
     "DataParallelModule",
+    "ExactAveragingSchedule",
     "GossipDataParallel",
     "GossipOptions",
+    "SlowMoOptions",
     "__version__",
     "make_data_parallel",
 ]

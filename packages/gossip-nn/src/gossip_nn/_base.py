@@ -9,7 +9,7 @@ algorithm is refused.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -39,6 +39,8 @@ class DataParallelModule(nn.Module, ABC):
     def __init__(self) -> None:
         super().__init__()
         self._hook_handles: list[RemovableHandle] = []
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._updates = 0  # optimizer steps that ran (counted by the post-step hook)
 
     @property
     @abstractmethod
@@ -75,11 +77,59 @@ class DataParallelModule(nn.Module, ABC):
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Optimizer post-step hook; wrappers that gossip around the update override it."""
 
+    def scaler_step(self, scaler: Any, *args: Any, **kwargs: Any) -> Any:
+        """``scaler.step(optimizer)`` for mixed precision: gossip runs even if it skips.
+
+        `torch.amp.GradScaler` skips ``optimizer.step()`` on a rank whose gradients hold
+        an inf or NaN, and with it the step hooks through which gossip runs; its peers,
+        which did not skip, would then wait for it. Call this instead of
+        ``scaler.step(optimizer)``: a skipped update gossips as a zero update, so every
+        rank takes part in every gossip step.
+
+        Args:
+            scaler: A `torch.amp.GradScaler` (anything with its ``step``).
+            *args: Passed on to ``scaler.step``.
+            **kwargs: Passed on to ``scaler.step``.
+
+        Returns:
+            What ``scaler.step`` returns.
+
+        Raises:
+            RuntimeError: If the wrapper was built without an optimizer.
+
+        Example:
+            ```python
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = criterion(model(x), y)
+            scaler.scale(loss).backward()
+            model.scaler_step(scaler)   # not scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+            ```
+        """
+        if self._optimizer is None:
+            raise RuntimeError(f"{type(self).__name__} holds no optimizer")
+        before = self._updates
+        result = scaler.step(self._optimizer, *args, **kwargs)
+        if self._updates == before:  # skipped: gossip around a zero update
+            self._skipped_update(self._optimizer)
+        return result
+
+    def _skipped_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """The update was skipped on this rank: run the gossip that it would have run."""
+        self._before_step(optimizer, (), {})
+        self._after_step(optimizer, (), {})
+
+    def _count_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._updates += 1
+
     def _hook(self, optimizer: torch.optim.Optimizer) -> None:
         """Run ``_before_step`` and ``_after_step`` around every ``optimizer.step()``."""
+        self._optimizer = optimizer
         self._hook_handles = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
+            optimizer.register_step_post_hook(self._count_update),
         ]
 
     def _unhook(self) -> None:
@@ -126,8 +176,9 @@ class DataParallelModule(nn.Module, ABC):
         self._load_gossip_state(state)
 
 
-def bind_flat(params: list[nn.Parameter]) -> FlatBuffer:
-    """Re-bind ``params`` as views into one flat buffer per dtype and device.
+def bind_flat(params: Sequence[torch.Tensor]) -> FlatBuffer:
+    """Re-bind ``params`` (parameters, or buffers) as views into one flat buffer per dtype
+    and device.
 
     Gossip then reads and writes the parameters without packing, and the optimizer,
     which holds the same ``Parameter`` objects, updates the buffers in place.

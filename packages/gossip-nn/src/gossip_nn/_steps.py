@@ -11,7 +11,13 @@ de-biased model $z_i = x_i / w_i$ between optimizer steps.
   rank $i$ keeps $W_{ii} x_i$ and $W_{ii} w_i$, applies its update to that, and adds the
   messages of step $t$ at step $t + 1 + \tau$, $\tau$ = ``synch_freq``.
 - **D-PSGD** (Lian et al., NeurIPS 2017, [arXiv:1705.09056](https://arxiv.org/abs/1705.09056)):
-  $x_i \leftarrow \sum_j W_{ij} x_j - \gamma\,d_i(x_i)$ with a doubly-stochastic $W$.
+  $x_i \leftarrow \sum_j W_{ij} x_j - \gamma\,d_i(x_i)$ with a doubly-stochastic $W$
+  (``"mix-then-update"``), or the 2019 code's order $x \leftarrow W(x - \gamma\,d(x))$
+  (``"update-then-mix"``).
+
+On an *exact* step (``exact=True``: Gossip-PGA's periodic average, the all-reduce
+warm-up) the mixing matrix is replaced by the exact average $\frac1n \mathbf{1}\mathbf{1}^\top$:
+one all-reduce of the numerators and one of the weights, after which every weight is 1.
 """
 
 from __future__ import annotations
@@ -20,8 +26,17 @@ from collections import deque
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
 
-from gossip_comm import GossipConfig, Gossiper, OverlapRound, PushPull, PushSum
+from gossip_comm import (
+    GossipConfig,
+    Gossiper,
+    OverlapRound,
+    PushPull,
+    PushSum,
+    resolve_group,
+)
 from gossip_topology import Topology
 
 __all__ = ["GOSSIP_ALGORITHMS", "DPSGDStep", "GossipStep", "OSGPStep", "SGPStep", "build_step"]
@@ -32,18 +47,40 @@ class GossipStep:
 
     algorithm: ClassVar[str]
 
-    def __init__(self, buffers: list[torch.Tensor], gossipers: list[Gossiper]) -> None:
-        self.buffers, self.gossipers = buffers, gossipers
+    def __init__(
+        self, buffers: list[torch.Tensor], gossipers: list[Gossiper], group: ProcessGroup
+    ) -> None:
+        self.buffers, self.gossipers, self.group = buffers, gossipers, group
         self.weight = 1.0
 
-    def before_update(self) -> None:
-        """Runs before ``optimizer.step()``."""
+    def before_update(self, exact: bool = False) -> None:
+        """Runs before ``optimizer.step()``; ``exact``: this step averages exactly."""
 
-    def after_update(self) -> None:
-        """Runs after ``optimizer.step()``."""
+    def after_update(self, exact: bool = False) -> None:
+        """Runs after ``optimizer.step()``; ``exact``: this step averages exactly."""
 
     def finish(self) -> None:
         """Fold in whatever is still in flight (nothing, for synchronous steps)."""
+
+    def average_numerators(self) -> None:
+        r"""Buffers hold numerators $x_i$: replace them by $\sum_j x_j / \sum_j w_j$, $w_i = 1$.
+
+        A collective over the gossip group; nothing may be in flight.
+        """
+        total = torch.tensor([self.weight], dtype=torch.float64, device=self.buffers[0].device)
+        dist.all_reduce(total, group=self.group)
+        for buf in self.buffers:
+            dist.all_reduce(buf, group=self.group)
+            buf.div_(float(total.item()))
+        self.weight = 1.0
+
+    def exact_average(self) -> None:
+        r"""Between steps (buffers de-biased): every rank takes $\sum_j w_j z_j / \sum_j w_j$."""
+        self.finish()
+        if self.weight != 1.0:
+            for buf in self.buffers:
+                buf.mul_(self.weight)
+        self.average_numerators()
 
     @property
     def in_flight(self) -> int:
@@ -84,17 +121,20 @@ class SGPStep(GossipStep):
         self, buffers: list[torch.Tensor], topology: Topology, config: GossipConfig
     ) -> None:
         self.push_sum = [PushSum(topology, b, config=config) for b in buffers]
-        super().__init__(buffers, list(self.push_sum))
+        super().__init__(buffers, list(self.push_sum), resolve_group(config.process_group))
         # With a constant weight (regular graph, uniform mixing) z == x: skip the
         # bookkeeping ("lazy mixing"); the result is the same.
         self.lazy = not any(g.sends_weight for g in self.push_sum)
 
-    def before_update(self) -> None:
+    def before_update(self, exact: bool = False) -> None:
         if not self.lazy:
             for buf in self.buffers:
                 buf.mul_(self.weight)  # z -> x: the optimizer updates the numerator
 
-    def after_update(self) -> None:
+    def after_update(self, exact: bool = False) -> None:
+        if exact:
+            self.average_numerators()
+            return
         weight = new_weight = self.weight
         for g, buf in zip(self.push_sum, self.buffers, strict=True):
             _, new_weight = g.mix(buf, weight)  # every group mixes the same weight
@@ -117,7 +157,7 @@ class OSGPStep(GossipStep):
         synch_freq: int,
     ) -> None:
         self.push_sum = [PushSum(topology, b, config=config) for b in buffers]
-        super().__init__(buffers, list(self.push_sum))
+        super().__init__(buffers, list(self.push_sum), resolve_group(config.process_group))
         self.synch_freq = synch_freq
         # each round in flight pairs its messages with the snapshots they are sent from;
         # a folded round's snapshots are reused, so steady state allocates nothing
@@ -128,10 +168,14 @@ class OSGPStep(GossipStep):
     def in_flight(self) -> int:
         return len(self._inflight)
 
-    def before_update(self) -> None:
+    def before_update(self, exact: bool = False) -> None:
         if self.weight != 1.0:  # exactly 1 in steady state on a regular graph, synch_freq 0
             for buf in self.buffers:
                 buf.mul_(self.weight)
+        if exact:  # everything comes home; the update then applies to the numerator
+            while self._inflight:
+                self._fold(self._inflight.popleft())
+            return
         due = []
         while len(self._inflight) > self.synch_freq:
             due.append(self._inflight.popleft())
@@ -158,7 +202,10 @@ class OSGPStep(GossipStep):
         self.weight *= rounds[0][0].self_weight
         self._inflight.append(rounds)
 
-    def after_update(self) -> None:
+    def after_update(self, exact: bool = False) -> None:
+        if exact:
+            self.average_numerators()
+            return
         for buf in self.buffers:
             buf.div_(self.weight)
 
@@ -186,18 +233,35 @@ class OSGPStep(GossipStep):
 
 
 class DPSGDStep(GossipStep):
-    """D-PSGD: mix with the neighbours, then apply the local update."""
+    """D-PSGD: mix with the neighbours before the local update, or after it."""
 
     algorithm = "dpsgd"
 
     def __init__(
-        self, buffers: list[torch.Tensor], topology: Topology, config: GossipConfig
+        self,
+        buffers: list[torch.Tensor],
+        topology: Topology,
+        config: GossipConfig,
+        order: str = "mix-then-update",
     ) -> None:
-        super().__init__(buffers, [PushPull(topology, b, config=config) for b in buffers])
+        gossipers = [PushPull(topology, b, config=config) for b in buffers]
+        super().__init__(buffers, list(gossipers), resolve_group(config.process_group))
+        self.mix_first = order == "mix-then-update"
 
-    def before_update(self) -> None:
+    def _mix(self, exact: bool) -> None:
+        if exact:
+            self.average_numerators()  # every weight is 1: the plain mean
+            return
         for g, buf in zip(self.gossipers, self.buffers, strict=True):
-            g.mix(buf)  # x <- W x, then the update applies
+            g.mix(buf)
+
+    def before_update(self, exact: bool = False) -> None:
+        if self.mix_first:
+            self._mix(exact)  # x <- W x, then the update applies (Lian et al.)
+
+    def after_update(self, exact: bool = False) -> None:
+        if not self.mix_first:
+            self._mix(exact)  # x <- W (x - lr g): the 2019 code's order
 
 
 GOSSIP_ALGORITHMS: tuple[str, ...] = ("sgp", "osgp", "dpsgd")
@@ -211,6 +275,7 @@ def build_step(
     config: GossipConfig,
     *,
     synch_freq: int = 0,
+    dpsgd_order: str = "mix-then-update",
 ) -> GossipStep:
     """The step object for ``algorithm``; the one place that knows which may overlap.
 
@@ -231,4 +296,4 @@ def build_step(
         )
     if algorithm == "sgp":
         return SGPStep(buffers, topology, config)
-    return DPSGDStep(buffers, topology, config)
+    return DPSGDStep(buffers, topology, config, dpsgd_order)

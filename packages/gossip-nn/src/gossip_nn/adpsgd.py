@@ -17,6 +17,7 @@ changes only by the optimizer updates.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +28,7 @@ from torch import nn
 
 from gossip_comm import AsyncBilateral, GossipHandle
 from gossip_nn._base import DataParallelModule, bind_flat, network_average
+from gossip_nn._buffers import BufferSync, floating_buffers
 from gossip_nn.options import GossipOptions
 from gossip_nn.validate import checked_parameters
 
@@ -37,17 +39,26 @@ ADPSGD_TOPOLOGY = "dynamic-bipartite-exponential"
 
 
 class _ActiveRole:
-    """Asks its partner to average a snapshot after each update; adopts it next step."""
+    """Asks its partner to average a snapshot after each update; adopts it next step.
 
-    def __init__(self, pairs: AsyncBilateral, buf: torch.Tensor) -> None:
+    ``buf[edited:]`` (floating buffers such as BatchNorm statistics) may change between
+    the snapshot and the adoption, in forward passes; those edits are kept on top of the
+    average. The parameters (``buf[:edited]``) change only in the optimizer step.
+    """
+
+    def __init__(self, pairs: AsyncBilateral, buf: torch.Tensor, edited: int) -> None:
         self.pairs, self.buf = pairs, buf
         self._pending: GossipHandle[torch.Tensor] | None = None
         self._spare: torch.Tensor | None = None  # the last snapshot, reused
+        self._edited = buf[edited:]
+        self._sent = self._edited.clone()  # buf[edited:] when the snapshot was taken
 
     def sync(self) -> None:
         if self._pending is not None:
             averaged = self._pending.wait()
+            edits = self._sent.neg_().add_(self._edited)  # forward-pass edits since
             self.buf.copy_(averaged)
+            self._edited.add_(edits)
             self._pending, self._spare = None, averaged
 
     def before_update(self) -> None:
@@ -57,6 +68,7 @@ class _ActiveRole:
         snapshot = self._spare if self._spare is not None else torch.empty_like(self.buf)
         self._spare = None
         snapshot.copy_(self.buf)
+        self._sent.copy_(self._edited)
         self._pending = self.pairs.request(snapshot)
 
     def restored(self) -> None:
@@ -106,12 +118,16 @@ class BilateralGossipDataParallel(DataParallelModule):
             one dtype and device.
         optimizer: The optimizer over exactly ``module``'s trainable parameters.
         options: ``topology`` must be bipartite with one peer per step (by default
-            [`ADPSGD_TOPOLOGY`][gossip_nn.ADPSGD_TOPOLOGY]); ``synch_freq``,
-            ``wire_dtype``, ``mixing`` and ``nprocs_per_node > 1`` do not apply.
+            [`ADPSGD_TOPOLOGY`][gossip_nn.ADPSGD_TOPOLOGY]). ``synch_freq`` and
+            ``nprocs_per_node > 1`` are errors; ``wire_dtype``, ``mixing`` and the
+            other synchronous-only options raise a ``UserWarning`` and do nothing.
+            ``buffers="average"`` (the default) averages floating buffers in each
+            pairwise exchange, with the parameters; ``"broadcast"`` is refused, since
+            it would be a collective every step.
 
     Raises:
         ValueError: If the topology is not bipartite, the model differs across ranks, or
-            an option does not apply.
+            an option cannot apply.
 
     Call [`close`][gossip_nn.BilateralGossipDataParallel.close] on every rank when
     training ends: actives tell their passives they are done, and passives answer until
@@ -131,22 +147,35 @@ class BilateralGossipDataParallel(DataParallelModule):
             raise ValueError(
                 "AD-PSGD is asynchronous already: synch_freq and nprocs_per_node > 1 do not apply"
             )
+        if options.buffers == "broadcast":
+            raise ValueError(
+                "buffers='broadcast' would be a collective every step, which AD-PSGD's "
+                "asynchronous ranks do not make; use 'average' or 'local'"
+            )
         self.module, self.options = module, options
         self._group, params = checked_parameters(module, optimizer, options.process_group)
-        if len({(p.dtype, p.device) for p in params}) != 1:
+        averaged = floating_buffers(module) if options.buffers == "average" else []
+        if len({(t.dtype, t.device) for t in [*params, *averaged]}) != 1:
             raise ValueError(
-                "AD-PSGD needs every trainable parameter in one dtype and on one device"
+                "AD-PSGD needs every trainable parameter"
+                + (" and floating buffer" if averaged else "")
+                + " in one dtype and on one device"
+                + (" (or buffers='local')" if averaged else "")
             )
         self.topology = options.build_topology(dist.get_world_size(self._group))
-        self._buf = bind_flat(params).buffers[0]
+        self._buf = bind_flat([*params, *averaged]).buffers[0]
+        self._buffer_sync = BufferSync(module, options.buffers, self._group, bind=not averaged)
+        comm = dataclasses.replace(options, mixing=None, wire_dtype=None)
         self._pairs = AsyncBilateral(
-            self.topology, self._buf, config=options.comm_config(options.process_group)
+            self.topology, self._buf, config=comm.comm_config(options.process_group)
         )
+        edited = sum(p.numel() for p in params)
         self._role: _ActiveRole | _PassiveRole = (
             _PassiveRole(self._pairs, self._buf)
             if self._pairs.is_passive
-            else _ActiveRole(self._pairs, self._buf)
+            else _ActiveRole(self._pairs, self._buf, edited)
         )
+        options.warn_ignored("adpsgd")
         self._closed = False
         self._hook(optimizer)
 
@@ -178,7 +207,7 @@ class BilateralGossipDataParallel(DataParallelModule):
     def average_for_eval(self) -> Iterator[None]:
         """Temporarily hold the exact network average (one all-reduce; all ranks enter)."""
         self.finish_gossip()
-        with network_average([self._buf], 1.0, self._group):
+        with network_average([self._buf], 1.0, self._group), self._buffer_sync.plain_average():
             yield
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ object (see ``gossip_nn._steps``), so the training loop is unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,10 +20,14 @@ from torch import nn
 
 from gossip_comm import FlatBuffer
 from gossip_nn._base import DataParallelModule, bind_flat, network_average
-from gossip_nn._steps import build_step
+from gossip_nn._buffers import BufferSync
+from gossip_nn._steps import GossipStep, build_step
+from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.hierarchy import Hierarchy, build_hierarchy
 from gossip_nn.options import GossipOptions
+from gossip_nn.slowmo import SlowMo
 from gossip_nn.validate import checked_parameters
+from gossip_topology import Topology
 
 __all__ = ["GossipDataParallel"]
 
@@ -69,20 +74,33 @@ class GossipDataParallel(DataParallelModule):
         self._group, self._params = checked_parameters(module, optimizer, options.process_group)
         self._hierarchy: Hierarchy | None = None
         self._grad_flat: FlatBuffer | None = None
-        gossip_group, participants = self._group, dist.get_world_size(self._group)
+        self._gossip_group, self._participants = self._group, dist.get_world_size(self._group)
         if options.nprocs_per_node > 1:
             self._hierarchy = build_hierarchy(self._group, options.nprocs_per_node)
-            gossip_group, participants = self._hierarchy.plane_group, self._hierarchy.nodes
-        self.topology = options.build_topology(participants)
+            self._gossip_group = self._hierarchy.plane_group
+            self._participants = self._hierarchy.nodes
+        self.topology = options.build_topology(self._participants)
         self._flat = bind_flat(self._params)
-        self._step = build_step(
-            algorithm,
-            self._flat.buffers,
-            self.topology,
-            options.comm_config(gossip_group),
-            synch_freq=options.synch_freq,
+        self._buffer_sync = BufferSync(module, options.buffers, self._group)
+        self._step = self._build_step(algorithm, self.topology)
+        self._exact = ExactAveragingSchedule(
+            every=options.global_average_every, warmup_steps=options.allreduce_warmup_steps
         )
+        self._slowmo = (
+            SlowMo(options.slowmo, self._flat.buffers) if options.slowmo is not None else None
+        )
+        options.warn_ignored(algorithm)
         self._hook(optimizer)
+
+    def _build_step(self, algorithm: str, topology: Topology) -> GossipStep:
+        return build_step(
+            algorithm,
+            self._flat.buffers + self._buffer_sync.gossiped,
+            topology,
+            self.options.comm_config(self._gossip_group),
+            synch_freq=self.options.synch_freq,
+            dpsgd_order=self.options.dpsgd_order,
+        )
 
     @property
     def algorithm(self) -> str:
@@ -104,11 +122,15 @@ class GossipDataParallel(DataParallelModule):
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._hierarchy is not None:
             self._average_node_gradients()
-        self._step.before_update()
+        self._step.before_update(exact=self._exact.peek())
 
     @torch.no_grad()
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._step.after_update()
+        self._step.after_update(exact=self._exact.advance())
+        if self._slowmo is not None and self._slowmo.advance():
+            self._step.exact_average()
+            self._slowmo.apply(self._flat.buffers, float(optimizer.param_groups[0]["lr"]))
+        self._buffer_sync.after_step()
 
     def _average_node_gradients(self) -> None:
         assert self._hierarchy is not None
@@ -137,14 +159,76 @@ class GossipDataParallel(DataParallelModule):
         every rank must enter) and restores the local de-biased parameters on exit.
         """
         self.finish_gossip()
-        with network_average(self._flat.buffers, self.ps_weight, self._group):
+        gossiped = self._flat.buffers + self._buffer_sync.gossiped
+        with (
+            network_average(gossiped, self.ps_weight, self._group),
+            self._buffer_sync.plain_average(),
+        ):
             yield
 
+    @torch.no_grad()
+    def set_topology(
+        self, topology: Topology | str | int, *, peers_per_itr: int | None = None
+    ) -> None:
+        """Gossip on another graph from the next step on (the 2019 peers-per-iteration schedule).
+
+        A collective at an iteration boundary: every rank must call it between the same
+        two optimizer steps, with the same arguments. Messages still in flight (OSGP)
+        are folded in first, so no push-sum mass is lost; the push-sum weight carries
+        over, and the step counter goes on, so a dynamic graph starts at the phase of
+        the current step (``step mod period``) rather than at its beginning.
+
+        Args:
+            topology: A `gossip_topology.Topology` for the gossip participants, a
+                registry name or a 2019 graph id.
+            peers_per_itr: Out-peers per step for a name or id; the current value when
+                ``None``.
+
+        Raises:
+            ValueError: If the graph does not suit the algorithm or the group, or
+                ``peers_per_itr`` disagrees with a given `Topology`.
+        """
+        if (
+            isinstance(topology, Topology)
+            and peers_per_itr is not None
+            and peers_per_itr != topology.peers_per_itr
+        ):
+            raise ValueError(
+                f"peers_per_itr={peers_per_itr} disagrees with the given topology's "
+                f"peers_per_itr={topology.peers_per_itr}; pass one or the other"
+            )
+        k = self.options.peers_per_itr if peers_per_itr is None else peers_per_itr
+        if isinstance(topology, Topology):
+            k = topology.peers_per_itr
+        options = dataclasses.replace(self.options, topology=topology, peers_per_itr=k)
+        new_topology = options.build_topology(self._participants)
+        self.finish_gossip()
+        carried = self._step.state_dict()  # push-sum weight and step counters
+        old, self.options = self._step, options
+        try:
+            self._step = self._build_step(old.algorithm, new_topology)
+        except Exception:
+            self.options = dataclasses.replace(options, topology=self.topology)
+            raise
+        self._step.load_state_dict(carried)
+        old.close()
+        self.topology = new_topology
+
     def _gossip_state(self) -> dict[str, Any]:
-        return self._step.state_dict()
+        state = self._step.state_dict()
+        state["exact_averaging"] = self._exact.state_dict()
+        if self._slowmo is not None:
+            state["slowmo"] = self._slowmo.state_dict()
+        return state
 
     def _load_gossip_state(self, state: dict[str, Any]) -> None:
         self._step.load_state_dict(state)
+        if "exact_averaging" in state:
+            self._exact.load_state_dict(state["exact_averaging"])
+        if self._slowmo is not None:
+            if "slowmo" not in state:
+                raise ValueError("checkpoint has no SlowMo state, but this wrapper runs SlowMo")
+            self._slowmo.load_state_dict(state["slowmo"])
 
     def close(self) -> None:
         """Finish gossip, remove the optimizer hooks and release gossip threads."""

@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, fields
 
 import torch
 from torch.distributed import ProcessGroup
 
 from gossip_comm import GossipConfig
+from gossip_nn.slowmo import SlowMoOptions
 from gossip_topology import Mixing, Topology, check_int, make_topology
 
-__all__ = ["GossipOptions"]
+__all__ = ["BUFFER_MODES", "DPSGD_ORDERS", "GossipOptions"]
+
+BUFFER_MODES: tuple[str, ...] = ("average", "local", "broadcast")
+"""What happens to floating-point buffers (BatchNorm statistics); see `GossipOptions`."""
+
+DPSGD_ORDERS: tuple[str, ...] = ("mix-then-update", "update-then-mix")
+"""D-PSGD's two update orders; see `GossipOptions`."""
+
+# The options each algorithm reads; any other option set to a non-default value does
+# nothing there, and the wrapper says so with a UserWarning.
+_COMMON = {"process_group", "buffers"}
+_GOSSIP = _COMMON | {
+    "topology",
+    "peers_per_itr",
+    "mixing",
+    "wire_dtype",
+    "nprocs_per_node",
+    "timeout",
+    "chunk_bytes",
+    "global_average_every",
+    "allreduce_warmup_steps",
+    "slowmo",
+}
+_USED_BY: dict[str, frozenset[str]] = {
+    "ar": frozenset(_COMMON),
+    "sgp": frozenset(_GOSSIP),
+    "osgp": frozenset(_GOSSIP | {"synch_freq"}),
+    "dpsgd": frozenset(_GOSSIP | {"dpsgd_order"}),
+    "adpsgd": frozenset(_COMMON | {"topology", "peers_per_itr", "timeout", "chunk_bytes"}),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
 class GossipOptions:
-    """How a model gossips. The algorithm itself is chosen apart from these options.
+    r"""How a model gossips. The algorithm itself is chosen apart from these options.
 
     Attributes:
         topology: A `gossip_topology.Topology`, a registry name, or a 2019 graph id.
@@ -30,6 +61,24 @@ class GossipOptions:
         timeout: Seconds to wait for one gossip step before raising.
         chunk_bytes: Size of the pieces large messages travel in (see
             [`GossipConfig`][gossip_comm.GossipConfig]); ``None``: the backend's default.
+        buffers: What happens to floating-point buffers such as BatchNorm's running
+            mean and variance. ``"average"`` (the default, chosen by the measurement in
+            the docs' benchmarks page) gossips them with the parameters every step;
+            ``"local"`` leaves each rank's own; ``"broadcast"`` copies the group's rank
+            0 buffers to every rank after each step, like DDP's ``broadcast_buffers``.
+            Integer buffers (``num_batches_tracked``) are never averaged.
+            [`average_for_eval`][gossip_nn.DataParallelModule.average_for_eval] averages
+            floating buffers exactly in every mode.
+        dpsgd_order: D-PSGD only. ``"mix-then-update"`` (Lian et al.:
+            $x \leftarrow Wx - \gamma g(x)$) or ``"update-then-mix"`` (the 2019 code:
+            $x \leftarrow W(x - \gamma g(x))$, which equals AR-SGD on the complete graph).
+        global_average_every: Every this many steps, replace gossip by an exact
+            all-reduce average of the model (Gossip-PGA, Chen et al., ICML 2021,
+            [arXiv:2105.09080](https://arxiv.org/abs/2105.09080)); 0 never.
+        allreduce_warmup_steps: Run the first this many steps as AR-SGD (the exact
+            average after every update), then gossip; 0 gossips from the start.
+        slowmo: A slow momentum outer step every ``slowmo.every`` iterations (see
+            [`SlowMoOptions`][gossip_nn.SlowMoOptions]); ``None`` for none.
 
     Raises:
         TypeError: If ``topology`` or an integer option has the wrong type.
@@ -45,16 +94,52 @@ class GossipOptions:
     process_group: ProcessGroup | None = None
     timeout: float = 300.0
     chunk_bytes: int | None = None
+    buffers: str = "average"
+    dpsgd_order: str = "mix-then-update"
+    global_average_every: int = 0
+    allreduce_warmup_steps: int = 0
+    slowmo: SlowMoOptions | None = None
 
     def __post_init__(self) -> None:
         check_int("peers_per_itr", self.peers_per_itr, minimum=1)
         check_int("nprocs_per_node", self.nprocs_per_node, minimum=1)
         check_int("synch_freq", self.synch_freq, minimum=0)
+        check_int("global_average_every", self.global_average_every, minimum=0)
+        check_int("allreduce_warmup_steps", self.allreduce_warmup_steps, minimum=0)
+        if self.slowmo is not None and not isinstance(self.slowmo, SlowMoOptions):
+            raise TypeError(
+                f"slowmo must be a SlowMoOptions or None; got {type(self.slowmo).__name__}"
+            )
+        for name, allowed in (("buffers", BUFFER_MODES), ("dpsgd_order", DPSGD_ORDERS)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}"
+                )
         if not isinstance(self.topology, Topology | str | int) or isinstance(self.topology, bool):
             raise TypeError(
                 f"topology must be a Topology, a name or a graph id; got {type(self.topology)}"
             )
         self.comm_config(None)  # the communication options are checked in one place
+
+    def ignored_by(self, algorithm: str) -> list[str]:
+        """The options set away from their defaults that ``algorithm`` does not use."""
+        used = _USED_BY[algorithm]
+        return [
+            f.name
+            for f in fields(self)
+            if f.name not in used and getattr(self, f.name) != f.default
+        ]
+
+    def warn_ignored(self, algorithm: str, *, stacklevel: int = 3) -> None:
+        """Warn (``UserWarning``) once per option that ``algorithm`` ignores."""
+        for name in self.ignored_by(algorithm):
+            warnings.warn(
+                f"{name}={getattr(self, name)!r} does nothing with algorithm {algorithm!r}; "
+                "leave it unset",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
 
     def comm_config(self, process_group: ProcessGroup | None) -> GossipConfig:
         """The [`GossipConfig`][gossip_comm.GossipConfig] for gossip in ``process_group``.
