@@ -61,11 +61,14 @@ class ExchangeEngine:
         config: GossipConfig,
         carries_weight: bool,
         owner: str,
+        force_weight: bool = False,
     ) -> None:
         self.channel: Channel = open_channel(topology, like, config, owner=owner)
         self.topology = topology
         self.schedule = RankSchedule(topology, config.mixing, rank=self.channel.rank)
-        self.carries_weight = carries_weight and not self.schedule.weight_is_constant
+        self.carries_weight = carries_weight and (
+            force_weight or not self.schedule.weight_is_constant
+        )
         self.step = 0
         # Buffers are borrowed by a step and returned when it finishes, so overlapped
         # steps in flight at once (OSGP with synch_freq > 0) never share one.

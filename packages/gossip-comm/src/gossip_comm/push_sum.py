@@ -48,6 +48,9 @@ class PushSum:
         like: A tensor with the shape, dtype and device of what will be gossiped.
         config: Mixing rule, process group and communication options; defaults when
             ``None``.
+        always_send_weight: Send the weight even where the graph would keep every
+            weight equal. Needed when the weights are already unequal, for example after
+            switching from a non-regular graph to a regular one. Every rank must agree.
 
     Raises:
         ValueError: If ranks disagree on the buffer or topology, or an option is invalid.
@@ -70,6 +73,7 @@ class PushSum:
         like: torch.Tensor,
         *,
         config: GossipConfig | None = None,
+        always_send_weight: bool = False,
     ) -> None:
         self._engine = ExchangeEngine(
             topology,
@@ -77,6 +81,7 @@ class PushSum:
             config=GossipConfig() if config is None else config,
             carries_weight=True,
             owner="PushSum",
+            force_weight=bool(always_send_weight),
         )
 
     @property

@@ -118,9 +118,16 @@ class SGPStep(GossipStep):
     algorithm = "sgp"
 
     def __init__(
-        self, buffers: list[torch.Tensor], topology: Topology, config: GossipConfig
+        self,
+        buffers: list[torch.Tensor],
+        topology: Topology,
+        config: GossipConfig,
+        always_send_weight: bool = False,
     ) -> None:
-        self.push_sum = [PushSum(topology, b, config=config) for b in buffers]
+        self.push_sum = [
+            PushSum(topology, b, config=config, always_send_weight=always_send_weight)
+            for b in buffers
+        ]
         super().__init__(buffers, list(self.push_sum), resolve_group(config.process_group))
         # With a constant weight (regular graph, uniform mixing) z == x: skip the
         # bookkeeping ("lazy mixing"); the result is the same.
@@ -155,8 +162,12 @@ class OSGPStep(GossipStep):
         topology: Topology,
         config: GossipConfig,
         synch_freq: int,
+        always_send_weight: bool = False,
     ) -> None:
-        self.push_sum = [PushSum(topology, b, config=config) for b in buffers]
+        self.push_sum = [
+            PushSum(topology, b, config=config, always_send_weight=always_send_weight)
+            for b in buffers
+        ]
         super().__init__(buffers, list(self.push_sum), resolve_group(config.process_group))
         self.synch_freq = synch_freq
         # each round in flight pairs its messages with the snapshots they are sent from;
@@ -276,6 +287,7 @@ def build_step(
     *,
     synch_freq: int = 0,
     dpsgd_order: str = "mix-then-update",
+    always_send_weight: bool = False,
 ) -> GossipStep:
     """The step object for ``algorithm``; the one place that knows which may overlap.
 
@@ -288,12 +300,12 @@ def build_step(
             f"algorithm must be one of {', '.join(GOSSIP_ALGORITHMS)}; got {algorithm!r}"
         )
     if algorithm == "osgp":
-        return OSGPStep(buffers, topology, config, synch_freq)
+        return OSGPStep(buffers, topology, config, synch_freq, always_send_weight)
     if synch_freq:
         raise ValueError(
             f"synch_freq={synch_freq} only applies to algorithm='osgp' (overlapped SGP); "
             f"{algorithm!r} does not overlap"
         )
     if algorithm == "sgp":
-        return SGPStep(buffers, topology, config)
+        return SGPStep(buffers, topology, config, always_send_weight)
     return DPSGDStep(buffers, topology, config, dpsgd_order)

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gossip_comm import FlatBuffer
+from gossip_comm import FlatBuffer, comm_device_for
 from gossip_nn._base import DataParallelModule, bind_flat, network_average
 from gossip_nn._buffers import BufferSync
 from gossip_nn._steps import GossipStep, build_step
@@ -92,7 +92,10 @@ class GossipDataParallel(DataParallelModule):
         options.warn_ignored(algorithm)
         self._hook(optimizer)
 
-    def _build_step(self, algorithm: str, topology: Topology) -> GossipStep:
+    def _build_step(
+        self, algorithm: str, topology: Topology, always_send_weight: bool = False
+    ) -> GossipStep:
+        self._weights_travel = always_send_weight
         return build_step(
             algorithm,
             self._flat.buffers + self._buffer_sync.gossiped,
@@ -100,7 +103,15 @@ class GossipDataParallel(DataParallelModule):
             self.options.comm_config(self._gossip_group),
             synch_freq=self.options.synch_freq,
             dpsgd_order=self.options.dpsgd_order,
+            always_send_weight=always_send_weight,
         )
+
+    def _weights_unequal(self) -> bool:
+        """Whether any gossip participant's push-sum weight differs from 1 (a collective)."""
+        device = comm_device_for(self._gossip_group, None)
+        off = torch.tensor([abs(self._step.weight - 1.0)], dtype=torch.float64, device=device)
+        dist.all_reduce(off, op=dist.ReduceOp.MAX, group=self._gossip_group)
+        return bool(off.item() > 0.0)
 
     @property
     def algorithm(self) -> str:
@@ -204,9 +215,12 @@ class GossipDataParallel(DataParallelModule):
         new_topology = options.build_topology(self._participants)
         self.finish_gossip()
         carried = self._step.state_dict()  # push-sum weight and step counters
+        # a regular graph keeps equal weights equal and need not send them; weights
+        # already unequal (after a non-regular graph) must travel from now on
+        unequal = self._step.algorithm != "dpsgd" and self._weights_unequal()
         old, self.options = self._step, options
         try:
-            self._step = self._build_step(old.algorithm, new_topology)
+            self._step = self._build_step(old.algorithm, new_topology, unequal)
         except Exception:
             self.options = dataclasses.replace(options, topology=self.topology)
             raise
@@ -216,12 +230,19 @@ class GossipDataParallel(DataParallelModule):
 
     def _gossip_state(self) -> dict[str, Any]:
         state = self._step.state_dict()
+        state["weights_travel"] = self._weights_travel
         state["exact_averaging"] = self._exact.state_dict()
         if self._slowmo is not None:
             state["slowmo"] = self._slowmo.state_dict()
         return state
 
     def _load_gossip_state(self, state: dict[str, Any]) -> None:
+        if state.get("weights_travel") and not self._weights_travel:
+            # saved after a switch to a regular graph with unequal weights: keep sending
+            # them (every rank loads the same flag, so every rank rebuilds)
+            old = self._step
+            self._step = self._build_step(old.algorithm, self.topology, True)
+            old.close()
         self._step.load_state_dict(state)
         if "exact_averaging" in state:
             self._exact.load_state_dict(state["exact_averaging"])
