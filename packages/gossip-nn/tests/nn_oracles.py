@@ -82,6 +82,7 @@ def gossip_oracle(
     order: str = "mix-then-update",
     slowmo: tuple[float, float, int] | None = None,
     flush_at: int | None = None,
+    replay: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """SGP, OSGP or D-PSGD with plain SGD, step by step in numpy; returns z and w after
     every step.
@@ -91,7 +92,8 @@ def gossip_oracle(
     ``exact(t)`` the mixing matrix is the exact average: OSGP first folds every message
     in flight. ``slowmo = (beta, alpha, every)`` adds SlowMo's outer step after every
     ``every`` iterations. ``flush_at``: OSGP folds every message in flight before
-    iteration ``flush_at`` (``set_topology`` does).
+    iteration ``flush_at`` (``set_topology`` does). ``replay[t]`` (n, d), if given, is
+    used as iteration t's gradients instead of ``grad``'s.
     """
     exact = exact or (lambda t: False)
     n = topology_at(0).world_size
@@ -109,7 +111,7 @@ def gossip_oracle(
             for dx, dw in pending:
                 x, w = x + dx, w + dw
             pending = []
-        g = grad.gradient(x / w[:, None])  # at the model the forward pass saw
+        g = grad.gradient(x / w[:, None]) if replay is None else replay[t]
         if algorithm == "osgp":
             if exact(t):
                 for dx, dw in pending:

@@ -106,3 +106,87 @@ def test_options_are_frozen() -> None:
     opts = GossipOptions()
     with pytest.raises(AttributeError):
         setattr(opts, "synch_freq", 1)  # noqa: B010  (assignment must fail at run time)
+
+
+# Every option a wrapper ignores, set away from its default, must say so by name.
+IGNORED = {
+    "ar": [
+        "topology",
+        "peers_per_itr",
+        "mixing",
+        "wire_dtype",
+        "nprocs_per_node",
+        "timeout",
+        "chunk_bytes",
+        "dpsgd_order",
+        "global_average_every",
+        "allreduce_warmup_steps",
+        "slowmo",
+        "synch_freq",
+    ],
+    "sgp": ["dpsgd_order"],
+    "osgp": ["dpsgd_order"],
+    "adpsgd": [
+        "mixing",
+        "wire_dtype",
+        "dpsgd_order",
+        "global_average_every",
+        "allreduce_warmup_steps",
+        "slowmo",
+    ],
+}
+
+
+def _sample(name: str) -> Any:
+    from gossip_nn import SlowMoOptions
+    from gossip_topology import UniformMixing
+
+    return {
+        "topology": "ring",
+        "peers_per_itr": 2,
+        "mixing": UniformMixing(),
+        "wire_dtype": torch.bfloat16,
+        "nprocs_per_node": 2,
+        "timeout": 60.0,
+        "chunk_bytes": 0,
+        "dpsgd_order": "update-then-mix",
+        "global_average_every": 5,
+        "allreduce_warmup_steps": 5,
+        "slowmo": SlowMoOptions(),
+        "synch_freq": 1,
+    }[name]
+
+
+def _warnings(rank: int, n: int) -> dict[str, list[str]]:
+    import warnings
+
+    _, _, theta0 = problem(n)
+    out = {}
+    cases = [(a, name) for a, names in IGNORED.items() for name in names]
+    cases += [("sgp", None), ("adpsgd", None), ("ar", None)]  # defaults: silent
+    for algorithm, name in cases:
+        net = model(theta0)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        options = {name: _sample(name)} if name else {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make_data_parallel(algorithm, net, opt, **options).close()
+        out[f"{algorithm}/{name}"] = [
+            str(w.message) for w in caught if issubclass(w.category, UserWarning)
+        ]
+    return out
+
+
+def test_ignored_options_warn_by_name() -> None:
+    res = run_distributed(_warnings, 2, timeout=180)
+    for got in res:
+        for algorithm, names in IGNORED.items():
+            for name in names:
+                messages = got[f"{algorithm}/{name}"]
+                assert len(messages) == 1, (algorithm, name, messages)
+                assert (
+                    messages[0].startswith(f"{name}=")
+                    and f"algorithm {algorithm!r}" in (messages[0])
+                ), messages
+        for algorithm in ("sgp", "adpsgd", "ar"):
+            assert got[f"{algorithm}/None"] == [], got[f"{algorithm}/None"]

@@ -32,9 +32,10 @@ class ExactAveragingSchedule:
         TypeError: If either argument is not an int.
 
     Example:
-        >>> s = ExactAveragingSchedule(every=3, warmup_steps=1)
-        >>> [s.advance() for _ in range(7)]
-        [True, False, True, False, False, True, False]
+        ```python
+        s = ExactAveragingSchedule(every=3, warmup_steps=1)
+        [s.advance() for _ in range(7)]  # True, False, True, False, False, True, False
+        ```
     """
 
     def __init__(self, *, every: int = 0, warmup_steps: int = 0) -> None:

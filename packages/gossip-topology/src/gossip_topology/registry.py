@@ -53,7 +53,13 @@ LEGACY_IDS: dict[int, str] = {cls.legacy_id: name for name, cls in _PHONE_BOOKS.
 """The 2019 code's ``--graph_type`` ids and the names they map to."""
 
 
-def make_topology(name: str | int, world_size: int, peers_per_itr: int = 1) -> Topology:
+def make_topology(
+    name: str | int,
+    world_size: int,
+    peers_per_itr: int = 1,
+    *,
+    legacy_phone_book: bool = False,
+) -> Topology:
     """Build a topology by kebab-case name or by 2019 integer id (0-5).
 
     Args:
@@ -63,19 +69,29 @@ def make_topology(name: str | int, world_size: int, peers_per_itr: int = 1) -> T
         peers_per_itr: Out-peers per step. Graphs with a fixed out-degree (static
             exponential, torus, star, complete, hypercube, one-peer exponential) accept only
             the default 1 or their own out-degree.
+        legacy_phone_book: For the 2019 graphs 0-5 only: build the phone books exactly as
+            the 2019 code did, as the paper's runs used them. Duplicate book entries are
+            kept (that code's duplicate test never matched) and ``L(b)`` is the float
+            ``int(math.log(n - 1, b))`` (4, not 5, for ``n = 244``, ``b = 3``). Settings
+            where those rules make a rank its own peer, or send to one peer twice in a
+            step, raise ``ValueError``.
 
     Returns:
         The topology.
 
     Raises:
-        ValueError: For an unknown name or id, or arguments the graph rejects.
-        TypeError: If ``name`` is neither a string nor an int.
+        ValueError: For an unknown name or id, arguments the graph rejects, or
+            ``legacy_phone_book=True`` with a graph other than ids 0-5.
+        TypeError: If ``name`` is neither a string nor an int, or ``legacy_phone_book``
+            is not a bool.
 
     Example:
         >>> make_topology(0, 8).out_peers(0, step=1)
         [7]
         >>> make_topology("ring", 4, peers_per_itr=2).out_peers(0, step=0)
         [1, 3]
+        >>> make_topology(0, 4, legacy_phone_book=True).phone_book(0)
+        [1, 3, 2, 2]
     """
     if isinstance(name, bool):
         raise TypeError("name must be a str or an int; got bool")
@@ -88,8 +104,13 @@ def make_topology(name: str | int, world_size: int, peers_per_itr: int = 1) -> T
     else:
         raise TypeError(f"name must be a str or an int; got {type(name).__name__}")
     if key in _PHONE_BOOKS:
-        return _PHONE_BOOKS[key](world_size, peers_per_itr)
+        return _PHONE_BOOKS[key](world_size, peers_per_itr, legacy_phone_book=legacy_phone_book)
     if key in _FIXED:
+        if legacy_phone_book:
+            raise ValueError(
+                f"legacy_phone_book=True applies only to the 2019 graphs 0-5 "
+                f"({', '.join(_PHONE_BOOKS)}); got {key!r}"
+            )
         k = check_int("peers_per_itr", peers_per_itr, minimum=1)
         topo = _FIXED[key](world_size)
         if k not in (1, topo.peers_per_itr):
