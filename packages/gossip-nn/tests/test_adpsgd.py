@@ -123,3 +123,33 @@ def test_checkpoint_restores_parameters_and_exchange_counter(tmp_path: Any) -> N
         np.testing.assert_array_equal(w0, w1)
         assert s0 == s1
     assert [s for _, s in saved] == [0, 5, 0, 5]  # actives count their requests
+
+
+def _global_step(rank: int, n: int) -> tuple[int, int, int]:
+    import torch.distributed as dist
+
+    X, y, theta0 = problem(n)
+    net = model(theta0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    dp = make_data_parallel("adpsgd", net, opt)
+    for _ in range(3 + rank):  # ranks progress at different rates
+        loss(dp, X[rank], y[rank]).backward()
+        opt.step()
+        opt.zero_grad()
+    dp.close()
+    dist.barrier()
+    total = dp.global_step
+    saved = dp.state_dict()
+    dist.barrier()
+    opt.step()  # after close: not counted
+    in_checkpoint = int(saved["_extra_state"]["progress"]["global_step"])
+    saved["_extra_state"]["progress"]["global_step"] = 1000  # as if from a later run
+    dp.load_state_dict(saved)  # a collective restore of the global count
+    return total, in_checkpoint, dp.global_step
+
+
+def test_global_step_counts_every_ranks_steps() -> None:
+    n = 4
+    res = run_distributed(_global_step, n)
+    expected = sum(3 + r for r in range(n))
+    assert all(r == (expected, expected, 1000) for r in res), res

@@ -1,6 +1,9 @@
-"""Hierarchical gossip: 2 nodes x 2 processes equal 2-rank gossip on averaged gradients."""
+"""Hierarchical gossip: N nodes x 2 processes equal N-rank gossip on averaged gradients,
+while each node puts one model's worth of bytes on the network per step, not two."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytest
@@ -8,50 +11,75 @@ import torch
 
 from gossip_comm.testing import run_distributed
 from gossip_nn import make_data_parallel
-from nn_oracles import loss, model, problem
+from gossip_topology import Star, make_topology
+from nn_oracles import D, loss, model, problem
 
-STEPS = 6
+STEPS, L = 6, 2
 
 
-def _hierarchical(rank: int, n: int, algorithm: str) -> np.ndarray:
-    X, y, theta0 = problem(4)
+def _topology(name: str, nodes: int) -> Any:
+    return Star(nodes) if name == "star" else make_topology(name, nodes)
+
+
+def _hierarchical(rank: int, n: int, algorithm: str, name: str) -> tuple[np.ndarray, int]:
+    X, y, theta0 = problem(n)
     net = model(theta0)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.5)
-    dp = make_data_parallel(algorithm, net, opt, topology="ring", nprocs_per_node=2)
+    extra = {"synch_freq": 1} if algorithm == "osgp" else {}
+    dp = make_data_parallel(
+        algorithm, net, opt, topology=_topology(name, n // L), nprocs_per_node=L, **extra
+    )
     out = []
     for _ in range(STEPS):
         loss(dp, X[rank], y[rank]).backward()
         opt.step()
         opt.zero_grad()
         out.append(net.weight.detach()[0].clone().numpy())
-    return np.array(out)
+    dp.close()
+    return np.array(out), dp.bytes_sent
 
 
-def _flat(rank: int, n: int, algorithm: str) -> np.ndarray:
-    X, y, theta0 = problem(4)
+def _flat(rank: int, n: int, algorithm: str, name: str) -> tuple[np.ndarray, int]:
+    X, y, theta0 = problem(n * L)
     net = model(theta0)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.5)
-    dp = make_data_parallel(algorithm, net, opt, topology="ring")
+    extra = {"synch_freq": 1} if algorithm == "osgp" else {}
+    dp = make_data_parallel(algorithm, net, opt, topology=_topology(name, n), **extra)
     out = []
     for _ in range(STEPS):
-        # node `rank` holds processes 2 rank and 2 rank + 1: the mean of their losses
-        both = 0.5 * (
-            loss(dp, X[2 * rank], y[2 * rank]) + loss(dp, X[2 * rank + 1], y[2 * rank + 1])
-        )
+        # node `rank` holds processes L rank .. L rank + L - 1: the mean of their losses
+        both = sum(loss(dp, X[L * rank + i], y[L * rank + i]) for i in range(L)) / L
         both.backward()
         opt.step()
         opt.zero_grad()
         out.append(net.weight.detach()[0].clone().numpy())
-    return np.array(out)
+    dp.close()
+    return np.array(out), dp.bytes_sent
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["sgp", "dpsgd"])
-def test_two_nodes_of_two_match_two_ranks_on_averaged_gradients(algorithm: str) -> None:
-    hier = run_distributed(_hierarchical, 4, (algorithm,))
-    flat = run_distributed(_flat, 2, (algorithm,))
-    for rank in range(4):
-        np.testing.assert_allclose(hier[rank], flat[rank // 2], rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(hier[0], hier[1])  # local ranks hold the same model
+@pytest.mark.parametrize(
+    ("algorithm", "name", "nodes"),
+    [("sgp", "ring", 2), ("osgp", "ring", 2), ("dpsgd", "ring", 2), ("sgp", "star", 3)],
+)
+def test_nodes_of_two_match_flat_gossip_and_send_one_model(
+    algorithm: str, name: str, nodes: int
+) -> None:
+    hier = run_distributed(_hierarchical, nodes * L, (algorithm, name))
+    flat = run_distributed(_flat, nodes, (algorithm, name))
+    for rank in range(nodes * L):
+        np.testing.assert_allclose(hier[rank][0], flat[rank // L][0], rtol=1e-12, atol=1e-12)
+    for node in range(nodes):  # the node's processes hold the same model, bit for bit
+        np.testing.assert_array_equal(hier[L * node][0], hier[L * node + 1][0])
     if algorithm == "dpsgd":  # each node subtracts its own gradient after averaging
-        assert not np.allclose(hier[0], hier[2])
+        assert not np.allclose(hier[0][0], hier[2][0])
+    # bytes: a node sends what one flat rank sends, split over its processes; only the
+    # 8-byte push-sum weight (on a non-regular graph) goes with every process's share
+    model_bytes, weight_bytes = D * 8, 8 if name == "star" else 0
+    for node in range(nodes):
+        node_bytes = sum(hier[L * node + i][1] for i in range(L))
+        messages = flat[node][1] // (model_bytes + weight_bytes)
+        assert messages >= STEPS  # at least one peer a step
+        assert flat[node][1] == messages * (model_bytes + weight_bytes)
+        assert node_bytes == messages * (model_bytes + L * weight_bytes), (node_bytes, messages)
+        assert hier[L * node][1] == node_bytes // L  # an even split: M / L each

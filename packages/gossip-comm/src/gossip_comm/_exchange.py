@@ -70,6 +70,7 @@ class ExchangeEngine:
             force_weight or not self.schedule.weight_is_constant
         )
         self.step = 0
+        self.bytes_sent = 0  # payload and weights handed to the transport, all steps
         # Buffers are borrowed by a step and returned when it finishes, so overlapped
         # steps in flight at once (OSGP with synch_freq > 0) never share one.
         self._pool: list[list[torch.Tensor]] = []
@@ -133,6 +134,7 @@ class ExchangeEngine:
             ]
             messages += [Message(p, weight_send, True) for p in info.out_peers]
             messages += [Message(q, weight_recvs[i], False) for i, q in enumerate(info.in_peers)]
+        self.bytes_sent += sum(m.tensor.nbytes for m in messages if m.send)
         pending = post(messages, ch.group, ch.rank, step, chunk_numel=ch.chunk_numel)
         return InFlight(
             pending, info, step, buf, tensor, weight, recvs, weight_recvs, staging, wire

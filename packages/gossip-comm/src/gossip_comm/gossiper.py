@@ -24,6 +24,11 @@ class Gossiper(Protocol):
         """Number of steps posted so far (the schedule position)."""
         ...
 
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this rank has sent so far (messages and weights, on the wire)."""
+        ...
+
     def mix(self, tensor: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, float]:
         """One blocking step; ``tensor`` is updated in place. Returns ``(tensor, weight)``."""
         ...

@@ -85,6 +85,11 @@ class PushSum:
         )
 
     @property
+    def bytes_sent(self) -> int:
+        """Bytes this rank has sent so far (messages and weights, on the wire)."""
+        return self._engine.bytes_sent
+
+    @property
     def step(self) -> int:
         """Number of steps posted so far (the schedule position)."""
         return self._engine.step

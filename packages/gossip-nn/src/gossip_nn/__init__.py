@@ -18,6 +18,7 @@ from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.factory import ALGORITHMS, make_data_parallel
 from gossip_nn.gossip import GossipDataParallel
 from gossip_nn.options import BUFFER_MODES, DPSGD_ORDERS, GossipOptions
+from gossip_nn.progress import GlobalProgress
 from gossip_nn.slowmo import SlowMoOptions
 
 try:
@@ -34,6 +35,7 @@ __all__ = [
     "BilateralGossipDataParallel",
     "DataParallelModule",
     "ExactAveragingSchedule",
+    "GlobalProgress",
     "GossipDataParallel",
     "GossipOptions",
     "SlowMoOptions",

@@ -18,6 +18,11 @@ de-biased model $z_i = x_i / w_i$ between optimizer steps.
 On an *exact* step (``exact=True``: Gossip-PGA's periodic average, the all-reduce
 warm-up) the mixing matrix is replaced by the exact average $\frac1n \mathbf{1}\mathbf{1}^\top$:
 one all-reduce of the numerators and one of the weights, after which every weight is 1.
+
+With a hierarchy (``nprocs_per_node > 1``) each process gossips only its share of each
+buffer (``Shards.views``) and the node reassembles the buffers right after every
+operation that changes the shares; scalar steps (the weight's multiply and divide) and
+the optimizer's update act on the whole buffers, identically on the node's processes.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from gossip_comm import (
     PushSum,
     resolve_group,
 )
+from gossip_nn.hierarchy import Shards
 from gossip_topology import Topology
 
 __all__ = ["GOSSIP_ALGORITHMS", "DPSGDStep", "GossipStep", "OSGPStep", "SGPStep", "build_step"]
@@ -47,10 +53,9 @@ class GossipStep:
 
     algorithm: ClassVar[str]
 
-    def __init__(
-        self, buffers: list[torch.Tensor], gossipers: list[Gossiper], group: ProcessGroup
-    ) -> None:
-        self.buffers, self.gossipers, self.group = buffers, gossipers, group
+    def __init__(self, shards: Shards, gossipers: list[Gossiper], group: ProcessGroup) -> None:
+        self.shards, self.gossipers, self.group = shards, gossipers, group
+        self.buffers, self.views = shards.full, shards.views
         self.weight = 1.0
 
     def before_update(self, exact: bool = False) -> None:
@@ -62,6 +67,11 @@ class GossipStep:
     def finish(self) -> None:
         """Fold in whatever is still in flight (nothing, for synchronous steps)."""
 
+    def _scale(self, factor: float) -> None:
+        if factor != 1.0:
+            for buf in self.buffers:
+                buf.mul_(factor)
+
     def average_numerators(self) -> None:
         r"""Buffers hold numerators $x_i$: replace them by $\sum_j x_j / \sum_j w_j$, $w_i = 1$.
 
@@ -69,18 +79,22 @@ class GossipStep:
         """
         total = torch.tensor([self.weight], dtype=torch.float64, device=self.buffers[0].device)
         dist.all_reduce(total, group=self.group)
-        for buf in self.buffers:
-            dist.all_reduce(buf, group=self.group)
-            buf.div_(float(total.item()))
+        for view in self.views:
+            dist.all_reduce(view, group=self.group)
+            view.div_(float(total.item()))
+        self.shards.reassemble()
         self.weight = 1.0
 
     def exact_average(self) -> None:
         r"""Between steps (buffers de-biased): every rank takes $\sum_j w_j z_j / \sum_j w_j$."""
         self.finish()
-        if self.weight != 1.0:
-            for buf in self.buffers:
-                buf.mul_(self.weight)
+        self._scale(self.weight)
         self.average_numerators()
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this process has sent in gossip messages so far."""
+        return sum(g.bytes_sent for g in self.gossipers)
 
     @property
     def in_flight(self) -> int:
@@ -112,6 +126,15 @@ class GossipStep:
             g.close()
 
 
+def _push_sum(
+    shards: Shards, topology: Topology, config: GossipConfig, always_send_weight: bool
+) -> list[PushSum]:
+    return [
+        PushSum(topology, v, config=config, always_send_weight=always_send_weight)
+        for v in shards.views
+    ]
+
+
 class SGPStep(GossipStep):
     """SGP: update the numerator, then one blocking push-sum step."""
 
@@ -119,33 +142,30 @@ class SGPStep(GossipStep):
 
     def __init__(
         self,
-        buffers: list[torch.Tensor],
+        shards: Shards,
         topology: Topology,
         config: GossipConfig,
         always_send_weight: bool = False,
     ) -> None:
-        self.push_sum = [
-            PushSum(topology, b, config=config, always_send_weight=always_send_weight)
-            for b in buffers
-        ]
-        super().__init__(buffers, list(self.push_sum), resolve_group(config.process_group))
+        self.push_sum = _push_sum(shards, topology, config, always_send_weight)
+        super().__init__(shards, list(self.push_sum), resolve_group(config.process_group))
         # With a constant weight (regular graph, uniform mixing) z == x: skip the
         # bookkeeping ("lazy mixing"); the result is the same.
         self.lazy = not any(g.sends_weight for g in self.push_sum)
 
     def before_update(self, exact: bool = False) -> None:
         if not self.lazy:
-            for buf in self.buffers:
-                buf.mul_(self.weight)  # z -> x: the optimizer updates the numerator
+            self._scale(self.weight)  # z -> x: the optimizer updates the numerator
 
     def after_update(self, exact: bool = False) -> None:
         if exact:
             self.average_numerators()
             return
         weight = new_weight = self.weight
-        for g, buf in zip(self.push_sum, self.buffers, strict=True):
-            _, new_weight = g.mix(buf, weight)  # every group mixes the same weight
+        for g, view in zip(self.push_sum, self.views, strict=True):
+            _, new_weight = g.mix(view, weight)  # every group mixes the same weight
         self.weight = new_weight
+        self.shards.reassemble()
         if not self.lazy:
             for buf in self.buffers:
                 buf.div_(self.weight)  # x -> z for the next forward
@@ -158,17 +178,14 @@ class OSGPStep(GossipStep):
 
     def __init__(
         self,
-        buffers: list[torch.Tensor],
+        shards: Shards,
         topology: Topology,
         config: GossipConfig,
         synch_freq: int,
         always_send_weight: bool = False,
     ) -> None:
-        self.push_sum = [
-            PushSum(topology, b, config=config, always_send_weight=always_send_weight)
-            for b in buffers
-        ]
-        super().__init__(buffers, list(self.push_sum), resolve_group(config.process_group))
+        self.push_sum = _push_sum(shards, topology, config, always_send_weight)
+        super().__init__(shards, list(self.push_sum), resolve_group(config.process_group))
         self.synch_freq = synch_freq
         # each round in flight pairs its messages with the snapshots they are sent from;
         # a folded round's snapshots are reused, so steady state allocates nothing
@@ -180,12 +197,11 @@ class OSGPStep(GossipStep):
         return len(self._inflight)
 
     def before_update(self, exact: bool = False) -> None:
-        if self.weight != 1.0:  # exactly 1 in steady state on a regular graph, synch_freq 0
-            for buf in self.buffers:
-                buf.mul_(self.weight)
+        self._scale(self.weight)  # 1 in steady state on a regular graph, synch_freq 0
         if exact:  # everything comes home; the update then applies to the numerator
             while self._inflight:
                 self._fold(self._inflight.popleft())
+            self.shards.reassemble()
             return
         due = []
         while len(self._inflight) > self.synch_freq:
@@ -194,24 +210,25 @@ class OSGPStep(GossipStep):
             self._fold(rounds)
         if due:
             # fold the last due round straight into its own snapshot buffers, which
-            # become the next message's payload: snap = buf + messages, in one pass
+            # become the next message's payload: snap = share + messages, in one pass
             snapshots = [snap for _, snap in due[-1]]
             received = [
-                g.receive(rnd, snap, base=buf)
-                for g, (rnd, snap), buf in zip(self.push_sum, due[-1], self.buffers, strict=True)
+                g.receive(rnd, snap, base=view)
+                for g, (rnd, snap), view in zip(self.push_sum, due[-1], self.views, strict=True)
             ]
             self.weight += received[0]
         else:
-            snapshots = self._spare.pop() if self._spare else [b.clone() for b in self.buffers]
-            for snap, buf in zip(snapshots, self.buffers, strict=True):
-                snap.copy_(buf)  # the message's payload: buf keeps changing meanwhile
+            snapshots = self._spare.pop() if self._spare else [v.clone() for v in self.views]
+            for snap, view in zip(snapshots, self.views, strict=True):
+                snap.copy_(view)  # the message's payload: the share keeps changing meanwhile
         rounds = []
-        for g, buf, snap in zip(self.push_sum, self.buffers, snapshots, strict=True):
+        for g, view, snap in zip(self.push_sum, self.views, snapshots, strict=True):
             rnd = g.send(snap, self.weight)
-            torch.mul(snap, rnd.self_weight, out=buf)  # keep only the own share
+            torch.mul(snap, rnd.self_weight, out=view)  # keep only the own share
             rounds.append((rnd, snap))
         self.weight *= rounds[0][0].self_weight
         self._inflight.append(rounds)
+        self.shards.reassemble()
 
     def after_update(self, exact: bool = False) -> None:
         if exact:
@@ -222,8 +239,8 @@ class OSGPStep(GossipStep):
 
     def _fold(self, rounds: list[tuple[OverlapRound, torch.Tensor]]) -> None:
         received = [
-            g.receive(rnd, buf)
-            for g, (rnd, _), buf in zip(self.push_sum, rounds, self.buffers, strict=True)
+            g.receive(rnd, view)
+            for g, (rnd, _), view in zip(self.push_sum, rounds, self.views, strict=True)
         ]
         self.weight += received[0]
         self._spare.append([snap for _, snap in rounds])  # its sends are complete
@@ -231,10 +248,10 @@ class OSGPStep(GossipStep):
     def finish(self) -> None:
         if not self._inflight:
             return
-        for buf in self.buffers:
-            buf.mul_(self.weight)
+        self._scale(self.weight)
         while self._inflight:
             self._fold(self._inflight.popleft())
+        self.shards.reassemble()
         for buf in self.buffers:
             buf.div_(self.weight)
 
@@ -250,21 +267,22 @@ class DPSGDStep(GossipStep):
 
     def __init__(
         self,
-        buffers: list[torch.Tensor],
+        shards: Shards,
         topology: Topology,
         config: GossipConfig,
         order: str = "mix-then-update",
     ) -> None:
-        gossipers = [PushPull(topology, b, config=config) for b in buffers]
-        super().__init__(buffers, list(gossipers), resolve_group(config.process_group))
+        gossipers = [PushPull(topology, v, config=config) for v in shards.views]
+        super().__init__(shards, list(gossipers), resolve_group(config.process_group))
         self.mix_first = order == "mix-then-update"
 
     def _mix(self, exact: bool) -> None:
         if exact:
             self.average_numerators()  # every weight is 1: the plain mean
             return
-        for g, buf in zip(self.gossipers, self.buffers, strict=True):
-            g.mix(buf)
+        for g, view in zip(self.gossipers, self.views, strict=True):
+            g.mix(view)
+        self.shards.reassemble()
 
     def before_update(self, exact: bool = False) -> None:
         if self.mix_first:
@@ -281,7 +299,7 @@ GOSSIP_ALGORITHMS: tuple[str, ...] = ("sgp", "osgp", "dpsgd")
 
 def build_step(
     algorithm: str,
-    buffers: list[torch.Tensor],
+    shards: Shards,
     topology: Topology,
     config: GossipConfig,
     *,
@@ -300,12 +318,12 @@ def build_step(
             f"algorithm must be one of {', '.join(GOSSIP_ALGORITHMS)}; got {algorithm!r}"
         )
     if algorithm == "osgp":
-        return OSGPStep(buffers, topology, config, synch_freq, always_send_weight)
+        return OSGPStep(shards, topology, config, synch_freq, always_send_weight)
     if synch_freq:
         raise ValueError(
             f"synch_freq={synch_freq} only applies to algorithm='osgp' (overlapped SGP); "
             f"{algorithm!r} does not overlap"
         )
     if algorithm == "sgp":
-        return SGPStep(buffers, topology, config, always_send_weight)
-    return DPSGDStep(buffers, topology, config, dpsgd_order)
+        return SGPStep(shards, topology, config, always_send_weight)
+    return DPSGDStep(shards, topology, config, dpsgd_order)

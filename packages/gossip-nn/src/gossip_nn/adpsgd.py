@@ -30,6 +30,7 @@ from gossip_comm import AsyncBilateral, GossipHandle
 from gossip_nn._base import DataParallelModule, bind_flat, network_average
 from gossip_nn._buffers import BufferSync, floating_buffers
 from gossip_nn.options import GossipOptions
+from gossip_nn.progress import GlobalProgress
 from gossip_nn.validate import checked_parameters
 
 __all__ = ["ADPSGD_TOPOLOGY", "BilateralGossipDataParallel"]
@@ -175,6 +176,7 @@ class BilateralGossipDataParallel(DataParallelModule):
             if self._pairs.is_passive
             else _ActiveRole(self._pairs, self._buf, edited)
         )
+        self._progress = GlobalProgress(process_group=options.process_group)
         options.warn_ignored("adpsgd")
         self._closed = False
         self._hook(optimizer)
@@ -198,10 +200,21 @@ class BilateralGossipDataParallel(DataParallelModule):
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._role.before_update()
 
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken so far by all ranks together (read from the store).
+
+        Ranks progress at their own pace, so a learning-rate schedule or a stopping rule
+        should follow this global count rather than a rank's own step count (what the
+        2019 code's shared iteration file was for).
+        """
+        return self._progress.value
+
     @torch.no_grad()
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self._closed:
             self._role.after_update()
+            self._progress.add(1)
 
     @contextmanager
     def average_for_eval(self) -> Iterator[None]:
@@ -221,9 +234,16 @@ class BilateralGossipDataParallel(DataParallelModule):
         self._unhook()
 
     def _gossip_state(self) -> dict[str, Any]:
-        return {"ps_weight": 1.0, "gossip": [self._pairs.state_dict()]}
+        return {
+            "ps_weight": 1.0,
+            "gossip": [self._pairs.state_dict()],
+            "progress": self._progress.state_dict(),
+        }
 
     @torch.no_grad()
     def _load_gossip_state(self, state: dict[str, Any]) -> None:
+        """Restore the exchange counter and (a collective) the global step count."""
         self._pairs.load_state_dict(state["gossip"][0])
         self._role.restored()
+        if "progress" in state:
+            self._progress.load_state_dict(state["progress"])

@@ -55,7 +55,7 @@ class AllReduceDataParallel(DataParallelModule):
         self.__dict__["_ddp"] = DistributedDataParallel(
             module,
             process_group=self.options.process_group,
-            broadcast_buffers=self.options.buffers == "broadcast",
+            forward_sync_buffers=self.options.buffers == "broadcast",
         )
         self._hook(optimizer)
 

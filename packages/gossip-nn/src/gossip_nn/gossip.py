@@ -17,13 +17,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from gossip_comm import FlatBuffer, comm_device_for
+from gossip_comm import comm_device_for
 from gossip_nn._base import DataParallelModule, bind_flat, network_average
 from gossip_nn._buffers import BufferSync
 from gossip_nn._steps import GossipStep, build_step
 from gossip_nn.averaging import ExactAveragingSchedule
-from gossip_nn.hierarchy import Hierarchy, build_hierarchy
+from gossip_nn.hierarchy import Hierarchy, Shards, build_hierarchy
 from gossip_nn.options import GossipOptions
 from gossip_nn.slowmo import SlowMo
 from gossip_nn.validate import checked_parameters
@@ -73,7 +74,6 @@ class GossipDataParallel(DataParallelModule):
         self.module, self.options = module, options
         self._group, self._params = checked_parameters(module, optimizer, options.process_group)
         self._hierarchy: Hierarchy | None = None
-        self._grad_flat: FlatBuffer | None = None
         self._gossip_group, self._participants = self._group, dist.get_world_size(self._group)
         if options.nprocs_per_node > 1:
             self._hierarchy = build_hierarchy(self._group, options.nprocs_per_node)
@@ -82,6 +82,14 @@ class GossipDataParallel(DataParallelModule):
         self.topology = options.build_topology(self._participants)
         self._flat = bind_flat(self._params)
         self._buffer_sync = BufferSync(module, options.buffers, self._group)
+        self._shards = Shards(self._flat.buffers + self._buffer_sync.gossiped, self._hierarchy)
+        self._ddp: DistributedDataParallel | None = None
+        if self._hierarchy is not None:
+            # DDP averages gradients inside the node, overlapping backward. Not a
+            # registered submodule, so checkpoints keep the plain ``module.*`` keys.
+            self.__dict__["_ddp"] = DistributedDataParallel(
+                module, process_group=self._hierarchy.node_group, forward_sync_buffers=False
+            )
         self._step = self._build_step(algorithm, self.topology)
         self._exact = ExactAveragingSchedule(
             every=options.global_average_every, warmup_steps=options.allreduce_warmup_steps
@@ -98,7 +106,7 @@ class GossipDataParallel(DataParallelModule):
         self._weights_travel = always_send_weight
         return build_step(
             algorithm,
-            self._flat.buffers + self._buffer_sync.gossiped,
+            self._shards,
             topology,
             self.options.comm_config(self._gossip_group),
             synch_freq=self.options.synch_freq,
@@ -129,10 +137,20 @@ class GossipDataParallel(DataParallelModule):
         return self._step.in_flight
 
     # ------------------------------------------------------------------- hooks
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this process has sent in gossip messages so far (exact averages and
+        in-node traffic not included)."""
+        return self._step.bytes_sent
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the module (through DDP over the node, with ``nprocs_per_node > 1``)."""
+        if self._ddp is not None:
+            return self._ddp(*args, **kwargs)
+        return self.module(*args, **kwargs)
+
     @torch.no_grad()
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._hierarchy is not None:
-            self._average_node_gradients()
         self._step.before_update(exact=self._exact.peek())
 
     @torch.no_grad()
@@ -142,19 +160,6 @@ class GossipDataParallel(DataParallelModule):
             self._step.exact_average()
             self._slowmo.apply(self._flat.buffers, float(optimizer.param_groups[0]["lr"]))
         self._buffer_sync.after_step()
-
-    def _average_node_gradients(self) -> None:
-        assert self._hierarchy is not None
-        for p in self._params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)  # every process must join the all-reduce
-        grads = [p.grad for p in self._params if p.grad is not None]
-        if self._grad_flat is None:  # allocated once, reused every step
-            self._grad_flat = FlatBuffer(grads)
-        else:
-            self._grad_flat.pack(grads)
-        self._hierarchy.average_gradients(self._grad_flat.buffers)
-        self._grad_flat.unpack(grads)
 
     # --------------------------------------------------------------- lifecycle
     @torch.no_grad()

@@ -1,14 +1,18 @@
-"""Hierarchical gossip: processes of one node average gradients, nodes gossip.
+"""Hierarchical gossip: the processes of a node share one model, nodes gossip it.
 
 With ``nprocs_per_node = L`` and ``N`` nodes (``N * L`` processes, node ``k`` holding
 ranks ``k L .. k L + L - 1``), every rank joins two groups:
 
-- its **node group**, where gradients are all-reduced (NVLink, or shared memory on CPU);
+- its **node group**, where DDP all-reduces gradients during backward (NVLink, or shared
+  memory on CPU);
 - its **plane**, the ranks with the same local index on every node, where it gossips.
 
-All processes of a node start from the same model and apply the same averaged gradients,
-so the ``L`` planes gossip identical values and every local rank ends each step with the
-same node-level model, without any extra broadcast.
+All processes of a node hold the same model and apply the same averaged gradients. So
+each local rank gossips only its ``1/L`` share of every flat buffer on its plane, and
+the node puts one model's worth of bytes on the network per step, spread over ``L``
+processes (and NICs, where a node has several), instead of ``L`` copies. After each
+gossip round the node reassembles the model: each local rank broadcasts its share to
+the others (one broadcast per share, inside the node).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-__all__ = ["Hierarchy", "build_hierarchy"]
+__all__ = ["Hierarchy", "Shards", "build_hierarchy"]
 
 
 @dataclass(frozen=True)
@@ -31,18 +35,51 @@ class Hierarchy:
         procs_per_node: Processes per node ``L``.
         node_group: The ranks of this rank's node.
         plane_group: The ranks with this rank's local index, one per node.
+        node_ranks: Global ranks of this node's processes, by local index.
+        local_rank: This rank's index in its node.
     """
 
     nodes: int
     procs_per_node: int
     node_group: ProcessGroup
     plane_group: ProcessGroup
+    node_ranks: tuple[int, ...]
+    local_rank: int
 
-    def average_gradients(self, grads: list[torch.Tensor]) -> None:
-        """All-reduce ``grads`` (flat buffers) over the node and divide by ``L``."""
-        for g in grads:
-            dist.all_reduce(g, group=self.node_group)
-            g.div_(self.procs_per_node)
+
+class Shards:
+    """The share of each flat buffer that this rank gossips, and how a node reassembles.
+
+    Without a hierarchy, or for a buffer with fewer elements than ``L``, the share is the
+    whole buffer (every plane then gossips the same values). Otherwise local rank ``i``
+    gossips elements ``[i m // L, (i + 1) m // L)`` of a buffer of ``m`` elements.
+
+    Args:
+        buffers: The flat buffers, identical on the node's processes.
+        hierarchy: This rank's node layout, or ``None`` for flat gossip.
+    """
+
+    def __init__(self, buffers: list[torch.Tensor], hierarchy: Hierarchy | None) -> None:
+        self.full = buffers
+        self.views: list[torch.Tensor] = []
+        self._plan: list[tuple[torch.Tensor, list[tuple[int, int, int]]]] = []
+        L = hierarchy.procs_per_node if hierarchy is not None else 1
+        for buf in buffers:
+            m = buf.numel()
+            if hierarchy is None or m < L:
+                self.views.append(buf)
+                continue
+            ranges = [(i * m // L, (i + 1) * m // L, hierarchy.node_ranks[i]) for i in range(L)]
+            start, end, _ = ranges[hierarchy.local_rank]
+            self.views.append(buf[start:end])
+            self._plan.append((buf, ranges))
+        self._group = hierarchy.node_group if hierarchy is not None else None
+
+    def reassemble(self) -> None:
+        """Copy every local rank's share to the node's other processes (a node collective)."""
+        for buf, ranges in self._plan:
+            for start, end, src in ranges:
+                dist.broadcast(buf[start:end], src=src, group=self._group)
 
 
 def build_hierarchy(group: ProcessGroup, procs_per_node: int) -> Hierarchy:
@@ -60,16 +97,19 @@ def build_hierarchy(group: ProcessGroup, procs_per_node: int) -> Hierarchy:
     me = dist.get_rank(group)
     glob = dist.get_process_group_ranks(group)
     node_group = plane_group = None
+    node_ranks: tuple[int, ...] = ()
     # every rank creates every group, in the same order, as new_group requires
     for k in range(nodes):
         members = [glob[k * procs_per_node + i] for i in range(procs_per_node)]
         g = dist.new_group(members)
         if me // procs_per_node == k and isinstance(g, ProcessGroup):
-            node_group = g
+            node_group, node_ranks = g, tuple(members)
     for i in range(procs_per_node):
         members = [glob[k * procs_per_node + i] for k in range(nodes)]
         g = dist.new_group(members)
         if me % procs_per_node == i and isinstance(g, ProcessGroup):
             plane_group = g
     assert node_group is not None and plane_group is not None
-    return Hierarchy(nodes, procs_per_node, node_group, plane_group)
+    return Hierarchy(
+        nodes, procs_per_node, node_group, plane_group, node_ranks, me % procs_per_node
+    )

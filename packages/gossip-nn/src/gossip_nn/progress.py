@@ -18,13 +18,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch.distributed as dist
+from torch.distributed import ProcessGroup
+from torch.distributed.distributed_c10d import Store
+
+from gossip_topology import check_int
 
 __all__ = ["GlobalProgress"]
 
 _STATE_KEY = "global_step"
 
 
-def _group_store(group: dist.ProcessGroup) -> dist.Store:
+def _group_store(group: ProcessGroup) -> Store:
     # ``ProcessGroup.get_group_store()`` has no leading underscore and is declared in
     # torch's own stubs (torch/_C/_distributed_c10d.pyi), but it is not in the documented
     # API. It is the least private way to reach the store torch 2.14 keeps behind a group:
@@ -37,9 +41,9 @@ def _group_store(group: dist.ProcessGroup) -> dist.Store:
 class GlobalProgress:
     """A global step counter kept in the c10d store, shared by all ranks of a group.
 
-    Each rank calls :meth:`add` after its own optimizer step; the value returned, and
-    :attr:`value`, is the number of steps taken by all ranks of the group together. The
-    increment is one atomic ``store.add``, so every call to :meth:`add` on any rank returns
+    Each rank calls ``add()`` after its own optimizer step; the value returned, and
+    ``value``, is the number of steps taken by all ranks of the group together. The
+    increment is one atomic ``store.add``, so every call to ``add()`` on any rank returns
     a different total even when ranks step at the same moment.
 
     Construction is a collective: **every rank of the group must construct it**, in the
@@ -61,18 +65,20 @@ class GlobalProgress:
         TypeError: If ``key`` is not a string.
 
     Example:
-        >>> progress = GlobalProgress()  # on every rank
-        >>> for batch in loader:
-        ...     step(batch)
-        ...     if progress.add() >= total_steps:
-        ...         break
+        ```python
+        progress = GlobalProgress()  # on every rank
+        for batch in loader:
+            train_step(batch)
+            if progress.add() >= total_steps:  # steps taken by all ranks together
+                break
+        ```
     """
 
     def __init__(
         self,
         *,
-        process_group: dist.ProcessGroup | None = None,
-        store: dist.Store | None = None,
+        process_group: ProcessGroup | None = None,
+        store: Store | None = None,
         key: str = "gossip_nn/global_step",
     ) -> None:
         if not isinstance(key, str):
@@ -86,19 +92,20 @@ class GlobalProgress:
             )
         world = dist.group.WORLD
         assert world is not None  # set by init_process_group
-        group = world if process_group is None else process_group
-        self._group: dist.ProcessGroup = group
-        self._rank = dist.get_rank(group)
-        if self._rank < 0:
+        group: object = world if process_group is None else process_group
+        # new_group() hands its non-members GroupMember.NON_GROUP_MEMBER, not a group.
+        if not isinstance(group, ProcessGroup) or dist.get_rank(group) < 0:
             raise ValueError(
-                f"process_group: rank {dist.get_rank()} is not a member of the group "
-                f"with global ranks {dist.get_process_group_ranks(group)}"
+                f"process_group: rank {dist.get_rank()} is not a member of it (new_group "
+                f"gives non-members GroupMember.NON_GROUP_MEMBER); got {group!r}"
             )
+        self._group = group
+        self._rank = dist.get_rank(group)
         if group is not world:
             ranks = ",".join(str(r) for r in dist.get_process_group_ranks(group))
             key = f"{key}/ranks={ranks}"
         self._key = key
-        self._store: dist.Store = _group_store(group) if store is None else store
+        self._store: Store = _group_store(group) if store is None else store
         self._reset(0)
 
     @property
@@ -126,10 +133,7 @@ class GlobalProgress:
             TypeError: If ``steps`` is not an int.
             ValueError: If ``steps`` is negative.
         """
-        if isinstance(steps, bool) or not isinstance(steps, int):
-            raise TypeError(f"steps must be an int; got {type(steps).__name__} {steps!r}")
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0; got {steps}")
+        steps = check_int("steps", steps, minimum=0)
         return int(self._store.add(self._key, steps))
 
     def state_dict(self) -> dict[str, Any]:
@@ -151,7 +155,7 @@ class GlobalProgress:
         returns before that write is done.
 
         Args:
-            state: A dict from :meth:`state_dict`.
+            state: A dict from ``state_dict()``.
 
         Raises:
             ValueError: If ``state`` is not a mapping with exactly the key
@@ -160,10 +164,12 @@ class GlobalProgress:
                 collective, so give every rank the same checkpoint.
         """
         if not isinstance(state, Mapping) or set(state) != {_STATE_KEY}:
-            shown = sorted(map(str, state)) if isinstance(state, Mapping) else type(state)
-            raise ValueError(
-                f"state must be a mapping with exactly {{{_STATE_KEY!r}}}; got {shown}"
+            got = (
+                f"keys {sorted(map(str, state))}"
+                if isinstance(state, Mapping)
+                else f"a {type(state).__name__}"
             )
+            raise ValueError(f"state must be a mapping with the one key {_STATE_KEY!r}; got {got}")
         total = state[_STATE_KEY]
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             raise ValueError(f"state[{_STATE_KEY!r}] must be an int >= 0; got {total!r}")
