@@ -57,16 +57,34 @@ def _flat(rank: int, n: int, algorithm: str, name: str) -> tuple[np.ndarray, int
     return np.array(out), dp.bytes_sent
 
 
+CASES = [("sgp", "ring"), ("osgp", "ring"), ("dpsgd", "ring"), ("sgp", "star")]
+NODES = 3
+
+
+def _all_hierarchical(rank: int, n: int) -> list[tuple[np.ndarray, int]]:
+    return [_hierarchical(rank, n, algorithm, name) for algorithm, name in CASES]
+
+
+def _all_flat(rank: int, n: int) -> list[tuple[np.ndarray, int]]:
+    return [_flat(rank, n, algorithm, name) for algorithm, name in CASES]
+
+
+@pytest.fixture(scope="module")
+def runs() -> tuple[list[Any], list[Any]]:
+    hier = run_distributed(_all_hierarchical, NODES * L, timeout=300)
+    flat = run_distributed(_all_flat, NODES, timeout=300)
+    return hier, flat
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("algorithm", "name", "nodes"),
-    [("sgp", "ring", 2), ("osgp", "ring", 2), ("dpsgd", "ring", 2), ("sgp", "star", 3)],
-)
+@pytest.mark.parametrize("case", range(len(CASES)))
 def test_nodes_of_two_match_flat_gossip_and_send_one_model(
-    algorithm: str, name: str, nodes: int
+    case: int, runs: tuple[list[Any], list[Any]]
 ) -> None:
-    hier = run_distributed(_hierarchical, nodes * L, (algorithm, name))
-    flat = run_distributed(_flat, nodes, (algorithm, name))
+    algorithm, name = CASES[case]
+    hier = [r[case] for r in runs[0]]
+    flat = [r[case] for r in runs[1]]
+    nodes = NODES
     for rank in range(nodes * L):
         np.testing.assert_allclose(hier[rank][0], flat[rank // L][0], rtol=1e-12, atol=1e-12)
     for node in range(nodes):  # the node's processes hold the same model, bit for bit
