@@ -182,8 +182,8 @@ def cluster(session: nox.Session) -> None:
 
     Builds network namespaces with 1 and 10 Gbit/s shaped links, runs every algorithm side
     by side at 4 hosts (with a straggler run and a chunk-size sweep), then at 2 hosts, then
-    fits the scale model; writes ``benchmarks/results/cluster*`` and ``scale_model*``
-    (about 25 minutes). ``nox -s cluster -- --quick`` is a 2-host smoke run; any other
+    2 hosts of 2 processes (one model per node), then fits the scale model; writes
+    ``benchmarks/results/cluster*`` and ``scale_model*`` (about 30 minutes). ``nox -s cluster -- --quick`` is a 2-host smoke run; any other
     arguments after ``--`` go to ``benchmarks/cluster/bench_cluster.py`` alone.
     """
     if os.geteuid() != 0:
@@ -197,6 +197,7 @@ def cluster(session: nox.Session) -> None:
     if not session.posargs:  # the reference run: add the 2-host points and the model
         two_hosts = ["--hosts", "2", "--skip", "straggler", "chunks"]
         session.run(python, str(script), *two_hosts, external=True)
+        session.run(python, str(cluster_dir / "bench_hierarchy.py"), external=True)
         session.run(python, str(cluster_dir / "scale_model.py"), external=True)
 
 

@@ -261,15 +261,19 @@ class Cluster:
 
     # --------------------------------------------------------------- running
     def env(
-        self, rank: int, extra: Mapping[str, str] | None = None, world: int | None = None
+        self,
+        rank: int,
+        extra: Mapping[str, str] | None = None,
+        world: int | None = None,
+        procs_per_host: int = 1,
     ) -> dict[str, str]:
         """The environment rank ``rank`` of ``world`` (all hosts) runs with."""
         env = dict(os.environ)
         env.update(
             RANK=str(rank),
             WORLD_SIZE=str(self.hosts if world is None else world),
-            LOCAL_RANK="0",
-            LOCAL_WORLD_SIZE="1",
+            LOCAL_RANK=str(rank % procs_per_host),
+            LOCAL_WORLD_SIZE=str(procs_per_host),
             MASTER_ADDR=self.address(0),
             MASTER_PORT=str(MASTER_PORT),
             GLOO_SOCKET_IFNAME="eth0",
@@ -286,11 +290,16 @@ class Cluster:
         argv: Sequence[str],
         extra_env: Mapping[str, str] | None = None,
         world: int | None = None,
+        procs_per_host: int = 1,
     ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` as rank ``rank`` (of ``world``) inside host ``rank``'s namespace."""
+        """Start ``argv`` as rank ``rank`` (of ``world``) inside its host's namespace.
+
+        With ``procs_per_host = L``, ranks ``k L .. k L + L - 1`` share host ``k`` (and
+        its link); traffic between them stays inside the host, like NVLink.
+        """
         return subprocess.Popen(
-            ["ip", "netns", "exec", self.namespace(rank), *argv],
-            env=self.env(rank, extra_env, world),
+            ["ip", "netns", "exec", self.namespace(rank // procs_per_host), *argv],
+            env=self.env(rank, extra_env, world, procs_per_host),
         )
 
     def run_all(
@@ -299,16 +308,20 @@ class Cluster:
         extra_env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         hosts: int | None = None,
+        procs_per_host: int = 1,
     ) -> list[int]:
         """Run ``argv`` on every host (or the first ``hosts``) at once; the exit codes.
 
-        If a rank fails, the others are given 30 s and then killed, so a crash never
-        leaves a job hanging.
+        ``procs_per_host`` ranks run on each host. If a rank fails, the others are given
+        30 s and then killed, so a crash never leaves a job hanging.
         """
-        world = self.hosts if hosts is None else hosts
-        if not 1 <= world <= self.hosts:
+        used = self.hosts if hosts is None else hosts
+        if not 1 <= used <= self.hosts:
             raise ValueError(f"hosts must be from 1 to {self.hosts}; got {hosts!r}")
-        procs = [self.spawn(r, argv, extra_env, world) for r in range(world)]
+        if procs_per_host < 1:
+            raise ValueError(f"procs_per_host must be >= 1; got {procs_per_host}")
+        world = used * procs_per_host
+        procs = [self.spawn(r, argv, extra_env, world, procs_per_host) for r in range(world)]
         deadline = None if timeout is None else time.monotonic() + timeout
         codes: list[int | None] = [None] * len(procs)
         try:

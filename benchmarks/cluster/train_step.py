@@ -38,6 +38,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synch-freq", type=int, default=0, help="OSGP's staleness bound")
     p.add_argument("--wire", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--chunk-bytes", type=int, default=None, help="default: the library's")
+    p.add_argument(
+        "--nprocs-per-node", type=int, default=1, help="processes per host sharing one model"
+    )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--batch", type=int, default=8)
@@ -66,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             options["synch_freq"] = args.synch_freq
         if args.wire == "bf16":
             options["wire_dtype"] = torch.bfloat16
+        if args.nprocs_per_node > 1:
+            options["nprocs_per_node"] = args.nprocs_per_node
         net = make_data_parallel(args.algorithm, model, opt, **options)
     gen = torch.Generator().manual_seed(rank)
     x = torch.randn(args.batch, 3, args.image, args.image, generator=gen)
@@ -100,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fwd_bwd_median_s": statistics.median(compute[args.warmup :]),
         "opt_step_median_s": statistics.median(stepping[args.warmup :]),
         "passive": bool(getattr(net, "is_passive", False)),
+        "gossip_bytes_per_step": int(getattr(net, "bytes_sent", 0)) / (args.warmup + args.iters),
     }
     gathered: list[object] = [None] * world
     dist.all_gather_object(gathered, mine)
@@ -109,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "synch_freq": args.synch_freq,
             "wire": args.wire,
             "chunk_bytes": args.chunk_bytes,
+            "nprocs_per_node": args.nprocs_per_node,
             "model": args.model,
             "model_bytes": model_bytes,
             "batch": args.batch,

@@ -36,3 +36,20 @@ def test_wrap_your_model_tutorial_runs_every_command(tmp_path: Path) -> None:
         for a in ("adpsgd", "ar", "dpsgd", "osgp", "sgp")
         for r in (0, 1)
     ]
+
+
+REAL = Path(__file__).parents[3] / "docs" / "tutorials" / "real-training.md"
+
+
+@pytest.mark.slow
+def test_real_training_tutorial_runs(tmp_path: Path) -> None:
+    text = REAL.read_text()
+    script = re.search(r'```python title="train_amp.py"\n(.*?)```', text, flags=re.S)
+    assert script is not None
+    (tmp_path / "train_amp.py").write_text(script.group(1))
+    (command,) = re.findall(r"^torchrun (.*)$", text, flags=re.M)
+    result = run_torchrun(command.split(), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    match = re.search(r"^accuracy of the averaged model ([0-9.]+)$", result.stdout, flags=re.M)
+    assert match is not None, result.stdout
+    assert float(match.group(1)) > 0.85, result.stdout  # a linearly separable task
