@@ -183,8 +183,9 @@ def cluster(session: nox.Session) -> None:
     Builds network namespaces with 1 and 10 Gbit/s shaped links, runs every algorithm side
     by side at 4 hosts (with a straggler run and a chunk-size sweep), then at 2 hosts, then
     2 hosts of 2 processes (one model per node), then fits the scale model; writes
-    ``benchmarks/results/cluster*`` and ``scale_model*`` (about 30 minutes). ``nox -s cluster -- --quick`` is a 2-host smoke run; any other
-    arguments after ``--`` go to ``benchmarks/cluster/bench_cluster.py`` alone.
+    ``benchmarks/results/cluster*`` and ``scale_model*`` (about 30 minutes).
+    ``nox -s cluster -- --quick`` is a 2-host smoke run; any other arguments after ``--``
+    go to ``benchmarks/cluster/bench_cluster.py`` alone.
     """
     if os.geteuid() != 0:
         session.error("the emulated cluster needs root (ip netns, tc); run as root")
