@@ -153,3 +153,53 @@ def test_global_step_counts_every_ranks_steps() -> None:
     res = run_distributed(_global_step, n)
     expected = sum(3 + r for r in range(n))
     assert all(r == (expected, expected, 1000) for r in res), res
+
+
+def _adpsgd_exact(rank: int, n: int, mode: str, steps: int) -> np.ndarray:
+    from gossip_nn import SlowMoOptions
+
+    X, y, theta0 = problem(n)
+    net = model(theta0)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3 if mode == "slowmo" else 0.05)
+    if mode == "pga":
+        options: dict[str, Any] = {"global_average_every": 3, "allreduce_warmup_steps": 1}
+    else:
+        options = {"slowmo": SlowMoOptions(beta=0.5, lr=0.8, every=2)}
+    dp = make_data_parallel("adpsgd", net, opt, **options)
+    with torch.no_grad():
+        net.weight.add_(float(rank))  # the ranks start apart
+    out = []
+    for _ in range(steps):
+        if mode == "slowmo":
+            (dp(torch.from_numpy(X[rank])) * 0.0).sum().backward()  # zero gradients
+        else:
+            loss(dp, X[rank], y[rank]).backward()
+        opt.step()
+        opt.zero_grad()
+        out.append(net.weight.detach()[0].clone().numpy())
+    dp.close()
+    return np.array(out)
+
+
+def test_adpsgd_averages_exactly_at_the_agreed_iterations() -> None:
+    n, steps = 4, 7
+    res = np.stack(run_distributed(_adpsgd_exact, n, ("pga", steps)))  # (rank, step, d)
+    for t in range(steps):
+        spread = float(np.abs(res[:, t] - res[0, t]).max())
+        if t == 0 or (t + 1) % 3 == 0:  # warm-up step 0, then every third
+            assert spread == 0.0, (t, spread)
+        else:
+            assert spread > 1e-3, (t, spread)  # asynchronous gossip in between
+
+
+def test_adpsgd_slowmo_outer_steps_follow_the_closed_form() -> None:
+    # zero gradients: only the exchanges (which keep the sum) and SlowMo move the models.
+    # Ranks start at theta + r, so the first exact average is theta + 1.5; with
+    # alpha = 0.8, beta = 0.5 the outer model goes to theta + 1.5 alpha, then to
+    # theta + 1.5 alpha (1 + beta)
+    n = 4
+    _, _, theta0 = problem(n)
+    res = np.stack(run_distributed(_adpsgd_exact, n, ("slowmo", 4)))
+    for r in range(n):
+        np.testing.assert_allclose(res[r, 1], theta0 + 1.2, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(res[r, 3], theta0 + 1.8, rtol=1e-9, atol=1e-9)

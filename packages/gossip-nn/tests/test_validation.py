@@ -126,14 +126,7 @@ IGNORED = {
     ],
     "sgp": ["dpsgd_order"],
     "osgp": ["dpsgd_order"],
-    "adpsgd": [
-        "mixing",
-        "wire_dtype",
-        "dpsgd_order",
-        "global_average_every",
-        "allreduce_warmup_steps",
-        "slowmo",
-    ],
+    "adpsgd": ["mixing", "wire_dtype", "dpsgd_order"],
 }
 
 

@@ -27,10 +27,13 @@ import torch.distributed as dist
 from torch import nn
 
 from gossip_comm import AsyncBilateral, GossipHandle
+from gossip_nn._async_exact import ExchangeLedger
 from gossip_nn._base import DataParallelModule, bind_flat, network_average
 from gossip_nn._buffers import BufferSync, floating_buffers
+from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.options import GossipOptions
 from gossip_nn.progress import GlobalProgress
+from gossip_nn.slowmo import SlowMo
 from gossip_nn.validate import checked_parameters
 
 __all__ = ["ADPSGD_TOPOLOGY", "BilateralGossipDataParallel"]
@@ -120,8 +123,11 @@ class BilateralGossipDataParallel(DataParallelModule):
         optimizer: The optimizer over exactly ``module``'s trainable parameters.
         options: ``topology`` must be bipartite with one peer per step (by default
             [`ADPSGD_TOPOLOGY`][gossip_nn.ADPSGD_TOPOLOGY]). ``synch_freq`` and
-            ``nprocs_per_node > 1`` are errors; ``wire_dtype``, ``mixing`` and the
-            other synchronous-only options raise a ``UserWarning`` and do nothing.
+            ``nprocs_per_node > 1`` are errors; ``wire_dtype``, ``mixing`` and
+            ``dpsgd_order`` raise a ``UserWarning`` and do nothing.
+            ``global_average_every``, ``allreduce_warmup_steps`` and ``slowmo`` average
+            exactly at the same *local* iteration of every rank, after bringing every
+            pairwise exchange home.
             ``buffers="average"`` (the default) averages floating buffers in each
             pairwise exchange, with the parameters; ``"broadcast"`` is refused, since
             it would be a collective every step.
@@ -177,6 +183,14 @@ class BilateralGossipDataParallel(DataParallelModule):
             else _ActiveRole(self._pairs, self._buf, edited)
         )
         self._progress = GlobalProgress(process_group=options.process_group)
+        self._exact = ExactAveragingSchedule(
+            every=options.global_average_every, warmup_steps=options.allreduce_warmup_steps
+        )
+        self._slowmo = (
+            SlowMo(options.slowmo, [self._buf[:edited]]) if options.slowmo is not None else None
+        )
+        self._ledger = ExchangeLedger(self._pairs, self.topology, self._group, options.timeout)
+        self._edited = edited
         options.warn_ignored("adpsgd")
         self._closed = False
         self._hook(optimizer)
@@ -212,9 +226,34 @@ class BilateralGossipDataParallel(DataParallelModule):
 
     @torch.no_grad()
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self._closed:
+        if self._closed:
+            return
+        exact = self._exact.advance()
+        outer = self._slowmo is not None and self._slowmo.advance()
+        if exact or outer:
+            if self.is_passive:
+                self._role.after_update()  # publish the update; an active sends nothing
+            self._average_exactly(float(optimizer.param_groups[0]["lr"]) if outer else None)
+        else:
+            if not self.is_passive:
+                self._ledger.note_request()
             self._role.after_update()
-            self._progress.add(1)
+        self._progress.add(1)
+
+    def _average_exactly(self, slowmo_lr: float | None) -> None:
+        """Every rank takes the exact average (then SlowMo's outer step, if due).
+
+        A collective at the same local iteration of every rank: every exchange is brought
+        home first, and no new one starts before every rank holds the average.
+        """
+        self._ledger.drain()
+        self._role.sync()
+        dist.all_reduce(self._buf, group=self._group)
+        self._buf.div_(dist.get_world_size(self._group))
+        if slowmo_lr is not None and self._slowmo is not None:
+            self._slowmo.apply([self._buf[: self._edited]], slowmo_lr)
+        self._role.restored()
+        dist.barrier(group=self._group)
 
     @contextmanager
     def average_for_eval(self) -> Iterator[None]:
@@ -234,11 +273,15 @@ class BilateralGossipDataParallel(DataParallelModule):
         self._unhook()
 
     def _gossip_state(self) -> dict[str, Any]:
-        return {
+        state = {
             "ps_weight": 1.0,
             "gossip": [self._pairs.state_dict()],
             "progress": self._progress.state_dict(),
+            "exact_averaging": self._exact.state_dict(),
         }
+        if self._slowmo is not None:
+            state["slowmo"] = self._slowmo.state_dict()
+        return state
 
     @torch.no_grad()
     def _load_gossip_state(self, state: dict[str, Any]) -> None:
@@ -247,3 +290,9 @@ class BilateralGossipDataParallel(DataParallelModule):
         self._role.restored()
         if "progress" in state:
             self._progress.load_state_dict(state["progress"])
+        if "exact_averaging" in state:
+            self._exact.load_state_dict(state["exact_averaging"])
+        if self._slowmo is not None:
+            if "slowmo" not in state:
+                raise ValueError("checkpoint has no SlowMo state, but this wrapper runs SlowMo")
+            self._slowmo.load_state_dict(state["slowmo"])

@@ -40,7 +40,18 @@ _USED_BY: dict[str, frozenset[str]] = {
     "sgp": frozenset(_GOSSIP),
     "osgp": frozenset(_GOSSIP | {"synch_freq"}),
     "dpsgd": frozenset(_GOSSIP | {"dpsgd_order"}),
-    "adpsgd": frozenset(_COMMON | {"topology", "peers_per_itr", "timeout", "chunk_bytes"}),
+    "adpsgd": frozenset(
+        _COMMON
+        | {
+            "topology",
+            "peers_per_itr",
+            "timeout",
+            "chunk_bytes",
+            "global_average_every",
+            "allreduce_warmup_steps",
+            "slowmo",
+        }
+    ),
 }
 
 
