@@ -11,3 +11,12 @@ nvidia-smi -L
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'gpus', torch.cuda.device_count(), 'nccl', torch.cuda.nccl.version())"
 cd "$root" && timeout 420 python3 -m pytest -v -m gpu -p no:cacheprovider --timeout 300 \
     packages/gossip-comm/tests/test_gpu.py packages/gossip-nn/tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
+# the "What real training runs need" tutorial: fp16 autocast with a GradScaler on CUDA,
+# 4 processes sharing the GPU, gossip staged over gloo
+python3 - "$root/docs/tutorials/real-training.md" /tmp/train_amp.py <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+open(sys.argv[2], "w").write(re.search(r'```python title="train_amp.py"\n(.*?)```', text, re.S).group(1))
+PY
+(cd /tmp && timeout 300 python3 -m torch.distributed.run --standalone --nproc-per-node 4 train_amp.py) 2>&1 \
+    | grep -v "^W1\|OMP_NUM_THREADS\|\*\*\*\*" | tee -a "$out/gpu_tests.log"

@@ -8,6 +8,7 @@ algorithm is refused.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -17,11 +18,27 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed import ProcessGroup
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.hooks import RemovableHandle
 
 from gossip_comm import FlatBuffer
 
-__all__ = ["DataParallelModule", "bind_flat", "network_average"]
+__all__ = ["DataParallelModule", "bind_flat", "make_ddp", "network_average"]
+
+
+def make_ddp(
+    module: nn.Module, group: ProcessGroup | None, *, sync_buffers: bool
+) -> DistributedDataParallel:
+    """``DistributedDataParallel`` over ``group``; ``sync_buffers``: copy rank 0's buffers
+    before every forward.
+
+    torch 2.14 renamed ``broadcast_buffers`` to ``forward_sync_buffers`` (the old name
+    warns); older releases know only the old one, so the keyword is chosen by signature.
+    """
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    options: dict[str, Any] = {key: sync_buffers}
+    return DistributedDataParallel(module, process_group=group, **options)
 
 
 class DataParallelModule(nn.Module, ABC):

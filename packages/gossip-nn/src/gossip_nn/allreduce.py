@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gossip_nn._base import DataParallelModule
+from gossip_nn._base import DataParallelModule, make_ddp
 from gossip_nn._buffers import BufferSync
 from gossip_nn.options import GossipOptions
 from gossip_nn.validate import checked_parameters
@@ -52,10 +52,8 @@ class AllReduceDataParallel(DataParallelModule):
         # Not registered as a submodule, so checkpoints keep the plain ``module.*`` keys.
         self._ddp: DistributedDataParallel
         self._buffer_sync = BufferSync(module, self.options.buffers, group)
-        self.__dict__["_ddp"] = DistributedDataParallel(
-            module,
-            process_group=self.options.process_group,
-            forward_sync_buffers=self.options.buffers == "broadcast",
+        self.__dict__["_ddp"] = make_ddp(
+            module, self.options.process_group, sync_buffers=self.options.buffers == "broadcast"
         )
         self._hook(optimizer)
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gossip_comm import comm_device_for
-from gossip_nn._base import DataParallelModule, bind_flat, network_average
+from gossip_nn._base import DataParallelModule, bind_flat, make_ddp, network_average
 from gossip_nn._buffers import BufferSync
 from gossip_nn._steps import GossipStep, build_step
 from gossip_nn.averaging import ExactAveragingSchedule
@@ -87,9 +87,7 @@ class GossipDataParallel(DataParallelModule):
         if self._hierarchy is not None:
             # DDP averages gradients inside the node, overlapping backward. Not a
             # registered submodule, so checkpoints keep the plain ``module.*`` keys.
-            self.__dict__["_ddp"] = DistributedDataParallel(
-                module, process_group=self._hierarchy.node_group, forward_sync_buffers=False
-            )
+            self.__dict__["_ddp"] = make_ddp(module, self._hierarchy.node_group, sync_buffers=False)
         self._step = self._build_step(algorithm, self.topology)
         self._exact = ExactAveragingSchedule(
             every=options.global_average_every, warmup_steps=options.allreduce_warmup_steps
