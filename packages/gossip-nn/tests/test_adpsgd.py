@@ -181,9 +181,20 @@ def _adpsgd_exact(rank: int, n: int, mode: str, steps: int) -> np.ndarray:
     return np.array(out)
 
 
-def test_adpsgd_averages_exactly_at_the_agreed_iterations() -> None:
-    n, steps = 4, 7
-    res = np.stack(run_distributed(_adpsgd_exact, n, ("pga", steps)))  # (rank, step, d)
+def _both_exact(rank: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    return _adpsgd_exact(rank, n, "pga", 7), _adpsgd_exact(rank, n, "slowmo", 4)
+
+
+@pytest.fixture(scope="module")
+def exact_runs() -> list[tuple[np.ndarray, np.ndarray]]:
+    return run_distributed(_both_exact, 4, timeout=240)
+
+
+def test_adpsgd_averages_exactly_at_the_agreed_iterations(
+    exact_runs: list[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    steps = 7
+    res = np.stack([r[0] for r in exact_runs])  # (rank, step, d)
     for t in range(steps):
         spread = float(np.abs(res[:, t] - res[0, t]).max())
         if t == 0 or (t + 1) % 3 == 0:  # warm-up step 0, then every third
@@ -192,14 +203,16 @@ def test_adpsgd_averages_exactly_at_the_agreed_iterations() -> None:
             assert spread > 1e-3, (t, spread)  # asynchronous gossip in between
 
 
-def test_adpsgd_slowmo_outer_steps_follow_the_closed_form() -> None:
+def test_adpsgd_slowmo_outer_steps_follow_the_closed_form(
+    exact_runs: list[tuple[np.ndarray, np.ndarray]],
+) -> None:
     # zero gradients: only the exchanges (which keep the sum) and SlowMo move the models.
     # Ranks start at theta + r, so the first exact average is theta + 1.5; with
     # alpha = 0.8, beta = 0.5 the outer model goes to theta + 1.5 alpha, then to
     # theta + 1.5 alpha (1 + beta)
     n = 4
     _, _, theta0 = problem(n)
-    res = np.stack(run_distributed(_adpsgd_exact, n, ("slowmo", 4)))
+    res = np.stack([r[1] for r in exact_runs])
     for r in range(n):
         np.testing.assert_allclose(res[r, 1], theta0 + 1.2, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(res[r, 3], theta0 + 1.8, rtol=1e-9, atol=1e-9)
