@@ -1,15 +1,18 @@
-"""sgp-imagenet: The ResNet-50 ImageNet application and its sgp-imagenet command.
+"""sgp-imagenet: train image classifiers with SGP and the other gossip algorithms.
 
-Status: skeleton. The public API arrives with the issue that builds this package; until
-then only `__version__` is exported.
+The ``sgp-imagenet`` console script (``sgp_imagenet.cli:main``) runs one rank of a job
+launched by torchrun or SLURM ``srun``: ``sgp-imagenet train --algorithm sgp --data
+/path/to/imagenet``; ``sgp-imagenet env`` shows what the launcher set.
 """
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
+
+from sgp_imagenet.cli import build_parser, main
 
 try:
     __version__ = _version("sgp-imagenet")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "build_parser", "main"]

@@ -1,0 +1,128 @@
+"""The ``sgp-imagenet`` command: ``train`` and ``env``.
+
+``main(argv) -> int`` is the console entry point; bad input exits with status 2 and a
+message that names the flag or the path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+ALGORITHMS = ("ar", "sgp", "osgp", "dpsgd", "adpsgd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand (also used to generate the CLI docs)."""
+    parser = argparse.ArgumentParser(
+        prog="sgp-imagenet",
+        description="Train image classifiers with Stochastic Gradient Push and the other "
+        "gossip algorithms (Assran et al., ICML 2019, arXiv:1811.10792).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a model (launch with torchrun or srun)")
+    g = train.add_argument_group("algorithm")
+    g.add_argument("--algorithm", choices=ALGORITHMS, default="sgp")
+    g.add_argument(
+        "--topology",
+        default=None,
+        help="a gossip_topology name, or a 2019 graph id 0-5 (default: "
+        "npeer-dynamic-directed-exponential; dynamic-bipartite-exponential for adpsgd)",
+    )
+    g.add_argument(
+        "--peers-per-itr-schedule",
+        default="0:1",
+        help="EPOCH:PEERS pairs, e.g. '0:1 30:2' (default 0:1)",
+    )
+    g.add_argument("--synch-freq", type=int, default=0, help="osgp's staleness bound")
+    g.add_argument("--wire-dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    g.add_argument("--nprocs-per-node", type=int, default=1)
+    g.add_argument(
+        "--legacy-schedule",
+        action="store_true",
+        help="the 2019 code's exact peer schedule (duplicates included), as the paper used",
+    )
+    m = train.add_argument_group("model and optimisation")
+    m.add_argument("--arch", default="resnet50", help="a torchvision model, or small-cnn")
+    m.add_argument("--batch-size", type=int, default=256, help="per rank")
+    m.add_argument("--lr", type=float, default=0.1, help="for 256 images; scaled linearly")
+    m.add_argument("--momentum", type=float, default=0.9)
+    m.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
+    m.add_argument("--weight-decay", type=float, default=1e-4, help="not on BN or bias")
+    m.add_argument("--epochs", type=int, default=90)
+    m.add_argument("--lr-schedule", default="30:0.1 60:0.1 80:0.1", help="EPOCH:FACTOR pairs")
+    m.add_argument("--warmup-epochs", type=float, default=5.0)
+    m.add_argument("--label-smoothing", type=float, default=0.0)
+    d = train.add_argument_group("data")
+    d.add_argument("--data", default=None, help="ImageFolder root with train/ and val/")
+    d.add_argument("--dataset", choices=("imagefolder", "synthetic", "digits"), default=None)
+    d.add_argument("--image-size", type=int, default=None)
+    d.add_argument("--workers", type=int, default=4)
+    d.add_argument(
+        "--max-iters-per-epoch", type=int, default=0, help="cap an epoch (0: the whole set)"
+    )
+    r = train.add_argument_group("runtime")
+    r.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
+    r.add_argument("--channels-last", action="store_true")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
+    o = train.add_argument_group("output")
+    o.add_argument("--checkpoint-dir", default=None)
+    o.add_argument("--checkpoint-every", type=int, default=0, help="iterations (0: epochs)")
+    o.add_argument("--resume", default="auto", help="auto, none, or a checkpoint path")
+    o.add_argument(
+        "--checkpoint-all",
+        action="store_true",
+        help="every rank saves its own model (exact resume); default: rank 0 saves the "
+        "network-average model",
+    )
+    o.add_argument("--log-dir", default=None)
+    o.add_argument("--print-freq", type=int, default=10)
+    sub.add_parser("env", help="print the launcher, rank, backend and devices detected")
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> None:
+    for flag in ("batch_size", "epochs", "print_freq", "nprocs_per_node"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
+    for flag in ("synch_freq", "workers", "checkpoint_every", "max_iters_per_epoch"):
+        if getattr(args, flag) < 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 0; got {getattr(args, flag)}")
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be positive; got {args.lr}")
+    if not 0.0 <= args.label_smoothing < 1.0:
+        raise ValueError(f"--label-smoothing must be in [0, 1); got {args.label_smoothing}")
+    if args.dataset is None:
+        args.dataset = "imagefolder" if args.data else None
+        if args.dataset is None:
+            raise ValueError("give --data DIR (an ImageFolder root) or --dataset synthetic|digits")
+    if args.synch_freq and args.algorithm != "osgp":
+        raise ValueError(f"--synch-freq applies to --algorithm osgp only; got {args.algorithm}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sgp-imagenet``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "env":
+            from sgp_imagenet.train import report_env
+
+            print(report_env(os.environ))
+            return 0
+        _validate(args)
+        from sgp_imagenet.train import train
+
+        return train(args)
+    except ValueError as exc:
+        print(f"sgp-imagenet: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""``sgp-imagenet`` end to end: the installed console script under torchrun, on real JPEG
+files and on digits, and every bad input with its message."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gossip_comm.testing import run_torchrun
+from sgp_imagenet.cli import main
+from sgp_imagenet.logs import CSV_COLUMNS
+
+SCRIPT = Path(sys.executable).parent / "sgp-imagenet"
+
+
+def _image_folder(root: Path, per_class: int = 12) -> Path:
+    """Two classes of real JPEGs: reddish and bluish noise (learnable at a glance)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", per_class // 2)):
+        for c, name in enumerate(("red", "blue")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 90, size=(40, 40, 3))
+                pixels[..., 0 if c == 0 else 2] += 150
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def _train(tmp: Path, nproc: int, *flags: str) -> tuple[str, str]:
+    args = [
+        "--standalone", f"--nproc-per-node={nproc}", "--no-python", str(SCRIPT), "train",
+        "--arch", "small-cnn", "--workers", "0", "--warmup-epochs", "0", "--print-freq", "1",
+        "--checkpoint-dir", str(tmp / "ckpt"), "--log-dir", str(tmp / "logs"), *flags,
+    ]  # fmt: skip
+    result = run_torchrun(args, tmp, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout, result.stderr
+
+
+@pytest.mark.slow
+def test_two_ranks_learn_real_jpegs_and_write_their_outputs(tmp_path: Path) -> None:
+    algorithm = "sgp"
+    data = _image_folder(tmp_path / "data")
+    out, _ = _train(
+        tmp_path, 2, "--algorithm", algorithm, "--data", str(data), "--image-size", "32",
+        "--batch-size", "4", "--epochs", "3", "--lr", "0.4",
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
+    losses = [e["train_loss"] for e in summary["epochs"]]
+    assert len(losses) == 3 and losses[-1] < losses[0], losses  # it learned
+    assert summary["world_size"] == 2 and summary["algorithm"] == algorithm
+    assert (tmp_path / "ckpt" / "checkpoint.pt").exists()  # rank 0: the network average
+    for rank in (0, 1):
+        rows = list(csv.reader((tmp_path / "logs" / f"rank{rank}.csv").open()))
+        assert rows[0] == CSV_COLUMNS
+        assert sum(r[-1] == "val" for r in rows[1:]) == 3  # one validation row an epoch
+    assert "validation: network average top-1" in out
+
+
+@pytest.mark.slow
+def test_four_ranks_osgp_on_digits(tmp_path: Path) -> None:
+    out, _ = _train(
+        tmp_path, 4, "--algorithm", "osgp", "--synch-freq", "1", "--dataset", "digits",
+        "--batch-size", "16", "--max-iters-per-epoch", "6", "--epochs", "1",
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
+    assert summary["world_size"] == 4 and len(summary["epochs"]) == 1
+    assert sorted(p.name for p in (tmp_path / "logs").glob("rank*.csv")) == [
+        f"rank{r}.csv" for r in range(4)
+    ]
+    assert "epoch 0 [6/6]" in out
+
+
+@pytest.mark.slow
+def test_resume_from_each_ranks_own_checkpoint(tmp_path: Path) -> None:
+    data = _image_folder(tmp_path / "data", per_class=8)
+    common = ("--algorithm", "sgp", "--data", str(data), "--image-size", "16",
+              "--batch-size", "4", "--checkpoint-all")  # fmt: skip
+    _train(tmp_path, 2, *common, "--epochs", "1")
+    saved = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert saved == ["checkpoint.rank0.pt", "checkpoint.rank1.pt"]
+    out, _ = _train(tmp_path, 2, *common, "--epochs", "2")  # --resume auto
+    summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
+    assert [e["epoch"] for e in summary["epochs"]] == [1]  # epoch 0 came from the checkpoint
+    assert "epoch 0 [" not in out and "epoch 1 [" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--dataset", "digits", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["train"], "give --data DIR"),
+        (["train", "--dataset", "digits", "--synch-freq", "2"], "--synch-freq applies to"),
+        (["train", "--dataset", "digits", "--lr", "-1"], "--lr must be positive"),
+        (["train", "--data", "/nonexistent/imagenet"], "/nonexistent/imagenet"),
+        (["train", "--dataset", "digits", "--resume", "/nonexistent/ckpt.pt"], "--resume"),
+        (["train", "--dataset", "digits", "--lr-schedule", "30-0.1"], "--lr-schedule"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_flag(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_env_reports_a_slurm_launch(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-08]")
+    monkeypatch.setenv("SLURM_JOB_ID", "1234")
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "slurm" in out and "gpu07" in out and "5" in out
