@@ -149,7 +149,7 @@ def _global_step(rank: int, n: int) -> tuple[int, int, int]:
 
 
 def test_global_step_counts_every_ranks_steps() -> None:
-    n = 4
+    n = 2
     res = run_distributed(_global_step, n)
     expected = sum(3 + r for r in range(n))
     assert all(r == (expected, expected, 1000) for r in res), res

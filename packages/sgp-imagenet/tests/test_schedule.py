@@ -318,3 +318,11 @@ def test_peers_milestones_are_sorted_copies() -> None:
     source[0] = 8
     assert list(schedule.milestones) == [10, 20]
     assert schedule.peers_at(0) == 1
+
+
+def test_a_global_batch_below_the_reference_one_has_no_warm_up() -> None:
+    # 64 images: the rate scales down to 0.025 from the first step (no ramp from 0.1)
+    s = LRSchedule(reference_lr=0.1, global_batch=64, warmup_epochs=5)
+    assert s.lr_at(0, 0.0) == approx(0.025)
+    assert s.lr_at(3, 0.5) == approx(0.025)
+    assert s.lr_at(30) == approx(0.0025)

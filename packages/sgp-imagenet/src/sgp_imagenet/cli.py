@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--log-dir", default=None)
     o.add_argument("--print-freq", type=int, default=10)
     sub.add_parser("env", help="print the launcher, rank, backend and devices detected")
+    plot = sub.add_parser("plot", help="draw error curves and speed from --log-dir outputs")
+    plot.add_argument("log_dirs", nargs="+", metavar="LOG_DIR")
+    plot.add_argument("--out", required=True, help="the PNG to write")
+    plot.add_argument("--table", default=None, help="also write the summary table (markdown)")
     return parser
 
 
@@ -114,6 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sgp_imagenet.train import report_env
 
             print(report_env(os.environ))
+            return 0
+        if args.command == "plot":
+            from sgp_imagenet.plot import load_runs, plot_runs, summary_table
+
+            runs = load_runs(args.log_dirs)
+            table = summary_table(runs)
+            print(table)
+            if args.table:
+                Path(args.table).write_text(table + "\n")
+            print(f"wrote {plot_runs(runs, args.out)}")
             return 0
         _validate(args)
         from sgp_imagenet.train import train

@@ -208,7 +208,9 @@ class LRSchedule:
         epoch, fraction = _check_position(epoch, fraction)
         position = epoch + fraction
         peak = self.peak_lr
-        if position < self.warmup_epochs and peak != self.reference_lr:
+        # warm up only towards a larger rate: a global batch below the reference one
+        # scales the rate down, and then there is nothing to ramp up to
+        if position < self.warmup_epochs and peak > self.reference_lr:
             return self.reference_lr + (peak - self.reference_lr) * position / self.warmup_epochs
         rate = peak
         for milestone, factor in self.decays.items():

@@ -258,7 +258,7 @@ def _run(
             meters["batch"].update(done - tick)
             meters["step"].update(done - stepping)
             meters["data"].update(loaded - tick)
-            meters["loss"].update(float(loss))
+            meters["loss"].update(float(loss.detach()))
             meters["top1"].update(100.0 * t1 / len(y))
             meters["top5"].update(100.0 * t5 / len(y))
             step_times.update(done - tick)
@@ -287,6 +287,7 @@ def _run(
             "average_top5": 100.0 * float(avg[2] / avg[3]),
             "average_loss": float(avg[0] / avg[3]),
             "train_loss": meters["loss"].mean,
+            "elapsed_s": time.perf_counter() - started,
         }
         history.append(row)
         if log is not None:
