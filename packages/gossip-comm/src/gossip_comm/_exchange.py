@@ -9,8 +9,9 @@ for one in-peer on a doubly-stochastic row).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -139,6 +140,69 @@ class ExchangeEngine:
         return InFlight(
             pending, info, step, buf, tensor, weight, recvs, weight_recvs, staging, wire
         )
+
+    def delivered(self, flight: InFlight) -> dict[str, Any]:
+        """Wait for ``flight`` and return what it delivered, leaving it unfolded.
+
+        The result is plain data (CPU tensors, floats) that a checkpoint can hold;
+        `restore` turns it back into a flight that folds in exactly as ``flight`` would.
+        """
+        flight.pending.wait(self.channel.timeout)
+        recvs = flight.recvs[: len(flight.info.in_peers)]
+        return {
+            "step": flight.step,
+            "weight": flight.weight,
+            "messages": [r.detach().to("cpu", copy=True) for r in recvs],
+            "weights": [float(w.item()) for w in flight.weight_recvs],
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> InFlight:
+        """A flight whose messages are already in, from `delivered`'s output.
+
+        Raises:
+            ValueError: If ``state`` does not match this engine's schedule, buffer size
+                or wire dtype, or its step has not been posted yet.
+        """
+        ch = self.channel
+        try:
+            step, weight = state["step"], float(state["weight"])
+            messages, weights = list(state["messages"]), [float(w) for w in state["weights"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed in-flight gossip state: {exc!r}") from None
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.step:
+            raise ValueError(
+                f"in-flight gossip state is for step {step!r}, but this rank has posted "
+                f"steps 0..{self.step - 1}; load the step counter first"
+            )
+        info = self.schedule[step]
+        if len(messages) != len(info.in_peers):
+            raise ValueError(
+                f"in-flight gossip state for step {step} holds {len(messages)} messages; "
+                f"rank {ch.rank} has {len(info.in_peers)} in-peers at that step"
+            )
+        if len(weights) != (len(info.in_peers) if self.carries_weight else 0):
+            raise ValueError(
+                f"in-flight gossip state for step {step} holds {len(weights)} weights; "
+                f"expected {len(info.in_peers) if self.carries_weight else 0}"
+            )
+        for m in messages:
+            if not isinstance(m, torch.Tensor) or m.numel() != ch.numel:
+                raise ValueError(
+                    f"in-flight gossip message must be a tensor of {ch.numel} elements; "
+                    f"got {getattr(m, 'shape', type(m).__name__)}"
+                )
+            if m.dtype != ch.wire_dtype:
+                raise ValueError(
+                    f"in-flight gossip message has dtype {m.dtype}; the wire dtype is "
+                    f"{ch.wire_dtype}"
+                )
+        recvs = self._recv_set(len(messages))
+        for r, m in zip(recvs, messages, strict=False):
+            r.copy_(m.reshape(-1))
+        weight_recvs = [torch.tensor([w], dtype=torch.float64, device=ch.device) for w in weights]
+        pending = PendingExchange.delivered(ch.rank, step, ch.numel, ch.chunk_numel)
+        buf = ch.empty()  # only ``finish`` reads it; a restored flight is accumulated
+        return InFlight(pending, info, step, buf, buf, weight, recvs, weight_recvs, None, None)
 
     def _release(self, flight: InFlight) -> None:
         """Return the step's borrowed buffers for later steps to reuse."""

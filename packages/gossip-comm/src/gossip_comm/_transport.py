@@ -61,6 +61,20 @@ class PendingExchange:
         self.num_chunks = 1 + max((c for c, _ in self.pieces), default=0)
         # Backends that coalesce (NCCL) return one work for the whole batch.
         self.coalesced = len(works) != len(self.pieces)
+        # Once every work has completed, ``chunks`` only replays the ranges.
+        self.done = False
+
+    @classmethod
+    def delivered(cls, rank: int, step: int, numel: int, chunk_numel: int) -> PendingExchange:
+        """An exchange whose messages are already in (restored from a checkpoint).
+
+        Its ``chunks`` yields the element ranges a live exchange of ``numel`` elements
+        with the same ``chunk_numel`` would yield, without waiting for anything.
+        """
+        pieces = [(c, 0) for c in range(len(split(numel, chunk_numel)))]
+        pending = cls([], [], rank, step, pieces, chunk_numel)
+        pending.coalesced, pending.done = False, True
+        return pending
 
     def is_completed(self) -> bool:
         """Whether every work reports completion (meaningful on NCCL; gloo reports on wait)."""
@@ -94,7 +108,7 @@ class PendingExchange:
         if self.coalesced:  # one work for the batch: all or nothing
             for i, work in enumerate(self.works):
                 self._wait_one(i, work, deadline, timeout)
-            self.works = []
+            self.works, self.done = [], True
             yield slice(None)
             return
         start = 0
@@ -102,8 +116,9 @@ class PendingExchange:
             stop = start
             while stop < len(self.pieces) and self.pieces[stop][0] == chunk:
                 stop += 1
-            for i in range(start, stop):
-                self._wait_one(i, self.works[i], deadline, timeout)
+            if not self.done:
+                for i in range(start, stop):
+                    self._wait_one(i, self.works[i], deadline, timeout)
             start = stop
             if self.chunk_numel and self.num_chunks > 1:
                 yield slice(chunk * self.chunk_numel, (chunk + 1) * self.chunk_numel)
@@ -111,7 +126,7 @@ class PendingExchange:
                 yield slice(None)
         # Drop the finished works now: gloo can abort the process at exit if Work objects
         # outlive the process group (seen with torch 2.14 and batch_isend_irecv).
-        self.works = []
+        self.works, self.done = [], True
 
     def _wait_one(self, index: int, work: dist.Work, deadline: float, timeout: float) -> None:
         remaining = max(deadline - time.monotonic(), 0.001)

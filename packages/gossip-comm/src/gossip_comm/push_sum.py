@@ -9,6 +9,9 @@ average (Kempe et al. 2003; Assran et al., ICML 2019,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from gossip_comm._exchange import ExchangeEngine, InFlight
@@ -150,6 +153,35 @@ class PushSum:
             self._engine.channel.check(base)
         self._engine.channel.check(into)
         return self._engine.accumulate(round_._flight, into, base)
+
+    def round_state(self, round_: OverlapRound) -> dict[str, Any]:
+        """Overlap mode: wait for ``round_``'s messages and return them without folding.
+
+        For checkpoints taken while rounds are in flight (OSGP): the messages a round
+        delivered are saved with the model, and `restore_round` rebuilds the round after
+        a restart, so the restored run folds them in at the same step, bit for bit, as
+        the uninterrupted one. ``round_`` stays usable: `receive` it as usual.
+
+        Returns:
+            CPU tensors and floats (the step, the weight sent, the received messages in
+            the wire dtype and the received weights).
+
+        Raises:
+            GossipTimeoutError: If a peer's message does not arrive within the timeout.
+        """
+        return self._engine.delivered(round_._flight)
+
+    def restore_round(self, state: Mapping[str, Any]) -> OverlapRound:
+        """Overlap mode: a round whose messages are in, from `round_state`'s output.
+
+        Load the step counter (`load_state_dict`) first; then `receive` the restored
+        round exactly when the saved one would have been received.
+
+        Raises:
+            ValueError: If ``state`` does not fit this gossiper (another step, rank,
+                buffer size or wire dtype).
+        """
+        return OverlapRound(self._engine.restore(state))
 
     def state_dict(self) -> dict[str, int]:
         """The step counter."""

@@ -171,9 +171,17 @@ class DataParallelModule(nn.Module, ABC):
         return self
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        """Finish in-flight gossip, then save the parameters and the gossip state."""
-        self.finish_gossip()
+        """The parameters and the gossip state (push-sum weight, step counters).
+
+        Saving never changes the training run: gossip still in flight is either saved
+        with it (OSGP's rounds) or finished first where the algorithm cannot save it.
+        """
+        self._settle_for_checkpoint()
         return super().state_dict(*args, **kwargs)
+
+    def _settle_for_checkpoint(self) -> None:
+        """Make the state saveable; by default, finish in-flight gossip."""
+        self.finish_gossip()
 
     def get_extra_state(self) -> dict[str, Any]:
         """The algorithm, the push-sum weight and the gossipers' step counters."""

@@ -255,9 +255,32 @@ class OSGPStep(GossipStep):
         for buf in self.buffers:
             buf.div_(self.weight)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Also the rounds in flight, as the messages they delivered (see
+        `gossip_comm.PushSum.round_state`): saving folds nothing in, so a run restored
+        from the checkpoint continues exactly as the saving run does."""
+        state = super().state_dict()
+        state["in_flight"] = [
+            [g.round_state(rnd) for g, (rnd, _) in zip(self.push_sum, rounds, strict=True)]
+            for rounds in self._inflight
+        ]
+        return state
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._inflight.clear()
         super().load_state_dict(state)
+        for saved in state.get("in_flight", []):
+            if len(saved) != len(self.push_sum):
+                raise ValueError(
+                    f"checkpoint has a round in flight for {len(saved)} parameter groups, "
+                    f"this model has {len(self.push_sum)}"
+                )
+            self._inflight.append(
+                [
+                    (g.restore_round(s), view.clone())
+                    for g, s, view in zip(self.push_sum, saved, self.views, strict=True)
+                ]
+            )
 
 
 class DPSGDStep(GossipStep):

@@ -160,6 +160,9 @@ class GossipDataParallel(DataParallelModule):
         self._buffer_sync.after_step()
 
     # --------------------------------------------------------------- lifecycle
+    def _settle_for_checkpoint(self) -> None:
+        """Nothing to do: OSGP's rounds in flight are saved as they are."""
+
     @torch.no_grad()
     def finish_gossip(self) -> None:
         """Fold in every in-flight overlapped message; parameters stay de-biased."""
