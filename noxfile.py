@@ -34,6 +34,8 @@ DEV_TOOLS = [
     "pytest-timeout",
     "hypothesis",
     "matplotlib",
+    "tensorboard",
+    "tqdm",
     "mypy",
     "ruff",
 ]

@@ -15,6 +15,8 @@ from sgp_imagenet.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DataBundle,
+    ResumableSampler,
+    SeededSamples,
     build_datasets,
     check_classes,
     make_loader,
@@ -276,3 +278,50 @@ def test_check_classes_names_where() -> None:
     check_classes(10, 10, where="ckpt.pt")
     with pytest.raises(ValueError, match=r"ckpt\.pt: the model outputs 1000 classes but the data"):
         check_classes(10, 1000, where="ckpt.pt")
+
+
+# ------------------------------------------------------------ resuming mid-epoch
+
+
+def test_a_loader_started_part_way_yields_the_rest_of_the_same_epoch() -> None:
+    data = _Indices(40)
+    loader = make_loader(data, batch_size=3, rank=1, world_size=2, seed=9, train=True)
+    sampler = loader.sampler
+    assert isinstance(sampler, ResumableSampler)
+    sampler.set_epoch(4)
+    whole = [b.tolist() for b in loader]
+    sampler.set_epoch(4)
+    sampler.start_at(2 * 3)  # two batches already trained
+    assert [b.tolist() for b in loader] == whole[2:]
+    assert [b.tolist() for b in loader] == whole  # only the next pass is shortened
+    with pytest.raises(ValueError, match=r"position must be in \[0, 20\]"):
+        sampler.start_at(21)
+
+
+class _RandomCrop(Dataset[torch.Tensor]):
+    """A random 'augmentation' of each index: what RandomResizedCrop does to an image."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return index + torch.rand(2)
+
+
+def test_seeded_samples_draw_the_same_augmentation_whatever_the_worker() -> None:
+    seeded = SeededSamples(_RandomCrop(), seed=5)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = seeded[(3, 7)]
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's generator is untouched
+    torch.rand(5)  # whatever else the process drew in between
+    assert torch.equal(seeded[(3, 7)], first)
+    assert not torch.equal(seeded[(4, 7)], first)  # another epoch, another crop
+    assert not torch.equal(seeded[(3, 8)] - 1, first)
+    in_process = make_loader(_RandomCrop(), batch_size=4, rank=0, world_size=1, seed=5,
+                             train=True)  # fmt: skip
+    two_workers = make_loader(_RandomCrop(), batch_size=4, rank=0, world_size=1, seed=5,
+                              train=True, workers=2)  # fmt: skip
+    for loader in (in_process, two_workers):
+        loader.sampler.set_epoch(1)  # type: ignore[attr-defined]
+    assert torch.equal(torch.cat(list(in_process)), torch.cat(list(two_workers)))

@@ -4,12 +4,21 @@ preemption mid-save never leaves a half-written file where the last good one was
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-__all__ = ["checkpoint_path", "find_resume", "load_checkpoint", "save_atomic"]
+__all__ = [
+    "Resume",
+    "checkpoint_path",
+    "choose_resume",
+    "find_resume",
+    "load_checkpoint",
+    "save_atomic",
+]
 
 
 def checkpoint_path(directory: str | Path, rank: int | None) -> Path:
@@ -80,3 +89,69 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "progress" not in state:
         raise ValueError(f"{path} is not an sgp-imagenet checkpoint")
     return state
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What one rank resumes from: the path and its loaded checkpoint."""
+
+    path: Path
+    state: dict[str, Any]
+
+
+def _progress(state: dict[str, Any] | None) -> int:
+    return -1 if state is None else int(state["progress"]["global_itr"])
+
+
+def choose_resume(resume: str, directory: str | Path | None, rank: int) -> Resume | None:
+    """Agree across ranks on the checkpoint to resume from (a collective).
+
+    With ``--resume auto`` (or a directory), every rank looks for its own checkpoint
+    (``checkpoint.rankR.pt``, written by ``--checkpoint-all`` and by every preemption)
+    and for the network average (``checkpoint.pt``). The ranks resume from their own
+    checkpoints when every rank has one, they all belong to the same iteration and
+    none is older than the average; otherwise from the
+    average; otherwise they start fresh. An explicit file is loaded by every rank.
+
+    Args:
+        resume: ``--resume``: ``auto``, ``none``, a directory or a file.
+        directory: ``--checkpoint-dir``.
+        rank: This rank.
+
+    Raises:
+        ValueError: If an explicit path is missing, a file is not a checkpoint, or only
+            an inconsistent set of per-rank checkpoints exists (the message lists them).
+    """
+    explicit = find_resume(resume, directory, rank)  # raises for a missing explicit path
+    if resume not in ("auto", "none") and not Path(resume).is_dir():
+        assert explicit is not None
+        return Resume(explicit, load_checkpoint(explicit))
+    if resume == "none":
+        return None
+    where = Path(resume) if resume != "auto" else directory
+    own = avg = None
+    if where is not None:
+        own_path, avg_path = checkpoint_path(where, rank), checkpoint_path(where, None)
+        own = load_checkpoint(own_path) if own_path.exists() else None
+        avg = load_checkpoint(avg_path) if avg_path.exists() else None
+    seen: list[tuple[int, int]] = [(-1, -1)] * dist.get_world_size()
+    dist.all_gather_object(seen, (_progress(own), _progress(avg)))
+    owns, avgs = [s[0] for s in seen], [s[1] for s in seen]
+    consistent = min(owns) >= 0 and len(set(owns)) == 1
+    if consistent and min(owns) >= max(avgs):
+        assert own is not None and where is not None
+        return Resume(checkpoint_path(where, rank), own)
+    if max(avgs) >= 0:
+        if avg is None:
+            raise ValueError(
+                f"--resume: rank {rank} cannot read {checkpoint_path(where or '.', None)}, "
+                "which other ranks found; the checkpoint directory must be shared"
+            )
+        return Resume(checkpoint_path(where or ".", None), avg)
+    if max(owns) >= 0:
+        found = ", ".join(f"rank {r}: {i if i >= 0 else 'none'}" for r, i in enumerate(owns))
+        raise ValueError(
+            f"--resume: the per-rank checkpoints in {where} are not one consistent state "
+            f"(iteration per rank: {found}); pass --resume none to start fresh"
+        )
+    return None

@@ -71,6 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--channels-last", action="store_true")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
+    r.add_argument(
+        "--compile", action="store_true", help="torch.compile the model before wrapping it"
+    )
+    r.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic kernels (torch.use_deterministic_algorithms), no cuDNN autotuning",
+    )
+    r.add_argument(
+        "--preempt-check-every",
+        type=int,
+        default=0,
+        help="iterations between the ranks' agreements on a preemption signal (0: every "
+        "iteration; every 20 for adpsgd, whose ranks would otherwise wait for each other)",
+    )
+    r.add_argument(
+        "--requeue",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="under SLURM, after a preemption checkpoint run 'scontrol requeue' (default on)",
+    )
     o = train.add_argument_group("output")
     o.add_argument("--checkpoint-dir", default=None)
     o.add_argument("--checkpoint-every", type=int, default=0, help="iterations (0: epochs)")
@@ -83,7 +104,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--log-dir", default=None)
     o.add_argument("--print-freq", type=int, default=10)
+    o.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines", "off"),
+        default="auto",
+        help="rank 0's progress: a tqdm bar (auto: when stderr is a terminal) or lines",
+    )
+    o.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write TensorBoard scalars to LOG_DIR/tensorboard (needs the tensorboard package)",
+    )
     sub.add_parser("env", help="print the launcher, rank, backend and devices detected")
+    translate = sub.add_parser(
+        "translate",
+        help="turn a 2019 gossip_sgd.py / gossip_sgd_adpsgd.py command line into a "
+        "'sgp-imagenet train' one",
+    )
+    translate.add_argument(
+        "--script",
+        choices=("gossip_sgd.py", "gossip_sgd_adpsgd.py"),
+        default="gossip_sgd.py",
+        help="which 2019 script the flags are for (a script name among the arguments wins)",
+    )
+    translate.add_argument(
+        "--no-exact",
+        dest="exact",
+        action="store_false",
+        help="translate only the flags given, not the 2019 defaults that differ from ours",
+    )
+    translate.add_argument(
+        "legacy_args", nargs=argparse.REMAINDER, metavar="ARGS", help="the 2019 arguments"
+    )
     plot = sub.add_parser("plot", help="draw error curves and speed from --log-dir outputs")
     plot.add_argument("log_dirs", nargs="+", metavar="LOG_DIR")
     plot.add_argument("--out", required=True, help="the PNG to write")
@@ -95,7 +148,9 @@ def _validate(args: argparse.Namespace) -> None:
     for flag in ("batch_size", "epochs", "print_freq", "nprocs_per_node"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
-    for flag in ("synch_freq", "workers", "checkpoint_every", "max_iters_per_epoch"):
+    for flag in (
+        "synch_freq", "workers", "checkpoint_every", "max_iters_per_epoch", "preempt_check_every",
+    ):  # fmt: skip
         if getattr(args, flag) < 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 0; got {getattr(args, flag)}")
     if args.lr <= 0:
@@ -119,6 +174,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sgp_imagenet.train import report_env
 
             print(report_env(os.environ))
+            return 0
+        if args.command == "translate":
+            import shlex
+
+            from sgp_imagenet.legacy import translate_2019
+
+            legacy = [a for a in args.legacy_args if a != "--"]
+            print(
+                shlex.join(
+                    [
+                        "sgp-imagenet",
+                        "train",
+                        *translate_2019(legacy, args.script, exact=args.exact),
+                    ]
+                )
+            )
             return 0
         if args.command == "plot":
             from sgp_imagenet.plot import load_runs, plot_runs, summary_table

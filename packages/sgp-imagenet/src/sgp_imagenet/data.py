@@ -9,7 +9,12 @@ Three data sets share one shape of result, a :class:`DataBundle`:
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits, upsampled to RGB images; small
   enough to train to a meaningful accuracy on a laptop.
 
-:func:`make_loader` shards any of them across ranks with a ``DistributedSampler``.
+:func:`make_loader` shards any of them across ranks with a `ResumableSampler`, a
+``DistributedSampler`` that can start an epoch part-way (resuming mid-epoch without
+loading the skipped batches). Training samples are drawn through `SeededSamples`, which
+seeds the random augmentation of each sample from ``(seed, epoch, index)``: the same
+image gets the same crop whichever worker loads it, so a resumed run sees exactly the
+batches of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DataBundle",
+    "ResumableSampler",
+    "SeededSamples",
     "build_datasets",
     "check_classes",
     "make_loader",
@@ -134,6 +141,69 @@ def build_datasets(
     return _digits(size)
 
 
+class ResumableSampler(DistributedSampler[Any]):
+    """A ``DistributedSampler`` that can skip the start of one epoch.
+
+    `start_at` drops the first ``position`` samples of this rank's share from the next
+    pass only; later passes are whole again. With ``tag_epoch`` each index is yielded as
+    ``(epoch, index)`` for `SeededSamples`.
+    """
+
+    def __init__(self, dataset: Dataset[Any], *, tag_epoch: bool = False, **kwargs: Any):
+        super().__init__(dataset, **kwargs)
+        self.tag_epoch = tag_epoch
+        self._start = 0
+
+    def start_at(self, position: int) -> None:
+        """Begin the next pass at this rank's ``position``-th sample (0: the start).
+
+        Raises:
+            ValueError: If ``position`` is negative or beyond this rank's share.
+        """
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise TypeError(f"position must be an int; got {type(position).__name__}")
+        if not 0 <= position <= self.num_samples:
+            raise ValueError(
+                f"position must be in [0, {self.num_samples}] (this rank's samples per "
+                f"epoch); got {position}"
+            )
+        self._start = position
+
+    def __iter__(self) -> Any:
+        indices = list(super().__iter__())[self._start :]
+        self._start = 0
+        if self.tag_epoch:
+            return iter([(self.epoch, i) for i in indices])
+        return iter(indices)
+
+
+class SeededSamples(Dataset[Any]):
+    """Draw ``dataset[index]`` with torch's generator seeded from ``(seed, epoch, index)``.
+
+    Random augmentations (crops, flips) then depend only on which sample of which epoch
+    is loaded, not on the worker process or on how far the loader had got: a run
+    resumed mid-epoch, or one with another ``--workers``, sees the same images. The
+    calling process's own generator is left untouched. Items are ``(epoch, index)``
+    pairs, as `ResumableSampler` yields them with ``tag_epoch=True``.
+
+    Args:
+        dataset: The data set to draw from.
+        seed: The run's seed.
+    """
+
+    def __init__(self, dataset: Dataset[Any], seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+            return self.dataset[index]
+
+
 def make_loader(
     dataset: Dataset[Any],
     *,
@@ -148,7 +218,8 @@ def make_loader(
     """A loader over this rank's shard of ``dataset``.
 
     Both splits are sharded: each rank sees ``1 / world_size`` of the data. The sampler is
-    a ``DistributedSampler`` that shuffles only when ``train``. Call
+    a `ResumableSampler` that shuffles only when ``train``; training samples are drawn
+    through `SeededSamples`, so their augmentation is reproducible. Call
     ``loader.sampler.set_epoch(epoch)`` before each epoch, or every epoch repeats the
     first one's order.
 
@@ -170,7 +241,7 @@ def make_loader(
             ranks; defaults to ``train``.
 
     Returns:
-        The loader; its ``sampler`` is the ``DistributedSampler``.
+        The loader; its ``sampler`` is the `ResumableSampler`.
 
     Raises:
         ValueError: If ``batch_size < 1``, ``workers < 0``, ``world_size < 1`` or ``rank``
@@ -184,8 +255,9 @@ def make_loader(
         raise ValueError(f"world_size must be >= 1; got {world_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}); got {rank}")
-    sampler: DistributedSampler[Any] = DistributedSampler(
+    sampler = ResumableSampler(
         dataset,
+        tag_epoch=train,
         num_replicas=world_size,
         rank=rank,
         shuffle=train,
@@ -193,7 +265,7 @@ def make_loader(
         drop_last=train if drop_last is None else drop_last,
     )
     return DataLoader(
-        dataset,
+        SeededSamples(dataset, seed) if train else dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
