@@ -130,11 +130,10 @@ def _restored_worker(rank: int, n: int, config: GossipConfig, cut: int, lag: int
 @pytest.mark.parametrize(
     "config",
     [
-        GossipConfig(timeout=60, chunk_bytes=0),
         GossipConfig(timeout=60, chunk_bytes=4096),  # 5 chunks, the last one ragged
         GossipConfig(timeout=60, chunk_bytes=4096, wire_dtype=torch.bfloat16),
     ],
-    ids=["one-message", "chunked", "bf16-wire"],
+    ids=["chunked", "bf16-wire"],
 )
 def test_rounds_saved_in_flight_and_restored_continue_bit_for_bit(config: GossipConfig) -> None:
     # OSGP's checkpoint: rounds in flight are saved as the messages they delivered, and a

@@ -72,7 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
     r.add_argument(
-        "--compile", action="store_true", help="torch.compile the model before wrapping it"
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="torch.compile the model's forward (backend: inductor when none is named; "
+        "'eager' or 'aot_eager' to debug)",
     )
     r.add_argument(
         "--deterministic",

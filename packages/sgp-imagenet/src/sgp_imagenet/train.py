@@ -250,8 +250,11 @@ def _run(
             options["synch_freq"] = args.synch_freq
     dp = make_data_parallel(args.algorithm, model, optimizer, **options)
     out.append(dp)
-    # compile the module inside the wrapper: the wrapper's parameters stay the same objects
-    forward = torch.compile(dp) if args.compile else dp
+    # compile the wrapper's forward: the parameters stay the same objects, so gossip and
+    # the optimizer keep acting on what the compiled graph reads
+    forward = torch.compile(dp, backend=args.compile) if args.compile else dp
+    if args.compile and rank == 0:
+        print(f"forward compiled by torch.compile (backend {args.compile})", flush=True)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     if state is not None and resume is not None:
         fc = [p for p in model.parameters() if p.ndim == 2][-1]
