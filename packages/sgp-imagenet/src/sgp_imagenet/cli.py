@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a model (launch with torchrun or srun)")
     g = train.add_argument_group("algorithm")
-    g.add_argument("--algorithm", choices=ALGORITHMS, default="sgp")
+    g.add_argument("--algorithm", choices=ALGORITHMS, default="sgp", help="the training algorithm")
     g.add_argument(
         "--topology",
         default=None,
@@ -40,8 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="EPOCH:PEERS pairs, e.g. '0:1 30:2' (default 0:1)",
     )
     g.add_argument("--synch-freq", type=int, default=0, help="osgp's staleness bound")
-    g.add_argument("--wire-dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
-    g.add_argument("--nprocs-per-node", type=int, default=1)
+    g.add_argument(
+        "--wire-dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="precision of gossip messages (not adpsgd)",
+    )
+    g.add_argument(
+        "--nprocs-per-node",
+        type=int,
+        default=1,
+        help="processes per node sharing one model: DDP inside the node, one model gossiped",
+    )
     g.add_argument(
         "--legacy-schedule",
         action="store_true",
@@ -51,26 +61,49 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--arch", default="resnet50", help="a torchvision model, or small-cnn")
     m.add_argument("--batch-size", type=int, default=256, help="per rank")
     m.add_argument("--lr", type=float, default=0.1, help="for 256 images; scaled linearly")
-    m.add_argument("--momentum", type=float, default=0.9)
-    m.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
+    m.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    m.add_argument(
+        "--nesterov", action=argparse.BooleanOptionalAction, default=True, help="Nesterov momentum"
+    )
     m.add_argument("--weight-decay", type=float, default=1e-4, help="not on BN or bias")
-    m.add_argument("--epochs", type=int, default=90)
+    m.add_argument("--epochs", type=int, default=90, help="passes over the training set")
     m.add_argument("--lr-schedule", default="30:0.1 60:0.1 80:0.1", help="EPOCH:FACTOR pairs")
-    m.add_argument("--warmup-epochs", type=float, default=5.0)
-    m.add_argument("--label-smoothing", type=float, default=0.0)
+    m.add_argument("--warmup-epochs", type=float, default=5.0, help="linear warm-up, per iteration")
+    m.add_argument("--label-smoothing", type=float, default=0.0, help="in [0, 1)")
     d = train.add_argument_group("data")
     d.add_argument("--data", default=None, help="ImageFolder root with train/ and val/")
-    d.add_argument("--dataset", choices=("imagefolder", "synthetic", "digits"), default=None)
-    d.add_argument("--image-size", type=int, default=None)
-    d.add_argument("--workers", type=int, default=4)
+    d.add_argument(
+        "--dataset",
+        choices=("imagefolder", "synthetic", "digits"),
+        default=None,
+        help="imagefolder with --data; synthetic or digits need no files",
+    )
+    d.add_argument(
+        "--image-size", type=int, default=None, help="crop size (default: 224; 32 for digits)"
+    )
+    d.add_argument("--workers", type=int, default=4, help="data-loading processes per rank")
     d.add_argument(
         "--max-iters-per-epoch", type=int, default=0, help="cap an epoch (0: the whole set)"
     )
     r = train.add_argument_group("runtime")
-    r.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
-    r.add_argument("--channels-last", action="store_true")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
+    r.add_argument(
+        "--amp",
+        choices=("off", "bf16", "fp16"),
+        default="off",
+        help="autocast precision; fp16 adds a GradScaler",
+    )
+    r.add_argument(
+        "--channels-last", action="store_true", help="NHWC memory format (faster on tensor cores)"
+    )
+    r.add_argument(
+        "--seed", type=int, default=0, help="model init, shuffling and augmentation seed"
+    )
+    r.add_argument(
+        "--backend",
+        choices=("auto", "nccl", "gloo"),
+        default="auto",
+        help="auto: nccl with CUDA, gloo otherwise",
+    )
     r.add_argument(
         "--compile",
         nargs="?",
@@ -99,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="under SLURM, after a preemption checkpoint run 'scontrol requeue' (default on)",
     )
     o = train.add_argument_group("output")
-    o.add_argument("--checkpoint-dir", default=None)
+    o.add_argument(
+        "--checkpoint-dir", default=None, help="where checkpoints go (none: no checkpoints)"
+    )
     o.add_argument("--checkpoint-every", type=int, default=0, help="iterations (0: epochs)")
     o.add_argument("--resume", default="auto", help="auto, none, or a checkpoint path")
     o.add_argument(
@@ -108,8 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="every rank saves its own model (exact resume); default: rank 0 saves the "
         "network-average model",
     )
-    o.add_argument("--log-dir", default=None)
-    o.add_argument("--print-freq", type=int, default=10)
+    o.add_argument(
+        "--log-dir", default=None, help="per-rank CSV, TensorBoard scalars, summary.json"
+    )
+    o.add_argument(
+        "--print-freq", type=int, default=10, help="iterations between log rows and lines"
+    )
     o.add_argument(
         "--progress",
         choices=("auto", "bar", "lines", "off"),
