@@ -54,5 +54,9 @@ def test_the_ranks_agree_on_what_to_resume_from(tmp_path: Path) -> None:
         assert "not one consistent state" in message
         assert "rank 0: 30, rank 1: 25" in message and "--resume none" in message
     assert _case(tmp_path / "e", [30, 25], None, resume="none") == [None, None]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for message in _case(tmp_path / "g", [None, None], None, resume=str(empty)):
+        assert message == f"error: --resume: no checkpoint.pt or checkpoint.rank*.pt in {empty}"
     explicit = str(tmp_path / "b" / "checkpoint.pt")
     assert _case(tmp_path / "f", [None, None], None, resume=explicit) == [("checkpoint.pt", 20)] * 2

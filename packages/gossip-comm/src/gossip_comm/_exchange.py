@@ -201,7 +201,8 @@ class ExchangeEngine:
             r.copy_(m.reshape(-1))
         weight_recvs = [torch.tensor([w], dtype=torch.float64, device=ch.device) for w in weights]
         pending = PendingExchange.delivered(ch.rank, step, ch.numel, ch.chunk_numel)
-        buf = ch.empty()  # only ``finish`` reads it; a restored flight is accumulated
+        # only ``finish`` reads ``buf``; a restored flight is only ever accumulated
+        buf = torch.empty(0, dtype=ch.dtype, device=ch.device)
         return InFlight(pending, info, step, buf, buf, weight, recvs, weight_recvs, None, None)
 
     def _release(self, flight: InFlight) -> None:

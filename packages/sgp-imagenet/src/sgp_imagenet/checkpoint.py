@@ -13,9 +13,9 @@ import torch.distributed as dist
 
 __all__ = [
     "Resume",
+    "check_resume",
     "checkpoint_path",
     "choose_resume",
-    "find_resume",
     "load_checkpoint",
     "save_atomic",
 ]
@@ -49,43 +49,36 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def find_resume(resume: str, directory: str | Path | None, rank: int) -> Path | None:
-    """The checkpoint to resume from for ``--resume`` (``auto``, ``none`` or a path).
+def check_resume(resume: str) -> Path | None:
+    """Check ``--resume`` before any process group exists.
 
-    ``auto`` takes this rank's own checkpoint if ``--checkpoint-all`` wrote one, else the
-    network-average checkpoint, else starts fresh.
+    Returns:
+        The path of ``--resume`` when it names a file or a directory, ``None`` for
+        ``auto`` and ``none``.
 
     Raises:
-        ValueError: If an explicit path does not exist.
+        ValueError: If the named path does not exist.
     """
-    if resume == "none":
+    if resume in ("auto", "none"):
         return None
-    if resume != "auto":
-        path = Path(resume)
-        if path.is_dir():
-            return find_resume("auto", path, rank) or _missing(path)
-        if not path.exists():
-            raise ValueError(f"--resume: no checkpoint at {path}")
-        return path
-    if directory is None:
-        return None
-    for candidate in (checkpoint_path(directory, rank), checkpoint_path(directory, None)):
-        if candidate.exists():
-            return candidate
-    return None
+    path = Path(resume)
+    if not path.exists():
+        raise ValueError(f"--resume: no checkpoint at {path}")
+    return path
 
 
-def _missing(path: Path) -> Path:
-    raise ValueError(f"--resume: no checkpoint.pt or checkpoint.rank*.pt in {path}")
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint written by `save_atomic` onto the CPU.
+
+    Args:
+        path: The file.
+        mmap: Map the tensors from the file instead of reading them; a candidate that
+            is only inspected then costs almost nothing.
 
     Raises:
         ValueError: If the file is not such a checkpoint.
     """
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     if not isinstance(state, dict) or "model" not in state or "progress" not in state:
         raise ValueError(f"{path} is not an sgp-imagenet checkpoint")
     return state
@@ -121,19 +114,19 @@ def choose_resume(resume: str, directory: str | Path | None, rank: int) -> Resum
     Raises:
         ValueError: If an explicit path is missing, a file is not a checkpoint, or only
             an inconsistent set of per-rank checkpoints exists (the message lists them).
+            A named directory must hold a checkpoint.
     """
-    explicit = find_resume(resume, directory, rank)  # raises for a missing explicit path
-    if resume not in ("auto", "none") and not Path(resume).is_dir():
-        assert explicit is not None
-        return Resume(explicit, load_checkpoint(explicit))
     if resume == "none":
         return None
-    where = Path(resume) if resume != "auto" else directory
+    named = check_resume(resume)
+    if named is not None and not named.is_dir():
+        return Resume(named, load_checkpoint(named))
+    where = named or directory
     own = avg = None
-    if where is not None:
+    if where is not None:  # both candidates are mapped, not read: one is dropped
         own_path, avg_path = checkpoint_path(where, rank), checkpoint_path(where, None)
-        own = load_checkpoint(own_path) if own_path.exists() else None
-        avg = load_checkpoint(avg_path) if avg_path.exists() else None
+        own = load_checkpoint(own_path, mmap=True) if own_path.exists() else None
+        avg = load_checkpoint(avg_path, mmap=True) if avg_path.exists() else None
     seen: list[tuple[int, int]] = [(-1, -1)] * dist.get_world_size()
     dist.all_gather_object(seen, (_progress(own), _progress(avg)))
     owns, avgs = [s[0] for s in seen], [s[1] for s in seen]
@@ -154,4 +147,6 @@ def choose_resume(resume: str, directory: str | Path | None, rank: int) -> Resum
             f"--resume: the per-rank checkpoints in {where} are not one consistent state "
             f"(iteration per rank: {found}); pass --resume none to start fresh"
         )
+    if named is not None:
+        raise ValueError(f"--resume: no checkpoint.pt or checkpoint.rank*.pt in {named}")
     return None

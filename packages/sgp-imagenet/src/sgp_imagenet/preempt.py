@@ -70,7 +70,6 @@ class Preemption:
         self.signals = tuple(signals)
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
-        self._posted = False
 
     def __enter__(self) -> Preemption:
         if threading.current_thread() is threading.main_thread():

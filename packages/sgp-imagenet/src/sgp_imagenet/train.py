@@ -34,7 +34,13 @@ from gossip_nn import (
     make_data_parallel,
 )
 from gossip_topology import Topology, make_topology
-from sgp_imagenet.checkpoint import Resume, checkpoint_path, choose_resume, save_atomic
+from sgp_imagenet.checkpoint import (
+    Resume,
+    check_resume,
+    checkpoint_path,
+    choose_resume,
+    save_atomic,
+)
 from sgp_imagenet.data import (
     DataBundle,
     ResumableSampler,
@@ -140,8 +146,7 @@ def train(args: argparse.Namespace) -> int:
     comm_device = device if backend == "nccl" else torch.device("cpu")
     # bad data or a bad --resume path fail here, before any process group exists
     bundle = build_datasets(args.dataset, args.data, image_size=args.image_size, seed=args.seed)
-    if args.resume not in ("auto", "none") and not os.path.exists(args.resume):
-        raise ValueError(f"--resume: no checkpoint at {args.resume}")
+    check_resume(args.resume)
     decays = parse_epoch_pairs(args.lr_schedule, flag="--lr-schedule", value=float)
     peers = PeersSchedule.parse(args.peers_per_itr_schedule)
     with Preemption() as preempt:
