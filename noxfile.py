@@ -38,8 +38,14 @@ DEV_TOOLS = [
     "tqdm",
     "mypy",
     "ruff",
+    # repository checks (tests/): build each package, twine check, workflow YAML
+    "hatchling",
+    "twine",
+    "pyyaml",
+    "griffelib",  # the docs' API checks, run as tests (tests/test_api_docs.py)
 ]
 DOCS_TOOLS = ["mkdocs", "mkdocs-material", "mkdocstrings[python]", "ruff"]
+BROWSER_TOOLS = ["playwright"]
 DEV_ENV = ROOT / ".nox" / "dev"
 
 
@@ -84,12 +90,12 @@ def _dev_python(session: nox.Session) -> str:
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """Run every package's test suite together against editable installs.
+    """Run the repository checks (``tests/``) and every package's test suite together.
 
     The 15 slowest tests are listed at the end, to keep the suite under its 15 minutes.
     """
     python = _dev_python(session)
-    suites = [str(_pkg(name) / "tests") for name in PACKAGES]
+    suites = [str(ROOT / "tests")] + [str(_pkg(name) / "tests") for name in PACKAGES]
     args = session.posargs or ["--durations=15"]
     session.run(python, "-m", "pytest", *suites, *args, external=True)
 
@@ -142,9 +148,41 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation site with mkdocs --strict."""
+    """Build the documentation site into ``site/`` with mkdocs --strict.
+
+    The build fails on a broken link, a public name without a docstring, or a missing
+    page. MathJax is fetched once from the npm registry (pinned, digest-checked) into
+    ``.cache/`` and shipped with the site. ``nox -s docs -- serve`` serves it instead.
+    """
     session.install("-c", str(CONSTRAINTS), *DOCS_TOOLS)
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+        return
     session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
+
+
+@nox.session
+def docs_browser(session: nox.Session) -> None:
+    """Build the site, serve it on 127.0.0.1 and check it in headless Chromium.
+
+    Uses the system's Chromium (Debian: ``apt-get install -y chromium``) through
+    Playwright's Python API; Playwright's own browser download is not needed. Checks the
+    home page, a tutorial, a concept page with math and the gossip-nn reference at 1280 px
+    and 390 px: headings, typeset math, the search box, the 404 page, console errors.
+    Screenshots and ``report.json`` go to ``site-check/``.
+    """
+    browser = next(
+        (b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+    )
+    if browser is None:
+        session.error("no Chromium on PATH: apt-get install -y chromium (Debian's package)")
+    session.install("-c", str(CONSTRAINTS), *DOCS_TOOLS, *BROWSER_TOOLS)
+    site = ROOT / "site"
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(site))
+    session.run(
+        "python", str(ROOT / "docs" / "check" / "site_check.py"), "--site", str(site),
+        "--out", str(ROOT / "site-check"), "--browser", str(shutil.which(browser)),
+    )  # fmt: skip
 
 
 @nox.session(venv_backend="none")

@@ -29,6 +29,7 @@ from gossip_comm.push_sum import OverlapRound, PushSum
 
 try:
     __version__ = _version("gossip-comm")
+    """The installed version of gossip-comm, from its package metadata."""
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 

@@ -189,7 +189,8 @@ def check_tensor(tensor: torch.Tensor, channel: Channel) -> None:
     ):
         raise ValueError(
             f"tensor is on {tensor.device} but this {channel.owner} gossips on "
-            f"{channel.device}; move it there or pass comm_device"
+            f"{channel.device}; move it there or pass comm_device (with NCCL, call "
+            "torch.cuda.set_device(local_rank) before building the model and the wrapper)"
         )
 
 

@@ -215,6 +215,12 @@ class AsyncBilateral:
             and ``check_finite`` apply; messages travel in ``like``'s dtype on CPU, so
             ``mixing``, ``wire_dtype`` and ``comm_device`` must stay unset.
 
+    Attributes:
+        rank: This rank, in ``config.process_group``.
+        topology: The bipartite graph partners are drawn from.
+        timeout: Seconds an active rank waits for its partner's reply.
+        is_passive: Whether this rank is passive: it only answers requests.
+
     Raises:
         TypeError: If ``topology`` is not a ``Topology``.
         ValueError: If the topology is not bipartite with one peer per step, or an

@@ -45,6 +45,10 @@ class BilateralPushPull:
             wait for its reply and a passive's wait for its requests. Pairs always
             average with weight 1/2, so ``config.mixing`` must be ``None``.
 
+    Attributes:
+        is_passive: Whether this rank is on the passive side of the graph: it serves the
+            requests of active ranks instead of starting exchanges.
+
     Raises:
         ValueError: If the graph is not bipartite, has more than one peer per step, or a
             mixing rule is given.

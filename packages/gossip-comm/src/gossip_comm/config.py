@@ -12,8 +12,13 @@ from gossip_topology import Mixing
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "WIRE_DTYPES", "GossipConfig"]
 
-#: Accepted values of ``GossipConfig.wire_dtype``.
 WIRE_DTYPES: tuple[torch.dtype | None, ...] = (None, torch.bfloat16, torch.float16)
+"""The accepted values of ``GossipConfig.wire_dtype``: the dtype messages travel in.
+
+``None`` sends the buffer's own dtype; ``torch.bfloat16`` and ``torch.float16`` halve the
+bytes on the wire of a float32 buffer. Whatever the wire dtype, the receiver accumulates in
+the buffer's dtype and push-sum weights travel in float64.
+"""
 
 DEFAULT_CHUNK_BYTES = 4 << 20
 """Chunk size on gloo when ``GossipConfig.chunk_bytes`` is ``None``: 4 MiB.

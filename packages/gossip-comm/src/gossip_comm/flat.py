@@ -19,6 +19,12 @@ class FlatBuffer:
     Args:
         tensors: The tensors to flatten, for example a model's parameters.
 
+    Attributes:
+        keys: The ``(dtype, device)`` of each group, in order of first appearance.
+        indices: For each group, the positions in ``tensors`` of its members.
+        shapes: The shape of each tensor, in the order given.
+        buffers: One contiguous 1-D buffer per group, holding its members end to end.
+
     Raises:
         ValueError: If ``tensors`` is empty.
 

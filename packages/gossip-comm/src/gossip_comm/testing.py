@@ -1,11 +1,18 @@
 """A spawn harness for multi-process tests, shared by gossip-comm, gossip-nn and sgp-imagenet.
 
-``run_distributed(fn, world_size, ...)`` starts ``world_size`` fresh processes with the
-``spawn`` method, joins them into a gloo (or NCCL) group through a file rendezvous in a
-temporary directory, runs ``fn(rank, world_size, *args)`` in each and returns the results
-in rank order. A failure in any child is re-raised in the parent with the child's rank
-and traceback. ``fn`` may be defined in a test file: the child loads it from its source
-file, so pytest's ``--import-mode=importlib`` is no obstacle.
+``run_distributed(fn, world_size, ...)`` starts ``world_size`` fresh processes, joins them
+into a gloo (or NCCL) group through a file rendezvous in a temporary directory, runs
+``fn(rank, world_size, *args)`` in each and returns the results in rank order. A failure
+in any child is re-raised in the parent with the child's rank and traceback. ``fn`` may be
+defined in a test file: the child loads it from its source file, so pytest's
+``--import-mode=importlib`` is no obstacle.
+
+Children come from a ``forkserver`` that has already imported torch, so a child starts in
+milliseconds instead of the two CPU-seconds a fresh interpreter spends importing torch.
+The server never runs torch code (no threads, no CUDA), so forking it is safe; each child
+gets the parent's current working directory, ``sys.path`` and environment (the
+environment is sent explicitly, since a forkserver child would otherwise see the
+server's), as a ``spawn`` child would.
 """
 
 from __future__ import annotations
@@ -27,8 +34,8 @@ from typing import Any
 
 __all__ = ["RankFailedError", "run_distributed", "run_torchrun"]
 
-#: What torch 2.14's gloo prints when it aborts a finished process at exit.
 GLOO_EXIT_ABORT = "terminate called without an active exception"
+"""What torch 2.14's gloo prints when it aborts a finished process at exit."""
 
 
 class RankFailedError(RuntimeError):
@@ -73,7 +80,10 @@ def _child(
     init_file: str,
     out_dir: str,
     init_timeout: float,
+    environ: dict[str, str],
 ) -> None:
+    os.environ.clear()
+    os.environ.update(environ)
     import torch.distributed as dist
 
     out = Path(out_dir) / f"rank{rank}.pkl"
@@ -108,6 +118,16 @@ def _child(
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, out)
+
+
+_PRELOAD = ["torch", "torch.distributed", "gossip_comm"]
+
+
+def _context() -> Any:
+    """The forkserver context, with torch imported once in the server."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
 
 
 def run_distributed(
@@ -146,13 +166,23 @@ def run_distributed(
     if module_file is None or "<locals>" in fn.__qualname__:
         raise ValueError("fn must be a module-level function defined in a source file")
     target = (os.path.abspath(module_file), fn.__module__, fn.__qualname__)
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     with tempfile.TemporaryDirectory(prefix="gossip-spawn-") as tmp:
         init_file = os.path.join(tmp, "rendezvous")
         procs = [
             ctx.Process(
                 target=_child,
-                args=(r, world_size, target, tuple(args), backend, init_file, tmp, init_timeout),
+                args=(
+                    r,
+                    world_size,
+                    target,
+                    tuple(args),
+                    backend,
+                    init_file,
+                    tmp,
+                    init_timeout,
+                    dict(os.environ),
+                ),
                 name=f"gossip-rank{r}",
             )
             for r in range(world_size)
@@ -202,10 +232,11 @@ def run_torchrun(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``torchrun ARGS`` (as ``python -m torch.distributed.run``) in ``cwd``.
 
-    torch 2.14's gloo occasionally aborts a process *after* it finished, at interpreter
-    exit, printing ``GLOO_EXIT_ABORT`` (reproduced with ten lines of plain
-    ``batch_isend_irecv`` and no gossip code: 13 of 30 runs when Work objects outlive the
-    process group; rare once they do not). A run that fails that way is run once more; any
+    torch 2.14's gloo has been seen to abort a process *after* it finished, at interpreter
+    exit, printing ``GLOO_EXIT_ABORT``. It was seen while the project was built, but the
+    later measurements (``benchmarks/exit_probe.py``, ``benchmarks/bench_exit.py``; results
+    in ``benchmarks/results/exit_*.md``) found no abort in 530 runs, so this is a guard
+    against a rare event, not a known rate. A run that fails that way is run once more; any
     other failure, or the same one twice, is returned as it is for the caller to assert on.
     """
     command = [sys.executable, "-m", "torch.distributed.run", *args]

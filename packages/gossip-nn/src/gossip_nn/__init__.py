@@ -23,6 +23,7 @@ from gossip_nn.slowmo import SlowMoOptions
 
 try:
     __version__ = _version("gossip-nn")
+    """The installed version of gossip-nn, from its package metadata."""
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 

@@ -132,6 +132,10 @@ class BilateralGossipDataParallel(DataParallelModule):
             pairwise exchange, with the parameters; ``"broadcast"`` is refused, since
             it would be a collective every step.
 
+    Attributes:
+        options: The options in force (``GossipOptions()`` when none were given).
+        topology: The bipartite graph built from ``options.topology``.
+
     Raises:
         ValueError: If the topology is not bipartite, the model differs across ranks, or
             an option cannot apply.

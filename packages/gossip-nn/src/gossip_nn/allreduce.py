@@ -33,6 +33,9 @@ class AllReduceDataParallel(DataParallelModule):
             after each optimizer step, ``"local"`` leaves them alone. Other options
             set away from their defaults raise a ``UserWarning``.
 
+    Attributes:
+        options: The options in force (``GossipOptions()`` when none were given).
+
     Raises:
         ValueError: If the model differs across ranks or the optimizer does not own it.
     """

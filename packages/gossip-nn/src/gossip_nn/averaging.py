@@ -27,6 +27,11 @@ class ExactAveragingSchedule:
         every: Average exactly on every ``every``-th iteration; 0 never.
         warmup_steps: Average exactly on the first ``warmup_steps`` iterations.
 
+    Attributes:
+        every: Average exactly on every ``every``-th iteration; 0 never.
+        warmup_steps: Average exactly on the first ``warmup_steps`` iterations.
+        step: The current iteration, counting from 0; saved by ``state_dict``.
+
     Raises:
         ValueError: If either argument is negative.
         TypeError: If either argument is not an int.

@@ -45,6 +45,10 @@ class GossipDataParallel(DataParallelModule):
             ``"dpsgd"`` (push-pull on a doubly-stochastic graph).
         options: Topology, mixing and communication settings.
 
+    Attributes:
+        options: The options in force (``GossipOptions()`` when none were given).
+        topology: The graph built from ``options.topology`` for the ranks that gossip.
+
     Raises:
         ValueError: If the model differs across ranks, the optimizer does not own the
             parameters, the topology does not fit the group or the algorithm, or an

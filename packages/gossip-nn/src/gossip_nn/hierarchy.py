@@ -57,6 +57,11 @@ class Shards:
     Args:
         buffers: The flat buffers, identical on the node's processes.
         hierarchy: This rank's node layout, or ``None`` for flat gossip.
+
+    Attributes:
+        full: The whole flat buffers, as given.
+        views: This rank's share of each buffer: a view into it (the whole buffer when
+            there is no hierarchy or the buffer is too small to split).
     """
 
     def __init__(self, buffers: list[torch.Tensor], hierarchy: Hierarchy | None) -> None:

@@ -61,6 +61,12 @@ class SlowMo:
     Args:
         options: The settings.
         params: The flat parameter buffers, equal on every rank at construction.
+
+    Attributes:
+        options: The settings.
+        outer: The outer model: a copy of the parameters at the last outer step.
+        momentum: The slow momentum buffers, one per parameter buffer.
+        step: Inner iterations counted so far.
     """
 
     def __init__(self, options: SlowMoOptions, params: list[torch.Tensor]) -> None:

@@ -56,6 +56,7 @@ from gossip_topology.topology import Topology
 
 try:
     __version__ = _version("gossip-topology")
+    """The installed version of gossip-topology, from its package metadata."""
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 

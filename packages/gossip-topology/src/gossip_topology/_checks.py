@@ -26,7 +26,7 @@ def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
         TypeError: If ``value`` is not an integer.
         ValueError: If ``value`` is below ``minimum``.
 
-    Example:
+    Examples:
         >>> check_int("steps", 3, minimum=0)
         3
     """

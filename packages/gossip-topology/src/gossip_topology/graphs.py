@@ -127,6 +127,10 @@ class Torus2D(StaticTopology):
         shape: ``(rows, cols)`` with ``rows * cols == world_size``. By default the most
             nearly square factorisation (a prime ``world_size`` gives a ring).
 
+    Attributes:
+        shape: ``(rows, cols)`` of the grid; rank ``r`` sits at row ``r // cols``,
+            column ``r % cols``.
+
     Raises:
         ValueError: If ``shape`` does not multiply to ``world_size``.
     """
@@ -205,7 +209,7 @@ class FromAdjacency(Topology):
         ValueError: If a matrix is not square, not 0/1, has a non-zero diagonal, or the
             matrices differ in size.
 
-    Example:
+    Examples:
         >>> ring3 = FromAdjacency([[0, 1, 0], [0, 0, 1], [1, 0, 0]])
         >>> ring3.out_peers(2, step=0)
         [0]

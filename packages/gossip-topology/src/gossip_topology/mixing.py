@@ -171,7 +171,7 @@ def mixing_matrix(
         step: The step, ``>= 0``.
         mixing: The mixing rule; [`UniformMixing`][gossip_topology.UniformMixing] by default.
 
-    Example:
+    Examples:
         >>> from gossip_topology import make_topology
         >>> mixing_matrix(make_topology("ring", 3), step=0)
         array([[0.5, 0. , 0.5],
@@ -211,7 +211,7 @@ def schedule_period(topology: Topology, mixing: Mixing | None = None) -> int:
     Every layer that caches per-step data (the simulator, a rank's schedule, the
     doubly-stochastic check) uses this one definition.
 
-    Example:
+    Examples:
         >>> from gossip_topology import make_topology
         >>> schedule_period(make_topology("npeer-dynamic-directed-exponential", 8))
         3

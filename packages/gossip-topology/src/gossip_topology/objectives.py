@@ -21,6 +21,10 @@ class Quadratic:
             symmetric positive semi-definite ones.
         target: ``(n, d)``, the minimiser $b_i$ of each $f_i$.
 
+    Attributes:
+        curvature: The $A_i$ as a float64 array, ``(n, d)`` or ``(n, d, d)``.
+        target: The $b_i$ as a float64 array, ``(n, d)``.
+
     Raises:
         ValueError: If the shapes disagree or a curvature is not finite.
     """

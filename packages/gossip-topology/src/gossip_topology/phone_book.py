@@ -58,10 +58,10 @@ class PhoneBookTopology(Topology):
         TypeError: If ``legacy_phone_book`` is not a bool.
     """
 
-    #: Integer id of the graph in the 2019 SGP code's ``--graph_type`` flag.
     legacy_id: ClassVar[int]
-    #: Static graphs always use step 0 of the schedule.
+    """Integer id of the graph in the 2019 SGP code's ``--graph_type`` flag."""
     static: ClassVar[bool] = False
+    """Whether the graph is static: a static graph always uses step 0 of the schedule."""
 
     def __init__(
         self, world_size: int, peers_per_itr: int = 1, *, legacy_phone_book: bool = False

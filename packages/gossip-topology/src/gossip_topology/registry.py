@@ -85,7 +85,7 @@ def make_topology(
         TypeError: If ``name`` is neither a string nor an int, or ``legacy_phone_book``
             is not a bool.
 
-    Example:
+    Examples:
         >>> make_topology(0, 8).out_peers(0, step=1)
         [7]
         >>> make_topology("ring", 4, peers_per_itr=2).out_peers(0, step=0)

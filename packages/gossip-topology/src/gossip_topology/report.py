@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,8 +24,44 @@ from gossip_topology.topology import Topology
 __all__ = ["consensus_curve", "main"]
 
 
+_DESCRIPTION = """\
+Compare gossip topologies by schedule, spectrum and consensus speed. Prints one row
+per graph family with uniform mixing; with --plot, also saves each family's push-sum
+consensus curve."""
+
+_EPILOG = """\
+columns:
+  period       steps after which the graph sequence repeats
+  regular      whether, at every step, every rank has the same in- and out-degree
+  bipart.      whether the ranks split into passive and active sets (AD-PSGD needs this)
+  sigma2 W(0)  second-largest singular value of the mixing matrix at step 0
+  sigma2/step  the same for the product over one period, per step; lower mixes faster
+  rounds       fewest steps until every rank is within --eps of the mean, for any input
+               (push-sum, de-biased); "never" if the graph is not strongly connected
+
+topology names:
+""" + textwrap.fill(
+    ", ".join(TOPOLOGY_NAMES),
+    width=88,
+    initial_indent="  ",
+    subsequent_indent="  ",
+    break_on_hyphens=False,
+)
+
+
 def consensus_curve(topology: Topology, steps: int, seed: int = 0) -> NDArray[np.float64]:
-    """Relative consensus error ``||z(t) - mean|| / ||z(0) - mean||`` for ``t = 0 .. steps``."""
+    """Relative consensus error ``||z(t) - mean|| / ||z(0) - mean||`` for ``t = 0 .. steps``.
+
+    Push-sum from a random start (8 values per rank), de-biased, as ``main`` plots it.
+
+    Args:
+        topology: The graph, with uniform mixing.
+        steps: Number of gossip steps to simulate.
+        seed: Seed of the random start.
+
+    Returns:
+        ``steps + 1`` errors: the first is 1 (0 for a single rank).
+    """
     n = topology.world_size
     x0 = np.random.default_rng(seed).normal(size=(n, 8))
     z = simulate_push_sum(topology, x0, steps).debiased
@@ -46,22 +83,59 @@ def _build(names: Sequence[str], n: int, k: int) -> list[Topology]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Print a comparison table and, with ``--plot``, save consensus curves as a PNG.
 
+    Args:
+        argv: The command-line arguments, without the program name; ``sys.argv[1:]``
+            when ``None``. ``python -m gossip_topology --help`` lists them.
+
     Returns:
-        The process exit code (0 on success).
+        The process exit code (0 on success; argparse exits with 2 on a usage error).
     """
-    parser = argparse.ArgumentParser(prog="python -m gossip_topology", description=__doc__)
-    parser.add_argument("--world-size", type=int, default=16)
-    parser.add_argument("--peers-per-itr", type=int, default=1)
+    parser = argparse.ArgumentParser(
+        prog="python -m gossip_topology",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=16,
+        help="number of ranks in every graph (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--peers-per-itr",
+        type=int,
+        default=1,
+        help="out-peers per rank and step; graphs that cannot use this many are skipped "
+        "(default: %(default)s)",
+    )
     parser.add_argument(
         "--topologies",
         nargs="+",
         default=list(TOPOLOGY_NAMES),
         choices=TOPOLOGY_NAMES,
         metavar="NAME",
+        help="graph families to compare, by the names listed below (default: all)",
     )
-    parser.add_argument("--steps", type=int, default=30, help="steps for the consensus curves")
-    parser.add_argument("--eps", type=float, default=1e-6, help="target for rounds-to-consensus")
-    parser.add_argument("--plot", type=Path, help="write the consensus curves to this PNG")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=30,
+        help="steps of the consensus curves (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--eps",
+        type=float,
+        default=1e-6,
+        help="tolerance on the consensus error, in (0, 2), for the rounds column "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="also write the consensus curves to this PNG file (needs matplotlib)",
+    )
     args = parser.parse_args(argv)
     if args.world_size < 1:
         parser.error(f"--world-size must be >= 1; got {args.world_size}")

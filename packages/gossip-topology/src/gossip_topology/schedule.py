@@ -48,10 +48,17 @@ class RankSchedule:
         mixing: The mixing rule; uniform by default.
         rank: The rank whose view this is.
 
+    Attributes:
+        topology: The graph.
+        mixing: The mixing rule (``UniformMixing()`` when none was given).
+        rank: The rank whose view this is.
+        period: Steps after which the rank's view repeats: the schedule period of the
+            topology and the mixing rule together (``schedule_period``).
+
     Raises:
         ValueError: If ``rank`` is not in ``[0, world_size)``.
 
-    Example:
+    Examples:
         >>> from gossip_topology import make_topology
         >>> RankSchedule(make_topology("ring", 4), rank=1)[0]
         RankStep(out_peers=(2,), in_peers=(0,), self_weight=0.5, in_weights=(0.5,))

@@ -152,7 +152,7 @@ def simulate_push_sum(
         ValueError: On shapes that do not match ``world_size``, negative ``steps`` or a
             non-positive initial weight.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from gossip_topology import OnePeerExponential
         >>> trace = simulate_push_sum(OnePeerExponential(4), np.arange(4.0), steps=2)

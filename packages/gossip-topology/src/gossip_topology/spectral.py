@@ -155,7 +155,7 @@ def is_exact_averaging(
 ) -> bool:
     """Whether ``steps`` steps from step 0 leave every rank with the exact average, for any input.
 
-    Example:
+    Examples:
         >>> from gossip_topology import OnePeerExponential
         >>> is_exact_averaging(OnePeerExponential(8), steps=3)
         True

@@ -31,8 +31,8 @@ class Topology(ABC):
         TypeError: If either argument is not an int.
     """
 
-    #: Kebab-case registry name of the graph family.
     name: str = "topology"
+    """Kebab-case registry name of the graph family, as ``make_topology`` takes it."""
 
     def __init__(self, world_size: int, peers_per_itr: int) -> None:
         self._world_size = check_int("world_size", world_size, minimum=1)

@@ -12,6 +12,7 @@ from sgp_imagenet.cli import build_parser, main
 
 try:
     __version__ = _version("sgp-imagenet")
+    """The installed version of sgp-imagenet, from its package metadata."""
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 

@@ -86,7 +86,12 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Resume:
-    """What one rank resumes from: the path and its loaded checkpoint."""
+    """What one rank resumes from: the path and its loaded checkpoint.
+
+    Attributes:
+        path: The checkpoint file.
+        state: Its contents, as ``load_checkpoint`` returns them.
+    """
 
     path: Path
     state: dict[str, Any]

@@ -109,7 +109,7 @@ def build_datasets(
             two splits disagree on the class list. The message names the path.
         ImportError: If ``name`` is ``"digits"`` and scikit-learn is not installed.
 
-    Example:
+    Examples:
         >>> bundle = build_datasets("synthetic", image_size=32, synthetic_classes=5)
         >>> image, label = bundle.train[0]
         >>> tuple(image.shape), 0 <= label < 5
@@ -147,6 +147,15 @@ class ResumableSampler(DistributedSampler[Any]):
     `start_at` drops the first ``position`` samples of this rank's share from the next
     pass only; later passes are whole again. With ``tag_epoch`` each index is yielded as
     ``(epoch, index)`` for `SeededSamples`.
+
+    Args:
+        dataset: The data set to sample from.
+        tag_epoch: Yield ``(epoch, index)`` pairs instead of plain indices.
+        **kwargs: Passed to ``DistributedSampler`` (``num_replicas``, ``rank``,
+            ``shuffle``, ``seed``, ``drop_last``).
+
+    Attributes:
+        tag_epoch: Whether indices are yielded as ``(epoch, index)`` pairs.
     """
 
     def __init__(self, dataset: Dataset[Any], *, tag_epoch: bool = False, **kwargs: Any):

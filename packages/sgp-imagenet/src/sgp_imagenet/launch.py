@@ -73,7 +73,7 @@ class LaunchEnv:
     Raises:
         ValueError: If the numbers are inconsistent, for example ``rank >= world_size``.
 
-    Example:
+    Examples:
         >>> env = LaunchEnv(rank=5, world_size=8, local_rank=1, local_world_size=4,
         ...                 master_addr="node01", master_port=29500, launcher="slurm")
         >>> env.node_rank
@@ -123,7 +123,7 @@ class LaunchEnv:
             ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``
             and ``LOCAL_WORLD_SIZE`` as strings.
 
-        Example:
+        Examples:
             >>> detect({}).torch_environ()["MASTER_PORT"]
             '29500'
         """
@@ -247,7 +247,7 @@ def expand_nodelist(text: str) -> list[str]:
             brackets, an empty host or group, or a group entry that is not ``N`` or
             ``N-M`` with ``N <= M``; the message quotes ``text``.
 
-    Example:
+    Examples:
         >>> expand_nodelist("node[01-03,07],gpu5")
         ['node01', 'node02', 'node03', 'node07', 'gpu5']
     """
@@ -274,7 +274,7 @@ def parse_tasks_per_node(text: str) -> list[int]:
         ValueError: If an entry is malformed or a count or repeat is below 1; the
             message names ``SLURM_TASKS_PER_NODE``.
 
-    Example:
+    Examples:
         >>> parse_tasks_per_node("4(x2),2")
         [4, 4, 2]
     """
@@ -406,7 +406,7 @@ def detect(environ: Mapping[str, str] | None = None) -> LaunchEnv:
             ``[1, 65535]``), or SLURM gives no host for the rendezvous; the message
             names the variable.
 
-    Example:
+    Examples:
         >>> detect({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
         ...         "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "gpu[07-08]",
         ...         "SLURM_JOB_ID": "123456"}).master
@@ -442,7 +442,7 @@ def choose_backend(requested: str, cuda_available: bool) -> str:
         ValueError: If ``requested`` is not one of the three, or is ``"nccl"`` without
             CUDA.
 
-    Example:
+    Examples:
         >>> choose_backend("auto", cuda_available=False)
         'gloo'
     """
@@ -480,7 +480,7 @@ def describe(
     Returns:
         Several lines, without a trailing newline.
 
-    Example:
+    Examples:
         >>> print(describe(detect({}), backend="gloo", devices=["cpu"], environ={}))
         launcher:   single
         rank:       0 of 1 (local rank 0 of 1, node 0)

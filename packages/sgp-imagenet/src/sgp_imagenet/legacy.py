@@ -474,7 +474,7 @@ def translate_2019(
         ValueError: For an unknown script or flag, a malformed value, or a setting with
             no equivalent that would change the run; the message starts with the flag.
 
-    Example:
+    Examples:
         >>> translate_2019(["--push_sum", "True", "--overlap=True", "--synch_freq", "2",
         ...                 "--schedule", "30", "0.1", "60", "0.1"], exact=False)
         ['--algorithm', 'osgp', '--synch-freq', '2', '--lr-schedule', '30:0.1 60:0.1']

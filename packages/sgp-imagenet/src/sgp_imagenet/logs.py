@@ -37,10 +37,17 @@ CSV_COLUMNS = [
     "avg:Prec@5",
     "val",
 ]
+"""The header of every rank's CSV log: the 2019 scripts' columns, in their order."""
 
 
 class Meter:
-    """Running mean and standard deviation of a value (Welford's method)."""
+    """Running mean and standard deviation of a value (Welford's method).
+
+    Attributes:
+        count: Values added so far (a value added with weight ``n`` counts ``n`` times).
+        mean: Their running mean.
+        last: The value added last.
+    """
 
     def __init__(self) -> None:
         self.count, self.mean, self._m2, self.last = 0, 0.0, 0.0, 0.0
@@ -61,7 +68,15 @@ class Meter:
 
 
 class CsvLog:
-    """Append rows to ``DIR/rankR.csv`` (header written once; resumed runs append)."""
+    """Append rows to ``DIR/rankR.csv`` (header written once; resumed runs append).
+
+    Args:
+        directory: The folder of the log; created if missing.
+        rank: This rank, which names the file.
+
+    Attributes:
+        path: The CSV file, ``directory/rank{rank}.csv``.
+    """
 
     def __init__(self, directory: str | Path, rank: int) -> None:
         self.path = Path(directory) / f"rank{rank}.csv"

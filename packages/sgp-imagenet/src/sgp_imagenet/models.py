@@ -41,7 +41,7 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
         ValueError: If ``arch`` is unknown (the message suggests close names) or
             ``num_classes < 1``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = build_model("small-cnn", 10)
         >>> model(torch.zeros(2, 3, 32, 32)).shape
@@ -82,7 +82,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     Raises:
         ValueError: If ``weight_decay < 0``.
 
-    Example:
+    Examples:
         >>> groups = param_groups(build_model("small-cnn", 10), 1e-4)
         >>> [g["weight_decay"] for g in groups]
         [0.0001, 0.0]

@@ -55,6 +55,10 @@ class Preemption:
     Args:
         signals: The signals to catch.
 
+    Attributes:
+        signals: The signals caught inside the ``with`` block.
+        received: The first signal caught on this rank, or ``None``.
+
     Example:
         ```python
         with Preemption() as preempt:

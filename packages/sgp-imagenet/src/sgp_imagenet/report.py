@@ -25,6 +25,13 @@ class Progress:
         print_freq: Iterations between two lines (the bar updates every iteration).
         stream: Where lines and the bar go; stderr for the bar, stdout for lines.
 
+    Attributes:
+        MODES: The accepted values of ``mode``.
+        mode: ``"bar"``, ``"lines"`` or ``"off"``: ``"auto"`` resolved, and ``"off"`` on
+            every rank but 0.
+        print_freq: Iterations between two lines.
+        stream: Where lines and the bar go; ``None`` for the default streams.
+
     Raises:
         ValueError: If ``mode`` is not one of the four.
     """

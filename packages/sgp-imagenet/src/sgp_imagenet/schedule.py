@@ -45,7 +45,7 @@ def parse_epoch_pairs(
         ValueError: If an item is not ``EPOCH:VALUE``, an epoch is not an integer
             ``>= 0``, a value does not convert, or the epochs are not strictly increasing.
 
-    Example:
+    Examples:
         >>> parse_epoch_pairs("30:0.1, 60:0.1", flag="--lr-schedule", value=float)
         {30: 0.1, 60: 0.1}
         >>> parse_epoch_pairs(["0:1", "10:2"], flag="--peers-per-itr-schedule", value=int)
@@ -144,7 +144,7 @@ class LRSchedule:
         ValueError: If a rate, a batch size or a factor is not positive, the warm-up is
             negative, or a milestone epoch is negative.
 
-    Example:
+    Examples:
         >>> s = LRSchedule(reference_lr=0.1, global_batch=1024)
         >>> s.peak_lr
         0.4
@@ -201,7 +201,7 @@ class LRSchedule:
             TypeError: If ``epoch`` is not an int or ``fraction`` not a real number.
             ValueError: If ``epoch < 0`` or ``fraction`` is outside ``[0, 1)``.
 
-        Example:
+        Examples:
             >>> LRSchedule(reference_lr=0.1, global_batch=512, warmup_epochs=0).lr_at(60)
             0.0020000000000000005
         """
@@ -245,7 +245,7 @@ class PeersSchedule:
         TypeError: If ``milestones`` is not a mapping of ints.
         ValueError: If an epoch is negative or a peer count below 1.
 
-    Example:
+    Examples:
         >>> s = PeersSchedule({0: 1, 10: 2, 20: 2})
         >>> s.peers_at(5), s.peers_at(10), s.peers_at(25)
         (1, 2, 2)
@@ -277,7 +277,7 @@ class PeersSchedule:
             TypeError: If ``spec`` is neither a string nor a sequence of strings.
             ValueError: If the pairs do not parse or a peer count is below 1.
 
-        Example:
+        Examples:
             >>> PeersSchedule.parse("0:1,30:2").peers_at(40)
             2
         """
@@ -297,7 +297,7 @@ class PeersSchedule:
             TypeError: If ``epoch`` is not an int.
             ValueError: If ``epoch < 0``.
 
-        Example:
+        Examples:
             >>> PeersSchedule({3: 4}).peers_at(2)
             1
         """
@@ -324,7 +324,7 @@ class PeersSchedule:
             TypeError: If ``epoch`` is not an int.
             ValueError: If ``epoch < 0``.
 
-        Example:
+        Examples:
             >>> s = PeersSchedule({0: 1, 5: 2})
             >>> s.changes_at(0), s.changes_at(5), s.changes_at(6)
             (False, True, False)
