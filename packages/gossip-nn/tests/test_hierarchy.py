@@ -101,3 +101,26 @@ def test_nodes_of_two_match_flat_gossip_and_send_one_model(
         assert flat[node][1] == messages * (model_bytes + weight_bytes)
         assert node_bytes == messages * (model_bytes + L * weight_bytes), (node_bytes, messages)
         assert hier[L * node][1] == node_bytes // L  # an even split: M / L each
+
+
+def _interleaved_hosts(rank: int, n: int) -> str:
+    import gossip_nn.hierarchy as hierarchy
+
+    hierarchy._host = lambda: f"node{rank % 2}"  # type: ignore[attr-defined]  # cyclic layout
+    _, _, theta0 = problem(n)
+    net = model(theta0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    try:
+        make_data_parallel("sgp", net, opt, topology="ring", nprocs_per_node=2)
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
+def test_a_node_block_spread_over_hosts_is_refused() -> None:
+    for message in run_distributed(_interleaved_hosts, 4):
+        assert message.startswith("nprocs_per_node=2 assumes ranks 0..1 share a node, but "), (
+            message
+        )
+        assert "rank 0 on node0, rank 1 on node1" in message
+        assert "--distribution=block" in message

@@ -183,3 +183,38 @@ def test_ignored_options_warn_by_name() -> None:
                 ), messages
         for algorithm in ("sgp", "adpsgd", "ar"):
             assert got[f"{algorithm}/None"] == [], got[f"{algorithm}/None"]
+
+
+def _nan_step(rank: int, n: int, algorithm: str) -> Any:
+    from gossip_comm import NonFiniteError
+
+    _, _, theta0 = problem(n)
+    net = model(theta0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    topology = "dynamic-bipartite-exponential" if algorithm == "adpsgd" else "ring"
+    dp = make_data_parallel(algorithm, net, opt, topology=topology, check_finite=True, timeout=5)
+    try:
+        for step in range(3):
+            out = dp(torch.ones(1, theta0.size, dtype=torch.float64))
+            out.sum().backward()
+            if rank == 0 and step == 1:  # rank 0's update goes bad at step 1
+                for p in net.parameters():
+                    p.grad.fill_(float("nan"))  # type: ignore[union-attr]
+            opt.step()
+            opt.zero_grad()
+        dp.close()
+    except NonFiniteError as exc:
+        return {"rank": exc.rank, "peer": exc.peer, "step": exc.step, "msg": str(exc)}
+    except Exception as exc:  # a peer of the failing rank may time out instead
+        return {"other": type(exc).__name__}
+    return None
+
+
+@pytest.mark.parametrize("algorithm", ["sgp", "adpsgd"])
+def test_check_finite_names_the_sender_of_a_nan(algorithm: str) -> None:
+    results = run_distributed(_nan_step, 2, (algorithm,), timeout=90)
+    caught = [r for r in results if r is not None and "rank" in r]
+    assert caught, results
+    for res in caught:  # only rank 0 sent NaN, so only rank 1 can name a sender
+        assert (res["rank"], res["peer"]) == (1, 0), res
+        assert "from rank 0" in res["msg"], res

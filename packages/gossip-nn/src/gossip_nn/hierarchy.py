@@ -17,6 +17,7 @@ the others (one broadcast per share, inside the node).
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -87,11 +88,32 @@ class Shards:
                 dist.broadcast(buf[start:end], src=src, group=self._group)
 
 
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _check_layout(group: ProcessGroup, procs_per_node: int, glob: list[int]) -> None:
+    """Each block of ``procs_per_node`` consecutive ranks must run on one host."""
+    hosts: list[object] = [None] * len(glob)
+    dist.all_gather_object(hosts, _host(), group=group)
+    for k in range(len(glob) // procs_per_node):
+        block = range(k * procs_per_node, (k + 1) * procs_per_node)
+        seen = {str(hosts[i]) for i in block}
+        if len(seen) > 1:
+            where = ", ".join(f"rank {glob[i]} on {hosts[i]}" for i in block)
+            raise ValueError(
+                f"nprocs_per_node={procs_per_node} assumes ranks {glob[block[0]]}.."
+                f"{glob[block[-1]]} share a node, but {where}; launch consecutive ranks on "
+                "each node (torchrun does; with srun use --distribution=block)"
+            )
+
+
 def build_hierarchy(group: ProcessGroup, procs_per_node: int) -> Hierarchy:
     """Create the node and plane groups of ``group`` (a collective over ``group``).
 
     Raises:
-        ValueError: If the group's size is not a multiple of ``procs_per_node``.
+        ValueError: If the group's size is not a multiple of ``procs_per_node``, or if a
+            block of ``procs_per_node`` consecutive ranks does not run on one host.
     """
     size = dist.get_world_size(group)
     if size % procs_per_node:
@@ -101,6 +123,7 @@ def build_hierarchy(group: ProcessGroup, procs_per_node: int) -> Hierarchy:
     nodes = size // procs_per_node
     me = dist.get_rank(group)
     glob = dist.get_process_group_ranks(group)
+    _check_layout(group, procs_per_node, glob)
     node_group = plane_group = None
     node_ranks: tuple[int, ...] = ()
     # every rank creates every group, in the same order, as new_group requires

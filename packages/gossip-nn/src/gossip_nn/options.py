@@ -31,6 +31,7 @@ _GOSSIP = _COMMON | {
     "nprocs_per_node",
     "timeout",
     "chunk_bytes",
+    "check_finite",
     "global_average_every",
     "allreduce_warmup_steps",
     "slowmo",
@@ -47,6 +48,7 @@ _USED_BY: dict[str, frozenset[str]] = {
             "peers_per_itr",
             "timeout",
             "chunk_bytes",
+            "check_finite",
             "global_average_every",
             "allreduce_warmup_steps",
             "slowmo",
@@ -72,6 +74,10 @@ class GossipOptions:
         timeout: Seconds to wait for one gossip step before raising.
         chunk_bytes: Size of the pieces large messages travel in (see
             [`GossipConfig`][gossip_comm.GossipConfig]); ``None``: the backend's default.
+        check_finite: Check every received message for NaN or Inf and raise
+            [`NonFiniteError`][gossip_comm.NonFiniteError], naming the receiving rank,
+            the sender and the step, before the value is mixed in (one reduction per
+            message; off by default).
         buffers: What happens to floating-point buffers such as BatchNorm's running
             mean and variance. ``"average"`` (the default, chosen by the measurement in
             the docs' benchmarks page) gossips them with the parameters every step;
@@ -105,6 +111,7 @@ class GossipOptions:
     process_group: ProcessGroup | None = None
     timeout: float = 300.0
     chunk_bytes: int | None = None
+    check_finite: bool = False
     buffers: str = "average"
     dpsgd_order: str = "mix-then-update"
     global_average_every: int = 0
@@ -164,6 +171,7 @@ class GossipOptions:
             wire_dtype=self.wire_dtype,
             timeout=self.timeout,
             chunk_bytes=self.chunk_bytes,
+            check_finite=self.check_finite,
         )
 
     def build_topology(self, world_size: int) -> Topology:
