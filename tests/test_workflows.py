@@ -143,3 +143,9 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     for session in ("lint", "typecheck", "docs", "docs_browser", "tests"):
         assert session in sessions, f"CI must run nox -s {session}"
     assert "apt-get install -y chromium" in ci  # docs_browser needs a browser on a fresh machine
+
+
+def test_tools_the_release_installs_are_pinned_by_the_constraints() -> None:
+    constraints = (ROOT / "constraints" / "ci.txt").read_text().lower()
+    for tool in ("build", "twine"):
+        assert re.search(rf"^{tool}==", constraints, flags=re.M), f"pin {tool} in constraints"
