@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["gossip-topology", "gossip-comm", "gossip-nn", "sgp-imagenet"]
+PACKAGES = sorted(p.parent.name for p in (ROOT / "packages").glob("*/pyproject.toml"))
 URL_LABELS = {"Homepage", "Documentation", "Source", "Issues", "Changelog"}
 # A package test that reads the repository's docs/ (absent from an sdist) must skip there.
 DOCS_MARKERS = ('/ "docs"', "docs/hooks", '"mkdocs.yml"', '.. / ".." / "docs"')

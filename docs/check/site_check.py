@@ -117,14 +117,13 @@ def serve(site: Path) -> Iterator[str]:
 
 
 def _find_browser(explicit: str | None) -> str:
-    for candidate in (explicit, "chromium", "chromium-browser", "google-chrome"):
-        if candidate and (
-            path := shutil.which(candidate) or (Path(candidate).is_file() and candidate)
-        ):
-            return str(path)
+    """The browser to drive: ``explicit`` if given, else the first Chromium on PATH."""
+    for candidate in [explicit] if explicit else ["chromium", "chromium-browser", "google-chrome"]:
+        if path := shutil.which(candidate):
+            return path
     raise SystemExit(
-        "no Chromium found: install Debian's package (apt-get install -y chromium) "
-        "or pass --browser PATH"
+        f"no Chromium found{f' at {explicit}' if explicit else ''}: install Debian's package "
+        "(apt-get install -y chromium) or pass --browser PATH"
     )
 
 
