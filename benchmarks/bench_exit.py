@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +58,22 @@ def find_tool(name: str) -> str:
     return found
 
 
-def parse_output(text: str) -> dict[str, Any]:
+def parse_output(text: str, codes: Mapping[int, int] | None = None) -> dict[str, Any]:
     """What torchrun's output says about its workers' ends.
+
+    Args:
+        text: The merged output of the run.
+        codes: Each worker's exit code, when the caller knows them (plain processes
+            rather than torchrun); else they are read from torchrun's failure summary.
 
     Returns:
         ``worker_exitcodes`` (rank -> exit code, for the workers torchrun reports as
-        failed; a negative code is the signal that killed it), ``signals`` (the
-        ``Signal N (SIGX)`` lines), ``markers`` (which of ``ABORT_MARKERS`` occur) and
-        ``aborted`` (any marker, or a worker killed by signal 6).
+        failed, or ``codes``; a negative code is the signal that killed it), ``signals``
+        (the ``Signal N (SIGX)`` lines), ``markers`` (which of ``ABORT_MARKERS`` occur)
+        and ``aborted`` (any marker, or a worker killed by signal 6).
     """
-    codes = {int(rank): int(code) for rank, code in _FAILURE.findall(text)}
+    if codes is None:
+        codes = {int(rank): int(code) for rank, code in _FAILURE.findall(text)}
     signals = sorted({f"{num} ({name})" for num, name, _ in _SIGNAL.findall(text)})
     markers = [m for m in ABORT_MARKERS if m in text]
     aborted = bool(markers) or any(code == -6 for code in codes.values())
@@ -102,6 +108,24 @@ def run_logged(command: Sequence[str], env: dict[str, str], timeout: float) -> d
         "output": output,
         "seconds": round(time.perf_counter() - start, 2),
         "timed_out": timed_out,
+    }
+
+
+def outcome(result: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a run's record that every exit benchmark keeps.
+
+    Args:
+        result: What `run_logged` returned.
+        info: What `parse_output` read from its output.
+    """
+    return {
+        "rc": result["rc"],
+        "aborted": info["aborted"],
+        "timed_out": result["timed_out"],
+        "seconds": result["seconds"],
+        "worker_exitcodes": info["worker_exitcodes"],
+        "signals": info["signals"],
+        "markers": info["markers"],
     }
 
 
@@ -185,13 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             record = {
                 "run": i,
                 "algorithm": algorithm,
-                "rc": result["rc"],
-                "aborted": info["aborted"],
-                "timed_out": result["timed_out"],
-                "seconds": result["seconds"],
-                "worker_exitcodes": info["worker_exitcodes"],
-                "signals": info["signals"],
-                "markers": info["markers"],
+                **outcome(result, info),
                 "summary_written": (log_dir / "summary.json").exists(),
             }
             if result["rc"] != 0 or info["aborted"]:

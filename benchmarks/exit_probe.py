@@ -29,12 +29,17 @@ Not a ``bench_*.py``: ``nox -s bench`` does not run it. Run:
 from __future__ import annotations
 
 import argparse
+import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from _results import RESULTS, write_results
+from bench_exit import child_env, find_tool, outcome, parse_output, run_logged, tally
 
 VARIANTS = (
     "no-destroy",
@@ -99,7 +104,7 @@ def child(variant: str, steps: int, numel: int) -> int:
     if variant == "pending-recv" and rank == 0:
         header = torch.empty(2, dtype=torch.int64)
         _KEPT.extend([dist.irecv(header, tag=7), header])  # any source; never matched
-    if variant in ("destroy",):
+    if variant == "destroy":
         dist.destroy_process_group()
     elif variant in ("keep-works", "ordered", "pending-recv", "thread"):
         dist.barrier()
@@ -116,8 +121,6 @@ def child(variant: str, steps: int, numel: int) -> int:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -127,8 +130,6 @@ def _run_direct(
     variant: str, world: int, steps: int, numel: int, env: dict[str, str], timeout: float
 ) -> dict[str, Any]:
     """``world`` plain processes; exact per-rank exit codes (negative: killed by that signal)."""
-    import subprocess
-
     port = str(_free_port())
     start = time.perf_counter()
     procs = []
@@ -142,7 +143,9 @@ def _run_direct(
                 command, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
             )
         )
-    outputs, codes, timed_out = [], {}, False
+    outputs: list[str] = []
+    codes: dict[int, int] = {}
+    timed_out = False
     for rank, p in enumerate(procs):
         try:
             out, _ = p.communicate(timeout=max(1.0, timeout - (time.perf_counter() - start)))
@@ -151,7 +154,7 @@ def _run_direct(
             out, _ = p.communicate()
             timed_out = True
         outputs.append(out)
-        codes[str(rank)] = p.returncode
+        codes[rank] = p.returncode
     text = "".join(outputs)
     rc = next((c for c in codes.values() if c != 0), 0)
     return {
@@ -173,15 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--numel", type=int, default=100_000, help="floats per message")
     parser.add_argument("--launcher", choices=("torchrun", "direct"), default="torchrun")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a run")
-    parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--name", default="exit_probe", help="results file stem")
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child, args.steps, args.numel)
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _results import RESULTS, write_results
-    from bench_exit import child_env, find_tool, parse_output, run_logged, tally
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = sorted(set(variants) - set(VARIANTS))
@@ -203,19 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = run_logged(command, env, args.timeout)
             else:
                 result = _run_direct(variant, args.world, args.steps, args.numel, env, args.timeout)
-            info = parse_output(result["output"])
-            codes = result.get("rank_exitcodes", info["worker_exitcodes"])
-            aborted = info["aborted"] or any(c == -6 for c in codes.values())
+            info = parse_output(result["output"], result.get("rank_exitcodes"))
+            codes, aborted = info["worker_exitcodes"], info["aborted"]
             record = {
                 "run": i,
                 "variant": variant,
-                "rc": result["rc"],
-                "aborted": aborted,
-                "timed_out": result["timed_out"],
-                "seconds": result["seconds"],
-                "worker_exitcodes": codes,
-                "signals": info["signals"],
-                "markers": info["markers"],
+                **outcome(result, info),
                 "finished_ranks": result["output"].count(MARKER),
             }
             if result["rc"] != 0 or aborted:
@@ -272,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "numel": args.numel,
             "runs_per_variant": args.runs,
         },
-        directory=args.out_dir if args.out_dir is not None else RESULTS,
+        directory=args.out_dir,
     )
     return 0
 
