@@ -8,7 +8,6 @@ breaks it, so a check that can no longer fail is noticed.
 
 from __future__ import annotations
 
-import re
 import sys
 import textwrap
 from pathlib import Path
@@ -21,13 +20,14 @@ pytest.importorskip("griffe")  # installed with mkdocstrings in the docs environ
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs" / "hooks"))
 
+import api_packages  # noqa: E402
 import api_reference  # noqa: E402
 import external_links  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def packages() -> list[Any]:
-    return list(api_reference.load_packages(api_reference.find_packages(ROOT)).values())
+    return list(api_packages.load_packages(ROOT).values())
 
 
 def write_package(root: Path, files: dict[str, str]) -> list[Any]:
@@ -36,7 +36,7 @@ def write_package(root: Path, files: dict[str, str]) -> list[Any]:
     src.mkdir(parents=True)
     for name, text in files.items():
         (src / name).write_text(textwrap.dedent(text))
-    return list(api_reference.load_packages(api_reference.find_packages(root)).values())
+    return list(api_packages.load_packages(root).values())
 
 
 FAKE = {
@@ -132,7 +132,7 @@ def test_every_public_module_has_a_reference_page(packages: list[Any]) -> None:
     directives = [
         identifier
         for page in (ROOT / "docs" / "reference").rglob("*.md")
-        for identifier in re.findall(r"^:::\s*([\w.]+)\s*$", page.read_text(), re.MULTILINE)
+        for identifier in api_reference._DIRECTIVE.findall(page.read_text())
     ]
     assert api_reference.missing_pages(packages, directives) == []
 

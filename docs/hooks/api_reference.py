@@ -1,7 +1,8 @@
 """mkdocs hook: the API reference's summary tables, and a build that fails on undocumented names.
 
 Registered under ``hooks:`` in ``mkdocs.yml``. It reads the packages' sources with griffe,
-as mkdocstrings does, and imports none of them (the docs environment has no torch).
+as mkdocstrings does, and imports none of them (the docs environment has no torch); the
+load is shared with ``external_links`` through ``api_packages``.
 
 - A package's overview page asks for its summary with a marker comment on a line of its
   own, ``<!-- api-summary: gossip_comm -->``. The marker becomes a table of every name in
@@ -31,124 +32,32 @@ only griffe installed.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import griffe
 
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+from api_packages import build_packages, exports, public_modules  # noqa: E402
+
 __all__ = [
-    "PackageSource",
-    "exports",
-    "find_packages",
-    "load_packages",
     "member_aliases",
     "missing_pages",
     "on_config",
     "on_files",
     "on_page_content",
     "on_page_markdown",
-    "public_modules",
     "summary_markdown",
     "undocumented",
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
-"""The repository root: ``packages/*/src`` and ``docs/`` live under it."""
-
 _MARKER = re.compile(r"^<!--\s*api-summary:\s*([\w.]+)\s*-->[ \t]*$", re.MULTILINE)
 _DIRECTIVE = re.compile(r"^:::\s*([\w.]+)\s*$", re.MULTILINE)
 _HTML_ID = re.compile(r'\bid="([A-Za-z_][\w.]*(?:\([\w*]+\))?)"')
-
-
-@dataclass(frozen=True)
-class PackageSource:
-    """One package of the monorepo, as found on disk.
-
-    Attributes:
-        dist: The distribution and directory name, such as ``gossip-comm``; its
-            reference pages live under ``docs/reference/<dist>/``.
-        name: The import name, such as ``gossip_comm``.
-        src: The directory that holds the import package (``packages/<dist>/src``).
-    """
-
-    dist: str
-    name: str
-    src: Path
-
-
-def find_packages(root: Path = ROOT) -> list[PackageSource]:
-    """Every package under ``root/packages``: those with ``src/<name>/__init__.py``.
-
-    Args:
-        root: The repository root.
-
-    Returns:
-        The packages, sorted by distribution name.
-    """
-    return [
-        PackageSource(dist=init.parents[2].name, name=init.parent.name, src=init.parents[1])
-        for init in sorted(root.glob("packages/*/src/*/__init__.py"))
-    ]
-
-
-def load_packages(sources: Iterable[PackageSource]) -> dict[str, griffe.Module]:
-    """Load packages with griffe, statically, and resolve the aliases between them.
-
-    Args:
-        sources: The packages to load.
-
-    Returns:
-        Each package's griffe module, by import name.
-    """
-    sources = list(sources)
-    loader = griffe.GriffeLoader(
-        search_paths=[str(s.src) for s in sources], docstring_parser=griffe.Parser.google
-    )
-    modules = {s.name: loader.load(s.name) for s in sources}
-    loader.resolve_aliases(implicit=False, external=False)
-    return {name: module for name, module in modules.items() if isinstance(module, griffe.Module)}
-
-
-def public_modules(package: griffe.Module) -> Iterator[griffe.Module]:
-    """``package`` and its submodules whose names do not start with an underscore.
-
-    Args:
-        package: A package loaded by ``load_packages``.
-
-    Yields:
-        The package itself, then its public submodules, depth first, sorted by name.
-    """
-    yield package
-    for name, module in sorted(package.modules.items()):
-        if not name.startswith("_"):
-            yield from public_modules(module)
-
-
-def _target(obj: griffe.Object | griffe.Alias) -> griffe.Object | None:
-    """What an export refers to, or ``None`` when it cannot be found in the packages."""
-    if not obj.is_alias:
-        return obj  # type: ignore[return-value]
-    try:
-        return obj.final_target  # type: ignore[union-attr]
-    except (griffe.AliasResolutionError, griffe.CyclicAliasError):
-        return None
-
-
-def exports(module: griffe.Module) -> Iterator[tuple[str, griffe.Object | None]]:
-    """Each name in ``module.__all__`` and the object it refers to, aliases followed.
-
-    Args:
-        module: A module loaded by ``load_packages``.
-
-    Yields:
-        ``(name, object)``; the object is ``None`` when the name is not defined in the
-        module or refers to something outside the loaded packages.
-    """
-    for name in module.exports or ():
-        member = module.members.get(str(name))
-        yield str(name), None if member is None else _target(member)
 
 
 def _has_docstring(obj: griffe.Object | griffe.Alias) -> bool:
@@ -176,18 +85,14 @@ def _bases(cls: griffe.Class) -> list[griffe.Class]:
         return []
 
 
-def _member_documented(cls: griffe.Class, name: str, member: griffe.Object) -> bool:
-    if _has_docstring(member):
-        return True
-    if member.is_attribute and name in _documented_attributes(cls):
-        return True
-    for base in _bases(cls):
-        inherited = base.members.get(name)
-        if inherited is None or inherited.is_alias:
+def _member_documented(cls: griffe.Class, name: str) -> bool:
+    for owner in (cls, *_bases(cls)):
+        member = owner.members.get(name)
+        if member is None or member.is_alias:
             continue
-        if _has_docstring(inherited):
+        if _has_docstring(member):
             return True
-        if inherited.is_attribute and name in _documented_attributes(base):
+        if member.is_attribute and name in _documented_attributes(owner):
             return True
     return False
 
@@ -196,7 +101,7 @@ def _class_problems(cls: griffe.Class, path: str) -> Iterator[str]:
     for name, member in cls.members.items():
         if name.startswith("_") or member.is_alias:
             continue
-        if not _member_documented(cls, name, member):  # type: ignore[arg-type]
+        if not _member_documented(cls, name):
             yield f"{path}.{name}"
 
 
@@ -208,7 +113,7 @@ def undocumented(packages: Iterable[griffe.Module]) -> list[str]:
     ``__all__`` before a module's).
 
     Args:
-        packages: Packages loaded by ``load_packages``.
+        packages: Packages loaded by ``api_packages.load_packages``.
 
     Returns:
         One line per problem, such as ``gossip_comm.WIRE_DTYPES`` or
@@ -240,7 +145,7 @@ def missing_pages(packages: Iterable[griffe.Module], directives: Iterable[str]) 
     """Public modules that no reference page renders with ``::: module``.
 
     Args:
-        packages: Packages loaded by ``load_packages``.
+        packages: Packages loaded by ``api_packages.load_packages``.
         directives: The identifiers of every ``:::`` block on the reference pages.
 
     Returns:
@@ -263,7 +168,7 @@ def member_aliases(packages: Iterable[griffe.Module]) -> dict[str, list[str]]:
     ``on_page_content`` registers those member paths with autorefs from this map.
 
     Args:
-        packages: Packages loaded by ``load_packages``.
+        packages: Packages loaded by ``api_packages.load_packages``.
 
     Returns:
         For each class reached through an export under another path, its canonical path
@@ -322,7 +227,7 @@ def summary_markdown(package: griffe.Module) -> str:
     the table, so the overview documents them.
 
     Args:
-        package: A package loaded by ``load_packages``.
+        package: A package loaded by ``api_packages.load_packages``.
 
     Returns:
         The table, then a section for the names documented on the overview, if any.
@@ -357,8 +262,8 @@ _STATE: dict[str, Any] = {}
 
 
 def on_config(config: Any) -> None:
-    """mkdocs event: load the packages, once per build."""
-    _STATE["packages"] = load_packages(find_packages())
+    """mkdocs event: load the packages (``api_packages.build_packages``) and their aliases."""
+    _STATE["packages"] = build_packages(config)
     _STATE["aliases"] = member_aliases(_STATE["packages"].values())
 
 

@@ -60,6 +60,4 @@ def changelog_markdown(root: Path = _ROOT) -> str:
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     """Replace the changelog marker with the generated changelog."""
-    if not _MARKER.search(markdown):
-        return markdown
     return _MARKER.sub(lambda _m: changelog_markdown(), markdown)

@@ -39,7 +39,7 @@ import griffe
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
-from api_reference import exports, find_packages, load_packages, public_modules  # noqa: E402
+from api_packages import build_packages, exports, public_modules  # noqa: E402
 
 __all__ = ["EXTERNAL_URLS", "external_names", "missing_urls", "on_config", "on_env"]
 
@@ -165,7 +165,7 @@ def external_names(packages: Iterable[griffe.Module], *, values: bool = False) -
     return values and attributes), base classes and ``Raises:`` sections.
 
     Args:
-        packages: Packages loaded by ``api_reference.load_packages``.
+        packages: Packages loaded by ``api_packages.load_packages``.
         values: Also collect the names in default values and attribute values
             (``field(...)``, ``torch.bfloat16``). They link when ``EXTERNAL_URLS`` has
             them, but need not.
@@ -191,7 +191,7 @@ def missing_urls(packages: Iterable[griffe.Module]) -> list[str]:
     """External names the reference uses that ``EXTERNAL_URLS`` has no URL for.
 
     Args:
-        packages: Packages loaded by ``api_reference.load_packages``.
+        packages: Packages loaded by ``api_packages.load_packages``.
 
     Returns:
         The names, sorted.
@@ -207,7 +207,7 @@ def on_config(config: Any) -> None:
     """
     from mkdocs.exceptions import PluginError
 
-    missing = missing_urls(load_packages(find_packages()).values())
+    missing = missing_urls(build_packages(config).values())
     if missing:
         raise PluginError(
             "external_links: no documentation URL for "
