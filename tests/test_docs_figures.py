@@ -26,6 +26,11 @@ NOT_MEASURED = {
     "README.md": {"1811.10792": "the paper's arXiv id"},
     "docs/index.md": {"1811.10792": "the paper's arXiv id"},
     "docs/guides/from-2019.md": {"1811.10792": "the paper's arXiv id"},
+    "docs/concepts/compression.md": {
+        "1902.00340": "CHOCO-SGD's arXiv id",
+        "1905.13727": "PowerSGD's arXiv id",
+        "2008.01425": "PowerGossip's arXiv id",
+    },
     "docs/benchmarks.md": {
         "0.9": "the link self-check's pass threshold (a fraction of the rate)",
         "25.6": "ResNet-50's parameter count in millions (the buffer the mix benchmark sends)",

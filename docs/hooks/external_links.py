@@ -84,11 +84,14 @@ EXTERNAL_URLS: dict[str, str] = {
     # NumPy
     "numpy": f"{_NUMPY}reference/index.html",
     "numpy.float64": f"{_NUMPY}reference/arrays.scalars.html#numpy.float64",
+    "numpy.random": f"{_NUMPY}reference/random/index.html",
+    "numpy.random.Generator": f"{_NUMPY}reference/random/generator.html#numpy.random.Generator",
     "numpy.typing.ArrayLike": f"{_NUMPY}reference/typing.html#numpy.typing.ArrayLike",
     "numpy.typing.NDArray": f"{_NUMPY}reference/typing.html#numpy.typing.NDArray",
     # PyTorch
     "torch": f"{_TORCH}torch.html",
     "torch.Tensor": f"{_TORCH}tensors.html#torch.Tensor",
+    "torch.Size": f"{_TORCH}size.html#torch.Size",
     "torch.device": f"{_TORCH}tensor_attributes.html#torch.device",
     "torch.dtype": f"{_TORCH}tensor_attributes.html#torch.dtype",
     "torch.bfloat16": f"{_TORCH}tensor_attributes.html#torch.dtype",

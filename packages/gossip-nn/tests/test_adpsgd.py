@@ -15,11 +15,13 @@ from gossip_nn import make_data_parallel
 from nn_oracles import loss, model, problem
 
 
-def _train(rank: int, n: int, lr: float, steps: int, jitter: bool) -> Any:
+def _train(
+    rank: int, n: int, lr: float, steps: int, jitter: bool, compression: str | None = None
+) -> Any:
     X, y, theta0 = problem(n)
     net = model(theta0)
     opt = torch.optim.SGD(net.parameters(), lr=lr)
-    dp = make_data_parallel("adpsgd", net, opt)
+    dp = make_data_parallel("adpsgd", net, opt, compression=compression)
     if lr == 0:
         with torch.no_grad():
             net.weight.add_(float(rank))
@@ -37,9 +39,10 @@ def _train(rank: int, n: int, lr: float, steps: int, jitter: bool) -> Any:
     return start, updates, net.weight.detach()[0].clone().numpy(), dp.is_passive
 
 
-def test_exchanges_conserve_the_sum_of_models() -> None:
+@pytest.mark.parametrize("compression", [None, "topk:0.5"])
+def test_exchanges_conserve_the_sum_of_models(compression: str | None) -> None:
     n = 4
-    res = run_distributed(_train, n, (0.05, 12, True))
+    res = run_distributed(_train, n, (0.05, 12, True, compression))
     start = sum(r[0] for r in res)
     updates = sum(r[1] for r in res)
     final = sum(r[2] for r in res)
@@ -47,9 +50,10 @@ def test_exchanges_conserve_the_sum_of_models() -> None:
     assert sorted(r[3] for r in res) == [False, False, True, True]
 
 
-def test_zero_learning_rate_moves_towards_consensus() -> None:
+@pytest.mark.parametrize("compression", [None, "int8"])
+def test_zero_learning_rate_moves_towards_consensus(compression: str | None) -> None:
     n = 4
-    res = run_distributed(_train, n, (0.0, 20, False))
+    res = run_distributed(_train, n, (0.0, 20, False, compression))
     start = np.stack([r[0] for r in res])
     final = np.stack([r[2] for r in res])
     np.testing.assert_allclose(final.sum(0), start.sum(0), rtol=1e-12, atol=1e-12)

@@ -17,11 +17,21 @@ from nn_oracles import loss, model, problem, topology
 STEPS = 5
 
 
-def _run(rank: int, n: int, algorithm: str, name: str, ckpt: str, mode: str) -> Any:
+def _run(
+    rank: int,
+    n: int,
+    algorithm: str,
+    name: str,
+    ckpt: str,
+    mode: str,
+    compression: str | None = None,
+) -> Any:
     X, y, theta0 = problem(n)
     net = model(theta0)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    extra = {"synch_freq": 1} if algorithm == "osgp" else {}
+    extra: dict[str, Any] = {"synch_freq": 1} if algorithm == "osgp" else {}
+    if compression is not None:
+        extra["compression"] = compression
     dp = make_data_parallel(algorithm, net, opt, topology=topology(name, n), **extra)
 
     def train(steps: int) -> list[np.ndarray]:
@@ -52,21 +62,31 @@ def _run(rank: int, n: int, algorithm: str, name: str, ckpt: str, mode: str) -> 
 
 @pytest.mark.parametrize(
     # AR's checkpoint is DDP's module state; sgp-imagenet's preemption test resumes it
-    ("algorithm", "name"),
-    [("sgp", "star"), ("osgp", "ring"), ("dpsgd", "ring")],
+    ("algorithm", "name", "compression"),
+    [
+        ("sgp", "star", None),
+        ("osgp", "ring", None),
+        ("dpsgd", "ring", None),
+        # public copies, the stochastic rounding's generators and OSGP's compressed
+        # rounds in flight are in the checkpoint too
+        ("sgp", "star", "int8:stochastic"),
+        ("osgp", "ring", "topk:0.5"),
+    ],
 )
 @pytest.mark.slow
-def test_restored_run_continues_bit_for_bit(algorithm: str, name: str, tmp_path: Path) -> None:
+def test_restored_run_continues_bit_for_bit(
+    algorithm: str, name: str, compression: str | None, tmp_path: Path
+) -> None:
     n = 3 if name == "star" else 4
     # a run that never saves: the saving run must equal it (OSGP saves its rounds in
     # flight instead of folding them early); the other algorithms have nothing in flight
     plain = (
-        run_distributed(_run, n, (algorithm, name, str(tmp_path), "plain"))
+        run_distributed(_run, n, (algorithm, name, str(tmp_path), "plain", compression))
         if algorithm == "osgp"
         else None
     )
-    first = run_distributed(_run, n, (algorithm, name, str(tmp_path), "save"))
-    again = run_distributed(_run, n, (algorithm, name, str(tmp_path), "load"))
+    first = run_distributed(_run, n, (algorithm, name, str(tmp_path), "save", compression))
+    again = run_distributed(_run, n, (algorithm, name, str(tmp_path), "load", compression))
     for r in range(n):
         if plain is not None:
             np.testing.assert_array_equal(np.array(plain[r][0]), np.array(first[r][0]))

@@ -88,3 +88,26 @@ def test_doubly_stochastic_check_accepts_what_theory_promises() -> None:
     check_doubly_stochastic(Torus2D(9), MetropolisHastings())
     with pytest.raises(ValueError, match="D-PSGD needs a doubly-stochastic"):
         check_doubly_stochastic(Star(5), owner="D-PSGD")
+
+
+@pytest.mark.parametrize(
+    ("topo", "mixing"),
+    [
+        (Star(5), None),
+        (make_topology("npeer-dynamic-directed-exponential", 8, 2), None),
+        (Torus2D(9), MetropolisHastings()),
+    ],
+)
+def test_out_weights_are_the_column_of_w_for_the_out_peers(topo, mixing) -> None:  # type: ignore[no-untyped-def]
+    for rank in range(topo.world_size):
+        sched = RankSchedule(topo, mixing, rank=rank)
+        for step in range(sched.period):
+            W = mixing_matrix(topo, step, mixing)
+            info = sched[step]
+            assert info.out_weights == tuple(W[j, rank] for j in info.out_peers)
+
+
+def test_rank_step_still_builds_positionally_without_out_weights() -> None:
+    from gossip_topology import RankStep
+
+    assert RankStep((1,), (2,), 0.5, (0.5,)).out_weights == ()

@@ -75,10 +75,11 @@ def test_two_ranks_learn_real_jpegs_and_write_their_outputs(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_four_ranks_osgp_on_digits(tmp_path: Path) -> None:
+    # with low-rank compressed messages: the layout comes from the CNN's parameters
     out, _ = _train(
         tmp_path, 4, "--algorithm", "osgp", "--synch-freq", "1", "--dataset", "digits",
         "--batch-size", "16", "--max-iters-per-epoch", "6", "--epochs", "1",
-        "--deterministic",
+        "--deterministic", "--compression", "lowrank:2",
     )  # fmt: skip
     summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
     assert summary["world_size"] == 4 and len(summary["epochs"]) == 1
@@ -98,6 +99,20 @@ def test_four_ranks_osgp_on_digits(tmp_path: Path) -> None:
         (["train", "--data", "/nonexistent/imagenet"], "/nonexistent/imagenet"),
         (["train", "--dataset", "digits", "--resume", "/nonexistent/ckpt.pt"], "--resume"),
         (["train", "--dataset", "digits", "--lr-schedule", "30-0.1"], "--lr-schedule"),
+        (["train", "--dataset", "digits", "--compression", "top5"], "--compression/"),
+        (
+            ["train", "--dataset", "digits", "--compression", "topk:2"],
+            "fraction must be a number in (0, 1]",
+        ),
+        (
+            ["train", "--dataset", "digits", "--algorithm", "ar", "--compression", "int8"],
+            "--compression applies to the gossip algorithms, not --algorithm ar",
+        ),
+        (
+            ["train", "--dataset", "digits", "--compression", "int8", "--wire-dtype", "bf16"],
+            "--wire-dtype and --compression",
+        ),
+        (["train", "--dataset", "digits", "--consensus-step", "0.5"], "only applies with"),
     ],
 )
 def test_bad_input_exits_2_naming_the_flag(

@@ -13,6 +13,16 @@ from gossip_comm._backend import comm_device_for, resolve_group
 from gossip_comm.async_bilateral import AsyncBilateral
 from gossip_comm.average import gossip_average
 from gossip_comm.bilateral import BilateralPushPull
+from gossip_comm.compression import (
+    COMPRESSION_SPECS,
+    Cast,
+    Compressor,
+    Int8,
+    LowRank,
+    MessageSpec,
+    TopK,
+    make_compressor,
+)
 from gossip_comm.config import DEFAULT_CHUNK_BYTES, WIRE_DTYPES, GossipConfig
 from gossip_comm.errors import (
     GossipError,
@@ -34,10 +44,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "COMPRESSION_SPECS",
     "DEFAULT_CHUNK_BYTES",
     "WIRE_DTYPES",
     "AsyncBilateral",
     "BilateralPushPull",
+    "Cast",
+    "Compressor",
     "FlatBuffer",
     "GossipConfig",
     "GossipError",
@@ -45,13 +58,18 @@ __all__ = [
     "GossipPeerError",
     "GossipTimeoutError",
     "Gossiper",
+    "Int8",
+    "LowRank",
+    "MessageSpec",
     "NonFiniteError",
     "OverlapRound",
     "PeerLostError",
     "PushPull",
     "PushSum",
+    "TopK",
     "__version__",
     "comm_device_for",
     "gossip_average",
+    "make_compressor",
     "resolve_group",
 ]

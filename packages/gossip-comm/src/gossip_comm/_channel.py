@@ -8,6 +8,7 @@ different protocols share them without sharing an engine.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,9 +70,16 @@ class Channel:
 
 
 def open_channel(
-    topology: Topology, like: torch.Tensor, config: GossipConfig, *, owner: str
+    topology: Topology,
+    like: torch.Tensor,
+    config: GossipConfig,
+    *,
+    owner: str,
+    extra: Sequence[tuple[str, int]] = (),
 ) -> Channel:
     """Validate a gossiper's arguments and agree on them across ranks (one ``all_gather``).
+
+    ``extra`` adds ``(name, value)`` pairs that every rank must also agree on.
 
     Raises:
         TypeError: If ``topology`` or ``like`` has the wrong type.
@@ -102,7 +110,7 @@ def open_channel(
         check_finite=config.check_finite,
         chunk_numel=chunk_numel_for(config.chunk_bytes, device, wire_dtype, like.numel()),
     )
-    agree_across_ranks(channel, topology)
+    agree_across_ranks(channel, topology, extra)
     return channel
 
 
@@ -124,7 +132,9 @@ def chunk_numel_for(
     return 0 if elems >= numel else elems
 
 
-def agree_across_ranks(channel: Channel, topology: Topology) -> None:
+def agree_across_ranks(
+    channel: Channel, topology: Topology, extra: Sequence[tuple[str, int]] = ()
+) -> None:
     """Raise on every rank unless all ranks gossip the same buffer over the same topology.
 
     Raises:
@@ -138,6 +148,7 @@ def agree_across_ranks(channel: Channel, topology: Topology) -> None:
         topology.period,
         _DTYPE_CODES[channel.wire_dtype],
         channel.chunk_numel,
+        *(value for _, value in extra),
     ]
     local = torch.tensor(mine, dtype=torch.int64, device=channel.device)
     gathered = [torch.empty_like(local) for _ in range(channel.size)]
@@ -156,6 +167,7 @@ def agree_across_ranks(channel: Channel, topology: Topology) -> None:
         "period",
         "wire dtype",
         "chunk size (elements)",
+        *(name for name, _ in extra),
     ]
     for field, name in enumerate(names):
         values = {r: row[field] for r, row in enumerate(table)}

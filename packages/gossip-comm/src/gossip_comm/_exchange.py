@@ -40,6 +40,15 @@ class InFlight:
     staging: torch.Tensor | None  # host copy of a CUDA tensor gossiped over gloo
     wire: torch.Tensor | None  # the buffer cast to the wire dtype
 
+    @property
+    def kept_weight(self) -> float:
+        """``W[rank, rank]``: the share of its value and weight the sender keeps."""
+        return self.info.self_weight
+
+    def keep(self, snapshot: torch.Tensor, out: torch.Tensor) -> None:
+        """Overlap mode: ``out <- W[rank, rank] * snapshot``, what the sender keeps."""
+        torch.mul(snapshot, self.info.self_weight, out=out)
+
 
 class ExchangeEngine:
     """Validated state and buffers for gossiping one tensor shape over one process group.

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import math
 import threading
+import zlib
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -38,7 +41,9 @@ from gossip_comm._channel import (
     checked_step,
     open_channel,
 )
+from gossip_comm._pair_codec import PairCodec
 from gossip_comm._transport import Message, post
+from gossip_comm.compression import MessageSpec
 from gossip_comm.config import GossipConfig
 from gossip_comm.errors import GossipError, GossipPeerError
 from gossip_comm.handle import GossipHandle
@@ -52,13 +57,14 @@ _HEADER, _DATA = 1, 0
 class _Active:
     """An active rank's part: ask partners in schedule order; at the end, say goodbye."""
 
-    def __init__(self, channel: Channel, topology: Topology) -> None:
-        self.channel, self.topology = channel, topology
+    def __init__(self, channel: Channel, topology: Topology, codec: PairCodec | None) -> None:
+        self.channel, self.topology, self.codec = channel, topology, codec
         rank = channel.rank
         self.partners = sorted(
             {p for t in range(topology.period) for p in topology.out_peers(rank, t)}
         )
         self.step = 0
+        self.bytes_sent = 0
         self._replies: list[torch.Tensor] = []
         self._worker = Worker(f"gossip-adpsgd{rank}")
 
@@ -72,6 +78,10 @@ class _Active:
         else:
             host = snapshot.detach().reshape(-1).to("cpu", copy=True)
         header = torch.tensor([ch.rank, 1], dtype=torch.int64)
+        self.bytes_sent += header.nbytes
+        if self.codec is not None:
+            return self._request_compressed(snapshot, host, header, peer, step)
+        self.bytes_sent += host.nbytes
         # reply buffers are reused: a fresh 100 MB buffer per request costs page faults
         reply = self._replies.pop() if self._replies else torch.empty_like(host)
         pending = post(
@@ -90,6 +100,40 @@ class _Active:
                     check_finite(reply[sl], rank=ch.rank, peer=peer, step=step)
                 host[sl].lerp_(reply[sl], 0.5)
             self._replies.append(reply)
+            if host.data_ptr() != snapshot.data_ptr():
+                snapshot.copy_(host.view(snapshot.shape))
+            return snapshot
+
+        return GossipHandle(future=self._worker.submit(finish))
+
+    def _request_compressed(
+        self,
+        snapshot: torch.Tensor,
+        host: torch.Tensor,
+        header: torch.Tensor,
+        peer: int,
+        step: int,
+    ) -> GossipHandle[torch.Tensor]:
+        ch, codec = self.channel, self.codec
+        assert codec is not None
+        payload = codec.encode(peer, host)
+        self.bytes_sent += sum(t.nbytes for t in payload)
+        reply = codec.empty()
+        messages = [Message(peer, header, True)]
+        messages += [Message(peer, t, True) for t in payload]
+        messages += [Message(peer, t, False) for t in reply]
+        pending = post(
+            messages, ch.group, ch.rank, step, tags=[_HEADER] + [_DATA] * (len(messages) - 1)
+        )
+
+        def finish() -> torch.Tensor:
+            pending.wait(ch.timeout)
+            if ch.check_finite:
+                for t in reply:
+                    if t.is_floating_point():
+                        check_finite(t, rank=ch.rank, peer=peer, step=step)
+            codec.receive(peer, reply)
+            codec.move(peer, host)
             if host.data_ptr() != snapshot.data_ptr():
                 snapshot.copy_(host.view(snapshot.shape))
             return snapshot
@@ -117,13 +161,14 @@ class _Active:
 class _Passive:
     """A passive rank's part: a responder thread answers whoever asks first."""
 
-    def __init__(self, channel: Channel, topology: Topology) -> None:
-        self.channel = channel
+    def __init__(self, channel: Channel, topology: Topology, codec: PairCodec | None) -> None:
+        self.channel, self.codec = channel, codec
         rank = channel.rank
         self.partners = sorted(
             {a for t in range(topology.period) for a in topology.in_peers(rank, t)}
         )
         self.served = 0
+        self.bytes_sent = 0
         self.lock = threading.Lock()
         self._worker = Worker(f"gossip-adpsgd-responder{rank}")
         self._responder: Future[None] | None = None
@@ -133,7 +178,8 @@ class _Passive:
             raise RuntimeError("serve() was already called")
         if shared.device.type != "cpu" or not shared.is_contiguous():
             raise ValueError("shared must be a contiguous CPU tensor")
-        self._responder = self._worker.submit(lambda: self._loop(shared.view(-1)))
+        loop = self._loop if self.codec is None else self._loop_compressed
+        self._responder = self._worker.submit(lambda: loop(shared.view(-1)))
 
     def _loop(self, flat: torch.Tensor) -> None:
         ch = self.channel
@@ -174,6 +220,52 @@ class _Passive:
                         flat[sl].add_(diff, alpha=0.5)
                 with self.lock:
                     self.served += 1
+                    self.bytes_sent += reply.nbytes
+        except GossipPeerError:
+            raise
+        except Exception as exc:  # name who and when, whatever went wrong
+            raise GossipPeerError(
+                f"rank {ch.rank}: the AD-PSGD responder failed serving rank {active} at "
+                f"exchange {self.served}: {exc}",
+                rank=ch.rank,
+                peer=active,
+                step=self.served,
+            ) from exc
+
+    def _loop_compressed(self, flat: torch.Tensor) -> None:
+        """As ``_loop``, with compressed differences both ways (see ``PairCodec``)."""
+        ch, codec = self.channel, self.codec
+        assert codec is not None
+        remaining = len(self.partners)
+        header = torch.empty(2, dtype=torch.int64)
+        incoming = codec.empty()
+        active = -1
+        try:
+            while remaining:
+                work = dist.irecv(header, group=ch.group, tag=_HEADER)  # from any active
+                assert work is not None
+                work.wait()
+                active, kind = int(header[0]), int(header[1])
+                if kind == 0:
+                    remaining -= 1
+                    continue
+                with self.lock:
+                    reply = codec.encode(active, flat)
+                messages = [Message(active, t, False) for t in incoming]
+                messages += [Message(active, t, True) for t in reply]
+                pending = post(
+                    messages, ch.group, ch.rank, self.served, tags=[_DATA] * len(messages)
+                )
+                pending.wait(ch.timeout)
+                if ch.check_finite:
+                    for t in incoming:
+                        if t.is_floating_point():
+                            check_finite(t, rank=ch.rank, peer=active, step=self.served)
+                codec.receive(active, incoming)
+                with self.lock:
+                    codec.move(active, flat)
+                    self.served += 1
+                    self.bytes_sent += sum(t.nbytes for t in reply)
         except GossipPeerError:
             raise
         except Exception as exc:  # name who and when, whatever went wrong
@@ -211,9 +303,16 @@ class AsyncBilateral:
     Args:
         topology: Bipartite, ``peers_per_itr == 1``; actives pick partners from it.
         like: A tensor with the shape and dtype to average (any device).
-        config: ``process_group``, ``timeout`` (how long an active waits for a reply)
-            and ``check_finite`` apply; messages travel in ``like``'s dtype on CPU, so
-            ``mixing``, ``wire_dtype`` and ``comm_device`` must stay unset.
+        config: ``process_group``, ``timeout`` (how long an active waits for a reply),
+            ``check_finite``, ``compression`` and ``consensus_step`` apply; messages
+            travel in ``like``'s dtype on CPU, so ``mixing``, ``wire_dtype`` and
+            ``comm_device`` must stay unset. With ``compression`` each exchange sends
+            compressed differences from per-partner public copies both ways, and each
+            end moves by ``consensus_step / 2`` times the difference of its copies, so
+            the pair's sum is conserved exactly whatever the compressor.
+        layout: With compression, the shapes ``like`` concatenates (see
+            [`PushSum`][gossip_comm.PushSum]).
+        reference: With compression, the common starting value of the public copies.
 
     Attributes:
         rank: This rank, in ``config.process_group``.
@@ -233,6 +332,8 @@ class AsyncBilateral:
         like: torch.Tensor,
         *,
         config: GossipConfig | None = None,
+        layout: Sequence[torch.Size] | None = None,
+        reference: torch.Tensor | None = None,
     ) -> None:
         config = GossipConfig() if config is None else config
         check_pairwise(
@@ -246,6 +347,25 @@ class AsyncBilateral:
         gossip_group = dist.new_group([to_global_rank(group, r) for r in range(n)], backend="gloo")
         assert isinstance(gossip_group, ProcessGroup)  # every rank is a member
         cpu_like = torch.empty(like.shape, dtype=like.dtype)
+        compressor = config.compressor
+        if compressor is None and (layout is not None or reference is not None):
+            raise ValueError("AsyncBilateral: layout and reference only apply with compression")
+        shapes = tuple(torch.Size(s) for s in layout) if layout is not None else (like.shape,)
+        ref = None
+        if reference is not None:
+            if not isinstance(reference, torch.Tensor) or reference.numel() != like.numel():
+                raise ValueError(
+                    f"AsyncBilateral: reference must be a tensor of {like.numel()} elements"
+                )
+            ref = reference.detach().reshape(-1).to("cpu", like.dtype, copy=True)
+        extra = []
+        if compressor is not None:
+            extra = [
+                ("compressor", zlib.crc32(repr(compressor).encode())),
+                ("consensus step (x 1e9)", round(config.gamma * 1e9)),
+                ("layout", zlib.crc32(repr(shapes).encode())),
+                ("reference", 0 if ref is None else zlib.crc32(ref.numpy().tobytes())),
+            ]
         channel = open_channel(
             topology,
             cpu_like,
@@ -255,13 +375,23 @@ class AsyncBilateral:
                 check_finite=config.check_finite,
             ),
             owner="AsyncBilateral",
+            extra=extra,
         )
+        self._codec = None
+        if compressor is not None:
+            spec = MessageSpec(
+                numel=channel.numel, dtype=channel.dtype, device=channel.device, layout=shapes
+            )
+            compressor.payload_like(spec)  # a layout that does not fit raises here
+            self._codec = PairCodec(compressor, config.gamma, spec, channel.rank, ref)
         self.rank = group_rank(group)
         self.topology = topology
         self.timeout = channel.timeout
         self.is_passive = topology.is_passive(self.rank)
         self._role: _Active | _Passive = (
-            _Passive(channel, topology) if self.is_passive else _Active(channel, topology)
+            _Passive(channel, topology, self._codec)
+            if self.is_passive
+            else _Active(channel, topology, self._codec)
         )
         self._finished = False
 
@@ -280,17 +410,37 @@ class AsyncBilateral:
         """Requests answered so far (passives); 0 on active ranks."""
         return self._role.served if isinstance(self._role, _Passive) else 0
 
-    def state_dict(self) -> dict[str, int]:
-        """The request counter (an active's position in its schedule)."""
-        return {"step": self.step}
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this rank has sent so far: requests and headers, or replies."""
+        return self._role.bytes_sent
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore the request counter (passives have none to restore).
+    def state_dict(self) -> dict[str, Any]:
+        """The request counter (an active's position in its schedule); with compression
+        also the public copies, taken under the responder's lock.
+
+        Take it with no exchange in flight (after ``finish``, or when the wrapper has
+        settled every exchange), so that both ends of every pair save matching copies.
+        """
+        state: dict[str, Any] = {"step": self.step}
+        if self._codec is not None:
+            lock = self._role.lock if isinstance(self._role, _Passive) else threading.Lock()
+            with lock:
+                state.update(self._codec.state_dict())
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the request counter (passives have none) and any public copies.
 
         Raises:
-            ValueError: If ``state["step"]`` is not an int >= 0.
+            ValueError: If ``state["step"]`` is not an int >= 0, or the state was saved
+                without the compression this rank uses.
         """
-        step = checked_step(state)
+        step = checked_step(dict(state))
+        if self._codec is not None:
+            lock = self._role.lock if isinstance(self._role, _Passive) else threading.Lock()
+            with lock:
+                self._codec.load_state_dict(state, "AsyncBilateral")
         if isinstance(self._role, _Active):
             self._role.step = step
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.distributed import ProcessGroup
 
+from gossip_comm.compression import Compressor, make_compressor
 from gossip_topology import Mixing
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "WIRE_DTYPES", "GossipConfig"]
@@ -31,7 +32,7 @@ page): within a few percent of the best size at 1 Gbit/s and the best of those t
 
 @dataclass(frozen=True, kw_only=True)
 class GossipConfig:
-    """Options shared by every gossiper; build it with keywords and pass it as ``config=``.
+    r"""Options shared by every gossiper; build it with keywords and pass it as ``config=``.
 
     Attributes:
         mixing: Mixing rule; ``UniformMixing()`` when ``None``.
@@ -50,12 +51,23 @@ class GossipConfig:
             pair of ranks that send to each other get the line rate both ways. ``None``
             picks the backend's default: ``DEFAULT_CHUNK_BYTES`` on gloo, one message on
             NCCL; ``0`` never splits. Every rank must use the same value.
+        compression: Send compressed differences instead of the value: a
+            [`Compressor`][gossip_comm.Compressor] or a spec string such as ``"int8"``,
+            ``"topk:0.01"`` or ``"lowrank:2"`` (see
+            [`make_compressor`][gossip_comm.make_compressor]). Each rank then keeps a
+            public copy per edge and the network's sum is conserved exactly whatever
+            the compressor. ``None`` sends the value itself.
+        consensus_step: With ``compression``, the consensus step size $\gamma$ in (0, 1]:
+            each step mixes with ``(1 - gamma) I + gamma W``. ``None`` takes the
+            compressor's ``default_consensus_step``.
 
     Raises:
         TypeError: If ``mixing`` is not a ``gossip_topology.Mixing`` or ``check_finite``
             is not a bool.
         ValueError: If ``timeout`` is not a positive number, ``wire_dtype`` is not one
-            of ``WIRE_DTYPES`` or ``chunk_bytes`` is negative.
+            of ``WIRE_DTYPES``, ``chunk_bytes`` is negative, ``compression`` is not a known
+            spec, ``consensus_step`` is outside (0, 1] or set without ``compression``, or
+            ``wire_dtype`` and ``compression`` are both set.
 
     Example:
         ```python
@@ -71,6 +83,21 @@ class GossipConfig:
     timeout: float = 300.0
     check_finite: bool = False
     chunk_bytes: int | None = None
+    compression: Compressor | str | None = None
+    consensus_step: float | None = None
+
+    @property
+    def compressor(self) -> Compressor | None:
+        """``compression`` as a [`Compressor`][gossip_comm.Compressor] (``None``: none)."""
+        return None if self.compression is None else make_compressor(self.compression)
+
+    @property
+    def gamma(self) -> float:
+        """The consensus step in use: ``consensus_step``, the compressor's default, or 1."""
+        if self.consensus_step is not None:
+            return float(self.consensus_step)
+        compressor = self.compressor
+        return 1.0 if compressor is None else float(compressor.default_consensus_step)
 
     def __post_init__(self) -> None:
         if self.mixing is not None and not isinstance(self.mixing, Mixing):
@@ -102,3 +129,23 @@ class GossipConfig:
                 "chunk_bytes must be None (the backend's default), 0 (never split) or a "
                 f"positive int; got {self.chunk_bytes!r}"
             )
+        if self.compression is not None:
+            make_compressor(self.compression)  # raises on an unknown spec
+            if self.wire_dtype is not None:
+                raise ValueError(
+                    "wire_dtype and compression are both set; pick one (compression='bf16' "
+                    "or 'fp16' sends 16-bit differences and keeps the sum exact)"
+                )
+        if self.consensus_step is not None:
+            step = self.consensus_step
+            if (
+                isinstance(step, bool)
+                or not isinstance(step, int | float)
+                or not 0.0 < float(step) <= 1.0
+            ):
+                raise ValueError(f"consensus_step must be a number in (0, 1]; got {step!r}")
+            if self.compression is None:
+                raise ValueError(
+                    "consensus_step only applies with compression; set compression or leave "
+                    "consensus_step None"
+                )

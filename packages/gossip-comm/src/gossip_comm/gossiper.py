@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -39,12 +40,12 @@ class Gossiper(Protocol):
         """Post one step and return at once; ``wait()`` gives ``(tensor, weight)``."""
         ...
 
-    def state_dict(self) -> dict[str, int]:
-        """The step counter."""
+    def state_dict(self) -> dict[str, Any]:
+        """The step counter (and, with compression, the public copies)."""
         ...
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore the step counter."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict`'s output."""
         ...
 
     def close(self) -> None:

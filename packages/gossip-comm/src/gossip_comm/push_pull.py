@@ -9,9 +9,12 @@ go in one ``batch_isend_irecv``, so no ordering can deadlock, at any world size.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
 
-from gossip_comm._exchange import ExchangeEngine
+from gossip_comm._engines import build_engine
 from gossip_comm.config import GossipConfig
 from gossip_comm.handle import GossipHandle
 from gossip_topology import Topology, check_doubly_stochastic
@@ -30,7 +33,11 @@ class PushPull:
         topology: The graph; with uniform mixing it must be regular.
         like: A tensor with the shape, dtype and device of what will be gossiped.
         config: Mixing rule, process group and communication options; defaults when
-            ``None``.
+            ``None``. With ``config.compression``, each step is CHOCO-SGD's compressed
+            gossip on per-edge public copies (see [`PushSum`][gossip_comm.PushSum]), which
+            keeps the average exact.
+        layout: With compression: the shapes the buffer concatenates (see `PushSum`).
+        reference: With compression: the common starting value of the public copies.
 
     Raises:
         ValueError: If ``W(t)`` is not doubly stochastic at some step, or on any mismatch
@@ -50,11 +57,19 @@ class PushPull:
         like: torch.Tensor,
         *,
         config: GossipConfig | None = None,
+        layout: Sequence[torch.Size] | None = None,
+        reference: torch.Tensor | None = None,
     ) -> None:
         config = GossipConfig() if config is None else config
         check_doubly_stochastic(topology, config.mixing, owner="PushPull")
-        self._engine = ExchangeEngine(
-            topology, like, config=config, carries_weight=False, owner="PushPull"
+        self._engine = build_engine(
+            topology,
+            like,
+            config=config,
+            carries_weight=False,
+            owner="PushPull",
+            layout=layout,
+            reference=reference,
         )
 
     @property
@@ -81,13 +96,17 @@ class PushPull:
         """Post one step; ``handle.wait()`` gives ``(tensor, weight)``, mixed in place."""
         return self._engine.start(tensor, float(weight))
 
-    def state_dict(self) -> dict[str, int]:
-        """The step counter."""
+    def state_dict(self) -> dict[str, Any]:
+        """The step counter; with compression also the public copies and codec states."""
         return self._engine.state_dict()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore the step counter."""
-        self._engine.load_state_dict(state)
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict`'s output.
+
+        Raises:
+            ValueError: If the state does not fit this gossiper.
+        """
+        self._engine.load_state_dict(state)  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Release the background thread used by ``start`` on CPU."""

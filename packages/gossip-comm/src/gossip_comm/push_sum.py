@@ -9,12 +9,14 @@ average (Kempe et al. 2003; Assran et al., ICML 2019,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from gossip_comm._exchange import ExchangeEngine, InFlight
+from gossip_comm._compressed import CompressedEngine, CompressedFlight
+from gossip_comm._engines import build_engine
+from gossip_comm._exchange import InFlight
 from gossip_comm.config import GossipConfig
 from gossip_comm.handle import GossipHandle
 from gossip_topology import Topology
@@ -25,7 +27,7 @@ __all__ = ["OverlapRound", "PushSum"]
 class OverlapRound:
     """One step of overlapped push-sum in flight; see [`PushSum.send`][gossip_comm.PushSum.send]."""
 
-    def __init__(self, flight: InFlight) -> None:
+    def __init__(self, flight: InFlight | CompressedFlight) -> None:
         self._flight = flight
 
     @property
@@ -35,8 +37,21 @@ class OverlapRound:
 
     @property
     def self_weight(self) -> float:
-        """``W[rank, rank]`` at this step: the share of its own value a rank keeps."""
-        return self._flight.info.self_weight
+        """The share of its push-sum weight a rank keeps at this step.
+
+        ``W[rank, rank]``; with compression, ``1 - gamma (1 - W[rank, rank])``.
+        """
+        return self._flight.kept_weight
+
+    def keep(self, snapshot: torch.Tensor, out: torch.Tensor) -> None:
+        """Write into ``out`` the numerator the sender keeps from the ``snapshot`` it sent.
+
+        ``W[rank, rank] * snapshot`` without compression; with it, the snapshot minus the
+        public copies it sends, scaled (already computed by ``send``). Call it right
+        after [`send`][gossip_comm.PushSum.send]; ``out`` may be any tensor of the
+        snapshot's shape.
+        """
+        self._flight.keep(snapshot, out)
 
 
 class PushSum:
@@ -54,10 +69,25 @@ class PushSum:
         always_send_weight: Send the weight even where the graph would keep every
             weight equal. Needed when the weights are already unequal, for example after
             switching from a non-regular graph to a regular one. Every rank must agree.
+        layout: With ``config.compression``: the shapes of the tensors the gossiped
+            buffer concatenates, in order (a model's parameters), for compressors that
+            work per tensor such as [`LowRank`][gossip_comm.LowRank]. Default: the
+            buffer's own shape.
+        reference: With ``config.compression``: a value every rank holds identically,
+            such as the common initial model. Public copies start there, so the first
+            messages carry only what changed since; without it they start at zero.
 
     Raises:
-        ValueError: If ranks disagree on the buffer or topology, or an option is invalid.
+        ValueError: If ranks disagree on the buffer, topology, compression or reference,
+            or an option is invalid.
         RuntimeError: If ``torch.distributed`` is not initialised.
+
+    With ``config.compression`` each message is the compressed difference between the
+    rank's value and the public copy its receiver holds (CHOCO-SGD, Koloskova et al.,
+    ICML 2019, [arXiv:1902.00340](https://arxiv.org/abs/1902.00340), with one public copy
+    per edge so that it works on directed, time-varying graphs): the sums of the
+    numerators and of the weights over the network are conserved exactly whatever the
+    compressor, and the compression error stays with the sender until it is sent.
 
     Example:
         ```python
@@ -77,14 +107,18 @@ class PushSum:
         *,
         config: GossipConfig | None = None,
         always_send_weight: bool = False,
+        layout: Sequence[torch.Size] | None = None,
+        reference: torch.Tensor | None = None,
     ) -> None:
-        self._engine = ExchangeEngine(
+        self._engine = build_engine(
             topology,
             like,
             config=GossipConfig() if config is None else config,
             carries_weight=True,
             owner="PushSum",
             force_weight=bool(always_send_weight),
+            layout=layout,
+            reference=reference,
         )
 
     @property
@@ -127,9 +161,11 @@ class PushSum:
     def send(self, tensor: torch.Tensor, weight: float) -> OverlapRound:
         """Overlap mode: post one step's messages carrying ``tensor`` and return at once.
 
-        The caller keeps only its own share: after ``send`` it should scale its numerator
-        and weight by ``round.self_weight`` and may keep updating them; ``tensor`` must be a
-        snapshot that stays untouched until [`receive`][gossip_comm.PushSum.receive].
+        The caller keeps only its own share: after ``send`` it sets its numerator with
+        ``round.keep(tensor, out=numerator)``, scales its weight by ``round.self_weight``
+        and may keep updating them; ``tensor`` must be a snapshot that stays untouched
+        until [`receive`][gossip_comm.PushSum.receive] (with compression it is encoded
+        at once, and ``send`` turns it into the kept share).
         """
         return OverlapRound(self._engine.post(tensor, float(weight)))
 
@@ -152,7 +188,7 @@ class PushSum:
         if base is not None:
             self._engine.channel.check(base)
         self._engine.channel.check(into)
-        return self._engine.accumulate(round_._flight, into, base)
+        return self._engine.accumulate(round_._flight, into, base)  # type: ignore[arg-type]
 
     def round_state(self, round_: OverlapRound) -> dict[str, Any]:
         """Overlap mode: wait for ``round_``'s messages and return them without folding.
@@ -169,7 +205,7 @@ class PushSum:
         Raises:
             GossipTimeoutError: If a peer's message does not arrive within the timeout.
         """
-        return self._engine.delivered(round_._flight)
+        return self._engine.delivered(round_._flight)  # type: ignore[arg-type]
 
     def restore_round(self, state: Mapping[str, Any]) -> OverlapRound:
         """Overlap mode: a round whose messages are in, from `round_state`'s output.
@@ -183,13 +219,23 @@ class PushSum:
         """
         return OverlapRound(self._engine.restore(state))
 
-    def state_dict(self) -> dict[str, int]:
-        """The step counter."""
+    @property
+    def compressed(self) -> bool:
+        """Whether messages are compressed differences (``config.compression`` is set)."""
+        return isinstance(self._engine, CompressedEngine)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step counter; with compression also the public copies and codec states."""
         return self._engine.state_dict()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore the step counter."""
-        self._engine.load_state_dict(state)
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict`'s output.
+
+        Raises:
+            ValueError: If the step is not an int >= 0, or the state does not fit (saved
+                without the compression this gossiper uses, or for another buffer size).
+        """
+        self._engine.load_state_dict(state)  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Release the background thread used by ``start`` on CPU."""

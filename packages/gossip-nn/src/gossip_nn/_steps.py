@@ -28,6 +28,7 @@ the optimizer's update act on the whole buffers, identically on the node's proce
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -45,7 +46,15 @@ from gossip_comm import (
 from gossip_nn.hierarchy import Shards
 from gossip_topology import Topology
 
-__all__ = ["GOSSIP_ALGORITHMS", "DPSGDStep", "GossipStep", "OSGPStep", "SGPStep", "build_step"]
+__all__ = [
+    "GOSSIP_ALGORITHMS",
+    "Compression",
+    "DPSGDStep",
+    "GossipStep",
+    "OSGPStep",
+    "SGPStep",
+    "build_step",
+]
 
 
 class GossipStep:
@@ -126,12 +135,44 @@ class GossipStep:
             g.close()
 
 
+@dataclass(frozen=True, kw_only=True)
+class Compression:
+    """What compressed gossip needs per gossiped view, beyond the configuration.
+
+    Attributes:
+        layouts: The tensor shapes each view concatenates (for per-tensor compressors).
+        references: Each view's common starting value for the public copies, or ``None``
+            where the ranks started from different values.
+    """
+
+    layouts: list[list[torch.Size]]
+    references: list[torch.Tensor | None]
+
+    def gossiper_args(self, index: int) -> dict[str, Any]:
+        """``layout`` and ``reference`` keywords for the gossiper of view ``index``."""
+        return {"layout": self.layouts[index], "reference": self.references[index]}
+
+
+def _gossiper_args(compression: Compression | None, index: int) -> dict[str, Any]:
+    return {} if compression is None else compression.gossiper_args(index)
+
+
 def _push_sum(
-    shards: Shards, topology: Topology, config: GossipConfig, always_send_weight: bool
+    shards: Shards,
+    topology: Topology,
+    config: GossipConfig,
+    always_send_weight: bool,
+    compression: Compression | None,
 ) -> list[PushSum]:
     return [
-        PushSum(topology, v, config=config, always_send_weight=always_send_weight)
-        for v in shards.views
+        PushSum(
+            topology,
+            v,
+            config=config,
+            always_send_weight=always_send_weight,
+            **_gossiper_args(compression, i),
+        )
+        for i, v in enumerate(shards.views)
     ]
 
 
@@ -146,8 +187,9 @@ class SGPStep(GossipStep):
         topology: Topology,
         config: GossipConfig,
         always_send_weight: bool = False,
+        compression: Compression | None = None,
     ) -> None:
-        self.push_sum = _push_sum(shards, topology, config, always_send_weight)
+        self.push_sum = _push_sum(shards, topology, config, always_send_weight, compression)
         super().__init__(shards, list(self.push_sum), resolve_group(config.process_group))
         # With a constant weight (regular graph, uniform mixing) z == x: skip the
         # bookkeeping ("lazy mixing"); the result is the same.
@@ -183,8 +225,9 @@ class OSGPStep(GossipStep):
         config: GossipConfig,
         synch_freq: int,
         always_send_weight: bool = False,
+        compression: Compression | None = None,
     ) -> None:
-        self.push_sum = _push_sum(shards, topology, config, always_send_weight)
+        self.push_sum = _push_sum(shards, topology, config, always_send_weight, compression)
         super().__init__(shards, list(self.push_sum), resolve_group(config.process_group))
         self.synch_freq = synch_freq
         # each round in flight pairs its messages with the snapshots they are sent from;
@@ -224,7 +267,7 @@ class OSGPStep(GossipStep):
         rounds = []
         for g, view, snap in zip(self.push_sum, self.views, snapshots, strict=True):
             rnd = g.send(snap, self.weight)
-            torch.mul(snap, rnd.self_weight, out=view)  # keep only the own share
+            rnd.keep(snap, out=view)  # keep only the own share
             rounds.append((rnd, snap))
         self.weight *= rounds[0][0].self_weight
         self._inflight.append(rounds)
@@ -294,8 +337,12 @@ class DPSGDStep(GossipStep):
         topology: Topology,
         config: GossipConfig,
         order: str = "mix-then-update",
+        compression: Compression | None = None,
     ) -> None:
-        gossipers = [PushPull(topology, v, config=config) for v in shards.views]
+        gossipers = [
+            PushPull(topology, v, config=config, **_gossiper_args(compression, i))
+            for i, v in enumerate(shards.views)
+        ]
         super().__init__(shards, list(gossipers), resolve_group(config.process_group))
         self.mix_first = order == "mix-then-update"
 
@@ -329,6 +376,7 @@ def build_step(
     synch_freq: int = 0,
     dpsgd_order: str = "mix-then-update",
     always_send_weight: bool = False,
+    compression: Compression | None = None,
 ) -> GossipStep:
     """The step object for ``algorithm``; the one place that knows which may overlap.
 
@@ -341,12 +389,12 @@ def build_step(
             f"algorithm must be one of {', '.join(GOSSIP_ALGORITHMS)}; got {algorithm!r}"
         )
     if algorithm == "osgp":
-        return OSGPStep(shards, topology, config, synch_freq, always_send_weight)
+        return OSGPStep(shards, topology, config, synch_freq, always_send_weight, compression)
     if synch_freq:
         raise ValueError(
             f"synch_freq={synch_freq} only applies to algorithm='osgp' (overlapped SGP); "
             f"{algorithm!r} does not overlap"
         )
     if algorithm == "sgp":
-        return SGPStep(shards, topology, config, always_send_weight)
-    return DPSGDStep(shards, topology, config, dpsgd_order)
+        return SGPStep(shards, topology, config, always_send_weight, compression)
+    return DPSGDStep(shards, topology, config, dpsgd_order, compression)

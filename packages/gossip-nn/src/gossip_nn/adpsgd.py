@@ -28,7 +28,7 @@ from torch import nn
 
 from gossip_comm import AsyncBilateral, GossipHandle
 from gossip_nn._async_exact import ExchangeLedger
-from gossip_nn._base import DataParallelModule, bind_flat, network_average
+from gossip_nn._base import DataParallelModule, bind_flat, common_references, network_average
 from gossip_nn._buffers import BufferSync, floating_buffers
 from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.options import GossipOptions
@@ -177,8 +177,15 @@ class BilateralGossipDataParallel(DataParallelModule):
         self._buf = bind_flat([*params, *averaged]).buffers[0]
         self._buffer_sync = BufferSync(module, options.buffers, self._group, bind=not averaged)
         comm = dataclasses.replace(options, mixing=None, wire_dtype=None)
+        compressed: dict[str, Any] = {}
+        if options.compression is not None:  # shapes for per-tensor compressors
+            compressed["layout"] = [t.shape for t in [*params, *averaged]]
+            compressed["reference"] = common_references([self._buf], self._group)[0]
         self._pairs = AsyncBilateral(
-            self.topology, self._buf, config=comm.comm_config(options.process_group)
+            self.topology,
+            self._buf,
+            config=comm.comm_config(options.process_group),
+            **compressed,
         )
         edited = sum(p.numel() for p in params)
         self._role: _ActiveRole | _PassiveRole = (
@@ -203,6 +210,11 @@ class BilateralGossipDataParallel(DataParallelModule):
     def algorithm(self) -> str:
         """``"adpsgd"``."""
         return "adpsgd"
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this rank has sent in pairwise exchanges so far (requests or replies)."""
+        return self._pairs.bytes_sent
 
     @property
     def is_passive(self) -> bool:

@@ -20,9 +20,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gossip_comm import comm_device_for
-from gossip_nn._base import DataParallelModule, bind_flat, make_ddp, network_average
+from gossip_nn._base import (
+    DataParallelModule,
+    bind_flat,
+    common_references,
+    make_ddp,
+    network_average,
+)
 from gossip_nn._buffers import BufferSync
-from gossip_nn._steps import GossipStep, build_step
+from gossip_nn._steps import Compression, GossipStep, build_step
 from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.hierarchy import Hierarchy, Shards, build_hierarchy
 from gossip_nn.options import GossipOptions
@@ -92,6 +98,7 @@ class GossipDataParallel(DataParallelModule):
             # DDP averages gradients inside the node, overlapping backward. Not a
             # registered submodule, so checkpoints keep the plain ``module.*`` keys.
             self.__dict__["_ddp"] = make_ddp(module, self._hierarchy.node_group, sync_buffers=False)
+        self._compression = self._plan_compression()
         self._step = self._build_step(algorithm, self.topology)
         self._exact = ExactAveragingSchedule(
             every=options.global_average_every, warmup_steps=options.allreduce_warmup_steps
@@ -102,10 +109,26 @@ class GossipDataParallel(DataParallelModule):
         options.warn_ignored(algorithm)
         self._hook(optimizer)
 
+    def _plan_compression(self) -> Compression | None:
+        """Layouts and common starting values of the gossiped views, with compression."""
+        if self.options.compression is None:
+            return None
+        shapes = [[self._flat.shapes[i] for i in idx] for idx in self._flat.indices]
+        shapes += [[b.shape] for b in self._buffer_sync.gossiped]
+        return Compression(
+            layouts=self._shards.layouts(shapes),
+            references=common_references(self._shards.views, self._gossip_group),
+        )
+
     def _build_step(
         self, algorithm: str, topology: Topology, always_send_weight: bool = False
     ) -> GossipStep:
         self._weights_travel = always_send_weight
+        compression = self._compression
+        if compression is not None:  # only the first gossipers start from the common model
+            self._compression = dataclasses.replace(
+                compression, references=[None] * len(compression.references)
+            )
         return build_step(
             algorithm,
             self._shards,
@@ -114,6 +137,7 @@ class GossipDataParallel(DataParallelModule):
             synch_freq=self.options.synch_freq,
             dpsgd_order=self.options.dpsgd_order,
             always_send_weight=always_send_weight,
+            compression=compression,
         )
 
     def _weights_unequal(self) -> bool:

@@ -17,6 +17,7 @@ the others (one broadcast per share, inside the node).
 
 from __future__ import annotations
 
+import math
 import socket
 from dataclasses import dataclass
 
@@ -63,23 +64,46 @@ class Shards:
         full: The whole flat buffers, as given.
         views: This rank's share of each buffer: a view into it (the whole buffer when
             there is no hierarchy or the buffer is too small to split).
+        ranges: Each view's ``(start, end)`` element range in its buffer.
     """
 
     def __init__(self, buffers: list[torch.Tensor], hierarchy: Hierarchy | None) -> None:
         self.full = buffers
         self.views: list[torch.Tensor] = []
+        self.ranges: list[tuple[int, int]] = []
         self._plan: list[tuple[torch.Tensor, list[tuple[int, int, int]]]] = []
         L = hierarchy.procs_per_node if hierarchy is not None else 1
         for buf in buffers:
             m = buf.numel()
             if hierarchy is None or m < L:
                 self.views.append(buf)
+                self.ranges.append((0, m))
                 continue
             ranges = [(i * m // L, (i + 1) * m // L, hierarchy.node_ranks[i]) for i in range(L)]
             start, end, _ = ranges[hierarchy.local_rank]
             self.views.append(buf[start:end])
+            self.ranges.append((start, end))
             self._plan.append((buf, ranges))
         self._group = hierarchy.node_group if hierarchy is not None else None
+
+    def layouts(self, shapes: list[list[torch.Size]]) -> list[list[torch.Size]]:
+        """The shapes each view concatenates, given the shapes each buffer concatenates.
+
+        A tensor cut by a view's boundary is described by the 1-D piece that falls in
+        the view (a per-tensor compressor then sends that piece as it is).
+        """
+        out = []
+        for (start, end), buffer_shapes in zip(self.ranges, shapes, strict=True):
+            layout, offset = [], 0
+            for shape in buffer_shapes:
+                n = math.prod(shape)
+                lo, hi = max(offset, start), min(offset + n, end)
+                if lo < hi:
+                    whole = lo == offset and hi == offset + n
+                    layout.append(torch.Size(shape) if whole else torch.Size([hi - lo]))
+                offset += n
+            out.append(layout)
+        return out
 
     def reassemble(self) -> None:
         """Copy every local rank's share to the node's other processes (a node collective)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch.distributed import ProcessGroup
 
-from gossip_comm import GossipConfig
+from gossip_comm import Compressor, GossipConfig
 from gossip_nn.slowmo import SlowMoOptions
 from gossip_topology import Mixing, Topology, check_int, make_topology
 
@@ -35,6 +35,8 @@ _GOSSIP = _COMMON | {
     "global_average_every",
     "allreduce_warmup_steps",
     "slowmo",
+    "compression",
+    "consensus_step",
 }
 _USED_BY: dict[str, frozenset[str]] = {
     "ar": frozenset(_COMMON),
@@ -52,6 +54,8 @@ _USED_BY: dict[str, frozenset[str]] = {
             "global_average_every",
             "allreduce_warmup_steps",
             "slowmo",
+            "compression",
+            "consensus_step",
         }
     ),
 }
@@ -68,6 +72,16 @@ class GossipOptions:
         synch_freq: OSGP only: at most this many further steps may pass before a step's
             messages are folded in; 0 folds them at the next step.
         wire_dtype: ``None``, ``torch.bfloat16`` or ``torch.float16`` on the wire.
+        compression: Send compressed differences from per-edge public copies instead of
+            the model (CHOCO-style; the network average stays exact whatever the
+            compressor): a [`gossip_comm.Compressor`][gossip_comm.Compressor] or a spec
+            string, ``"bf16"``, ``"fp16"``, ``"int8"``, ``"int8:stochastic"``,
+            ``"topk:F"`` or ``"lowrank:R"``; see the "Sending less" page. Every gossip
+            algorithm (AD-PSGD's pairs both send compressed differences and apply the
+            same decoded values, so each pair's sum is conserved); ``None`` sends the
+            model itself.
+        consensus_step: With ``compression``, the consensus step size in (0, 1]; the
+            compressor's default when ``None``.
         nprocs_per_node: Processes per node for hierarchical gossip (1: every process
             gossips).
         process_group: Group to train in; WORLD when ``None``.
@@ -117,6 +131,8 @@ class GossipOptions:
     global_average_every: int = 0
     allreduce_warmup_steps: int = 0
     slowmo: SlowMoOptions | None = None
+    compression: Compressor | str | None = None
+    consensus_step: float | None = None
 
     def __post_init__(self) -> None:
         check_int("peers_per_itr", self.peers_per_itr, minimum=1)
@@ -163,7 +179,8 @@ class GossipOptions:
         """The [`GossipConfig`][gossip_comm.GossipConfig] for gossip in ``process_group``.
 
         Raises:
-            ValueError: If ``timeout``, ``wire_dtype`` or ``chunk_bytes`` is invalid.
+            ValueError: If ``timeout``, ``wire_dtype``, ``chunk_bytes``, ``compression`` or
+                ``consensus_step`` is invalid.
         """
         return GossipConfig(
             mixing=self.mixing,
@@ -172,6 +189,8 @@ class GossipOptions:
             timeout=self.timeout,
             chunk_bytes=self.chunk_bytes,
             check_finite=self.check_finite,
+            compression=self.compression,
+            consensus_step=self.consensus_step,
         )
 
     def build_topology(self, world_size: int) -> Topology:

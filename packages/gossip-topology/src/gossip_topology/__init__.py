@@ -8,6 +8,16 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from gossip_topology._checks import check_int
+from gossip_topology.compress import (
+    COMPRESSOR_NAMES,
+    Cast,
+    Compressor,
+    Int8,
+    LowRank,
+    Payload,
+    TopK,
+    parse_compressor,
+)
 from gossip_topology.graphs import (
     Complete,
     FromAdjacency,
@@ -43,6 +53,11 @@ from gossip_topology.registry import LEGACY_IDS, TOPOLOGY_NAMES, make_topology
 from gossip_topology.report import consensus_curve
 from gossip_topology.schedule import RankSchedule, RankStep
 from gossip_topology.simulate import GossipTrace, simulate_push_pull, simulate_push_sum
+from gossip_topology.simulate_compressed import (
+    CompressedTrace,
+    simulate_compressed_push_pull,
+    simulate_compressed_push_sum,
+)
 from gossip_topology.spectral import (
     consensus_error,
     is_exact_averaging,
@@ -61,9 +76,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "COMPRESSOR_NAMES",
     "LEGACY_IDS",
     "TOPOLOGY_NAMES",
+    "Cast",
     "Complete",
+    "CompressedTrace",
+    "Compressor",
     "CustomMixing",
     "DynamicBipartiteExponential",
     "DynamicBipartiteLinear",
@@ -72,10 +91,13 @@ __all__ = [
     "FromAdjacency",
     "GossipTrace",
     "Hypercube",
+    "Int8",
+    "LowRank",
     "MetropolisHastings",
     "Mixing",
     "NPeerDynamicDirectedExponential",
     "OnePeerExponential",
+    "Payload",
     "PhoneBookTopology",
     "Quadratic",
     "RankSchedule",
@@ -84,6 +106,7 @@ __all__ = [
     "Star",
     "StaticExponential",
     "StaticTopology",
+    "TopK",
     "Topology",
     "Torus2D",
     "UniformMixing",
@@ -98,10 +121,13 @@ __all__ = [
     "is_strongly_connected",
     "make_topology",
     "mixing_matrix",
+    "parse_compressor",
     "period_product",
     "rounds_to_consensus",
     "schedule_period",
     "second_singular_value",
+    "simulate_compressed_push_pull",
+    "simulate_compressed_push_sum",
     "simulate_push_pull",
     "simulate_push_sum",
     "spectral_gap",

@@ -27,12 +27,16 @@ class RankStep:
         self_weight: ``W[rank, rank]``.
         in_weights: ``W[rank, q]`` for each ``q`` in ``in_peers``: the receiver applies the
             weight, so senders never make scaled copies.
+        out_weights: ``W[j, rank]`` for each ``j`` in ``out_peers``, as
+            [`Mixing.weights`][gossip_topology.Mixing.weights] returns them (compressed
+            gossip scales the sender's own public copies by them); empty when not given.
     """
 
     out_peers: tuple[int, ...]
     in_peers: tuple[int, ...]
     self_weight: float
     in_weights: tuple[float, ...]
+    out_weights: tuple[float, ...] = ()
 
     @property
     def row_sum(self) -> float:
@@ -60,8 +64,9 @@ class RankSchedule:
 
     Examples:
         >>> from gossip_topology import make_topology
-        >>> RankSchedule(make_topology("ring", 4), rank=1)[0]
-        RankStep(out_peers=(2,), in_peers=(0,), self_weight=0.5, in_weights=(0.5,))
+        >>> RankSchedule(make_topology("ring", 4), rank=1)[0]  # doctest: +NORMALIZE_WHITESPACE
+        RankStep(out_peers=(2,), in_peers=(0,), self_weight=0.5, in_weights=(0.5,),
+                 out_weights=(0.5,))
     """
 
     def __init__(self, topology: Topology, mixing: Mixing | None = None, *, rank: int) -> None:
@@ -77,13 +82,19 @@ class RankSchedule:
         if cached is not None:
             return cached
         topo, r = self.topology, self.rank
-        self_w, _ = self.mixing.weights(topo, r, phase)
+        self_w, out_w = self.mixing.weights(topo, r, phase)
         in_peers = tuple(topo.in_peers(r, phase))
         in_w = []
         for q in in_peers:
             _, q_weights = self.mixing.weights(topo, q, phase)
             in_w.append(q_weights[topo.out_peers(q, phase).index(r)])
-        info = RankStep(tuple(topo.out_peers(r, phase)), in_peers, self_w, tuple(in_w))
+        info = RankStep(
+            out_peers=tuple(topo.out_peers(r, phase)),
+            in_peers=in_peers,
+            self_weight=self_w,
+            in_weights=tuple(in_w),
+            out_weights=tuple(out_w),
+        )
         self._cache[phase] = info
         return info
 

@@ -47,6 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="precision of gossip messages (not adpsgd)",
     )
     g.add_argument(
+        "--compression",
+        default=None,
+        metavar="SPEC",
+        help="send compressed differences, the average staying exact: bf16, fp16, int8, "
+        "int8:stochastic, topk:F (a fraction, e.g. topk:0.01) or lowrank:R (sgp, osgp, dpsgd)",
+    )
+    g.add_argument(
+        "--consensus-step",
+        type=float,
+        default=None,
+        help="with --compression, the consensus step size in (0, 1] (default: the "
+        "compressor's own)",
+    )
+    g.add_argument(
         "--nprocs-per-node",
         type=int,
         default=1,
@@ -208,6 +222,22 @@ def _validate(args: argparse.Namespace) -> None:
             raise ValueError("give --data DIR (an ImageFolder root) or --dataset synthetic|digits")
     if args.synch_freq and args.algorithm != "osgp":
         raise ValueError(f"--synch-freq applies to --algorithm osgp only; got {args.algorithm}")
+    if args.compression is not None or args.consensus_step is not None:
+        from gossip_nn import GossipOptions
+
+        try:
+            opts = GossipOptions(compression=args.compression, consensus_step=args.consensus_step)
+        except ValueError as exc:
+            raise ValueError(f"--compression/--consensus-step: {exc}") from None
+        if opts.ignored_by(args.algorithm):
+            raise ValueError(
+                f"--compression applies to the gossip algorithms, not --algorithm {args.algorithm}"
+            )
+        if args.wire_dtype != "fp32":
+            raise ValueError(
+                "--wire-dtype and --compression are both set; pick one (--compression bf16 "
+                "sends 16-bit differences and keeps the average exact)"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -249,6 +249,9 @@ def _run(
         options["topology"] = _topology(args, participants, peers.peers_at(start_epoch))
         if args.wire_dtype != "fp32" and args.algorithm != "adpsgd":
             options["wire_dtype"] = _WIRE[args.wire_dtype]
+        if args.compression is not None:
+            options["compression"] = args.compression
+            options["consensus_step"] = args.consensus_step
         if args.nprocs_per_node > 1:
             options["nprocs_per_node"] = args.nprocs_per_node
         if args.algorithm == "osgp":

@@ -1,0 +1,402 @@
+r"""The engine behind compressed PushSum and PushPull: differences on the wire, sums exact.
+
+Rank $i$ keeps, for every edge it has used, a *public copy*: $\hat x_{i\to j}$ of its own
+value as out-peer $j$ knows it, and $\hat x_{k\to i}$ of in-peer $k$'s value. One step,
+with $P = W(t)$ and the consensus step $\gamma$ (CHOCO-SGD's, Koloskova, Stich and Jaggi,
+ICML 2019, [arXiv:1902.00340](https://arxiv.org/abs/1902.00340), on per-edge copies so
+that it holds on directed, time-varying graphs):
+
+1. for each out-peer $j$: $q = C(x_i - \hat x_{i\to j})$, $\hat x_{i\to j} \mathrel{+}=
+   D(q)$, send $q$;
+2. for each in-peer $k$: receive $q_k$, $\hat x_{k\to i} \mathrel{+}= D(q_k)$;
+3. $x_i \leftarrow x_i - \gamma \sum_j P_{ji} \hat x_{i\to j} + \gamma \sum_k P_{ik}
+   \hat x_{k\to i}$ and $w_i \leftarrow (1 - \gamma(1 - P_{ii})) w_i + \gamma \sum_k
+   P_{ik} w_k$.
+
+Sender and receiver update their copies of $\hat x_{i\to j}$ with the same decoded payload,
+so what a sender removes is exactly what its receiver adds: $\sum_i x_i$ and $\sum_i w_i$
+are conserved to rounding whatever the compressor $C$. gossip-topology's
+``simulate_compressed_push_sum`` runs the same steps in numpy and is the tests' oracle.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gossip_comm._background import Worker
+from gossip_comm._channel import check_finite, checked_step, open_channel
+from gossip_comm._transport import Message, PendingExchange, post
+from gossip_comm.compression import Compressor, MessageSpec
+from gossip_comm.config import GossipConfig
+from gossip_comm.handle import GossipHandle
+from gossip_topology import RankSchedule, RankStep, Topology
+
+__all__ = ["CompressedEngine", "CompressedFlight"]
+
+
+@dataclass(kw_only=True)
+class CompressedFlight:
+    """One posted compressed step: its payloads and the buffers it uses."""
+
+    pending: PendingExchange
+    info: RankStep
+    step: int
+    target: torch.Tensor  # the caller's tensor
+    buf: torch.Tensor  # its flat view on the comm device (or a host staging copy)
+    weight: float
+    kept_weight: float  # 1 - gamma (1 - P_ii): the share of the weight a rank keeps
+    in_weights: tuple[float, ...]  # gamma P_ik for each in-peer
+    sends: list[list[torch.Tensor]]
+    recvs: list[list[torch.Tensor]]
+    weight_recvs: list[torch.Tensor]
+
+    def keep(self, snapshot: torch.Tensor, out: torch.Tensor) -> None:
+        """Overlap mode: ``out`` <- what the sender keeps (``post`` computed it already)."""
+        if out.data_ptr() != self.buf.data_ptr():
+            out.copy_(self.buf.view(out.shape))
+
+
+class CompressedEngine:
+    """Public copies, payload buffers and steps of compressed gossip of one tensor shape.
+
+    Args:
+        topology: The graph.
+        like: A tensor shaped like what will be gossiped.
+        config: Its ``compression`` must be set.
+        carries_weight: Whether this is push-sum (``False``: push-pull, no weights).
+        owner: The gossiper's class name, for errors.
+        force_weight: Send the weight even where it provably stays equal.
+        layout: Shapes of the tensors ``like`` concatenates (for low-rank compression).
+        reference: A value every rank holds identically (the common initial model);
+            public copies start there instead of at zero.
+
+    Raises:
+        ValueError: If ranks disagree on the compressor, the consensus step, the layout
+            or the reference (checked in the construction's one ``all_gather``).
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        like: torch.Tensor,
+        *,
+        config: GossipConfig,
+        carries_weight: bool,
+        owner: str,
+        force_weight: bool = False,
+        layout: Sequence[torch.Size] | None = None,
+        reference: torch.Tensor | None = None,
+    ) -> None:
+        compressor = config.compressor
+        assert compressor is not None
+        self.compressor: Compressor = compressor
+        self.gamma = config.gamma
+        shapes = tuple(torch.Size(s) for s in layout) if layout is not None else (like.shape,)
+        ref = None
+        if reference is not None:
+            if not isinstance(reference, torch.Tensor) or reference.numel() != like.numel():
+                raise ValueError(
+                    f"{owner}: reference must be a tensor of {like.numel()} elements; got "
+                    f"{getattr(reference, 'shape', type(reference).__name__)}"
+                )
+            ref = reference.detach().reshape(-1).to("cpu", like.dtype, copy=True)
+        extra = [
+            ("compressor", zlib.crc32(repr(self.compressor).encode())),
+            ("consensus step (x 1e9)", round(self.gamma * 1e9)),
+            ("layout", zlib.crc32(repr(shapes).encode())),
+            ("reference", 0 if ref is None else zlib.crc32(ref.numpy().tobytes())),
+        ]
+        self.channel = open_channel(topology, like, config, owner=owner, extra=extra)
+        ch = self.channel
+        self.spec = MessageSpec(numel=ch.numel, dtype=ch.dtype, device=ch.device, layout=shapes)
+        self.compressor.payload_like(self.spec)  # a layout that does not fit raises here
+        self.schedule = RankSchedule(topology, config.mixing, rank=ch.rank)
+        self.carries_weight = carries_weight and (
+            force_weight or not self.schedule.weight_is_constant
+        )
+        self.reference = None if ref is None else ref.to(ch.device)
+        self.step = 0
+        self.bytes_sent = 0
+        self.public_out: dict[int, torch.Tensor] = {}
+        self.public_in: dict[int, torch.Tensor] = {}
+        self.codec_state: dict[int, dict[str, torch.Tensor]] = {}
+        self._pool: list[list[torch.Tensor]] = []
+        self._diff = torch.empty(ch.numel, dtype=ch.dtype, device=ch.device)
+        self._worker = Worker(f"gossip-rank{ch.rank}")
+
+    # ------------------------------------------------------------------ state
+    def _copy(self, table: dict[int, torch.Tensor], peer: int) -> torch.Tensor:
+        copy = table.get(peer)
+        if copy is None:
+            ch = self.channel
+            if self.reference is None:
+                copy = torch.zeros(ch.numel, dtype=ch.dtype, device=ch.device)
+            else:
+                copy = self.reference.clone()
+            table[peer] = copy
+        return copy
+
+    def _codec(self, peer: int) -> dict[str, torch.Tensor]:
+        state = self.codec_state.get(peer)
+        if state is None:
+            state = self.compressor.init_state(self.spec, src=self.channel.rank, dst=peer)
+            self.codec_state[peer] = state
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step counter, every public copy and every edge's compressor state (CPU)."""
+
+        def cpu(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu", copy=True)
+
+        return {
+            "step": self.step,
+            "public_out": {p: cpu(t) for p, t in self.public_out.items()},
+            "public_in": {p: cpu(t) for p, t in self.public_in.items()},
+            "codec": {p: {k: cpu(v) for k, v in s.items()} for p, s in self.codec_state.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict`'s output.
+
+        Raises:
+            ValueError: If the state has no public copies (it was saved without
+                compression) or a copy of another size.
+        """
+        step = checked_step(dict(state))
+        missing = [k for k in ("public_out", "public_in", "codec") if k not in state]
+        if missing:
+            raise ValueError(
+                f"{self.channel.owner}: the gossip state has no {', '.join(missing)}; it was "
+                "saved without compression, which this gossiper uses"
+            )
+        ch = self.channel
+        tables: list[dict[int, torch.Tensor]] = []
+        for key in ("public_out", "public_in"):
+            table = {}
+            for peer, t in dict(state[key]).items():
+                if not isinstance(t, torch.Tensor) or t.numel() != ch.numel:
+                    raise ValueError(
+                        f"{ch.owner}: saved public copy {key}[{peer}] must be a tensor of "
+                        f"{ch.numel} elements; got {getattr(t, 'shape', type(t).__name__)}"
+                    )
+                table[int(peer)] = t.reshape(-1).to(ch.device, ch.dtype, copy=True)
+            tables.append(table)
+        self.step = step
+        self.public_out, self.public_in = tables
+        self.codec_state = {
+            int(p): {
+                k: v.to(ch.device, copy=True) if k != "rng" else v.clone() for k, v in s.items()
+            }
+            for p, s in dict(state["codec"]).items()
+        }
+
+    # ------------------------------------------------------------------ steps
+    def _payloads(self) -> list[torch.Tensor]:
+        return self._pool.pop() if self._pool else self.compressor.payload_like(self.spec)
+
+    def post(self, tensor: torch.Tensor, weight: float) -> CompressedFlight:
+        """Encode and post one step; ``tensor`` becomes what this rank keeps right away.
+
+        The sends leave with the payloads, so ``tensor`` may be read and written at once:
+        it holds $x_i - \\gamma \\sum_j P_{ji} \\hat x_{i\\to j}$ until the step finishes.
+        """
+        ch, comp, spec = self.channel, self.compressor, self.spec
+        ch.check(tensor)
+        info, step = self.schedule[self.step], self.step
+        self.step += 1
+        buf = tensor.view(-1)
+        if tensor.device != ch.device:  # CUDA tensor over gloo: work in host memory
+            buf = buf.to(ch.device)
+        sends = []
+        for peer in info.out_peers:
+            public = self._copy(self.public_out, peer)
+            torch.sub(buf, public, out=self._diff)
+            payload = self._payloads()
+            comp.encode(spec, self._diff, payload, self._codec(peer))
+            comp.add_decoded(spec, payload, public)
+            sends.append(payload)
+        for peer, share in zip(info.out_peers, info.out_weights, strict=True):
+            buf.sub_(self.public_out[peer], alpha=self.gamma * share)
+        recvs = [self._payloads() for _ in info.in_peers]
+        messages = [
+            Message(p, t, True)
+            for p, payload in zip(info.out_peers, sends, strict=True)
+            for t in payload
+        ]
+        messages += [
+            Message(q, t, False)
+            for q, payload in zip(info.in_peers, recvs, strict=True)
+            for t in payload
+        ]
+        weight_recvs: list[torch.Tensor] = []
+        if self.carries_weight:
+            weight_send = torch.tensor([weight], dtype=torch.float64, device=ch.device)
+            weight_recvs = [
+                torch.empty(1, dtype=torch.float64, device=ch.device) for _ in info.in_peers
+            ]
+            messages += [Message(p, weight_send, True) for p in info.out_peers]
+            messages += [
+                Message(q, w, False) for q, w in zip(info.in_peers, weight_recvs, strict=True)
+            ]
+        self.bytes_sent += sum(m.tensor.nbytes for m in messages if m.send)
+        pending = post(messages, ch.group, ch.rank, step, chunk_numel=ch.chunk_numel)
+        return CompressedFlight(
+            pending=pending,
+            info=info,
+            step=step,
+            target=tensor,
+            buf=buf,
+            weight=weight,
+            kept_weight=1.0 - self.gamma * (1.0 - info.self_weight),
+            in_weights=tuple(self.gamma * a for a in info.in_weights),
+            sends=sends,
+            recvs=recvs,
+            weight_recvs=weight_recvs,
+        )
+
+    def _wait(self, flight: CompressedFlight) -> None:
+        ch = self.channel
+        flight.pending.wait(ch.timeout)
+        if ch.check_finite:
+            for q, w in zip(flight.info.in_peers, flight.weight_recvs, strict=False):
+                check_finite(float(w.item()), rank=ch.rank, peer=q, step=flight.step)
+            for q, payload in zip(flight.info.in_peers, flight.recvs, strict=True):
+                for t in payload:
+                    if t.is_floating_point():
+                        check_finite(t, rank=ch.rank, peer=q, step=flight.step)
+
+    def _fold_in(self, flight: CompressedFlight, into: torch.Tensor) -> None:
+        """Decode the received payloads into the in-copies and add ``gamma P_ik xhat_k``."""
+        comp, spec = self.compressor, self.spec
+        for q, payload in zip(flight.info.in_peers, flight.recvs, strict=True):
+            comp.add_decoded(spec, payload, self._copy(self.public_in, q))
+        for q, a in zip(flight.info.in_peers, flight.in_weights, strict=True):
+            into.add_(self.public_in[q].to(into.device, non_blocking=True), alpha=a)
+
+    def _weight_in(self, flight: CompressedFlight) -> float:
+        weights = [float(w.item()) for w in flight.weight_recvs]
+        return math.fsum(a * w for a, w in zip(flight.in_weights, weights, strict=True))
+
+    def _release(self, flight: CompressedFlight) -> None:
+        self._pool.extend(flight.sends)
+        self._pool.extend(flight.recvs)
+        flight.sends, flight.recvs = [], []
+
+    def finish(self, flight: CompressedFlight) -> tuple[torch.Tensor, float]:
+        """Wait for ``flight`` and fold its messages in; ``(tensor, weight)``."""
+        try:
+            self._wait(flight)
+            self._fold_in(flight, flight.buf)
+            weight = flight.weight
+            if self.carries_weight:
+                weight = flight.kept_weight * weight + self._weight_in(flight)
+            if flight.target.device != flight.buf.device:
+                flight.target.copy_(flight.buf.view(flight.target.shape))
+            return flight.target, weight
+        finally:
+            self._release(flight)
+
+    def accumulate(
+        self, flight: CompressedFlight, into: torch.Tensor, base: torch.Tensor | None = None
+    ) -> float:
+        """Overlap mode: add what ``flight`` delivered into ``into`` (``base + ...`` with ``base``).
+
+        Returns:
+            The push-sum weight received.
+        """
+        try:
+            self._wait(flight)
+            if base is not None and base.data_ptr() != into.data_ptr():
+                into.copy_(base)
+            self._fold_in(flight, into.view(-1))
+            if self.carries_weight:
+                return self._weight_in(flight)
+            return (1.0 - flight.kept_weight) * flight.weight
+        finally:
+            self._release(flight)
+
+    def delivered(self, flight: CompressedFlight) -> dict[str, Any]:
+        """Wait for ``flight``; its received payloads and weights as CPU data, unfolded."""
+        self._wait(flight)
+        return {
+            "step": flight.step,
+            "weight": flight.weight,
+            "payloads": [[t.detach().to("cpu", copy=True) for t in p] for p in flight.recvs],
+            "weights": [float(w.item()) for w in flight.weight_recvs],
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> CompressedFlight:
+        """A flight whose payloads are in, from `delivered`'s output.
+
+        Raises:
+            ValueError: If ``state`` does not fit this engine's schedule or payloads.
+        """
+        ch = self.channel
+        try:
+            step, weight = state["step"], float(state["weight"])
+            payloads, weights = list(state["payloads"]), [float(w) for w in state["weights"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed in-flight compressed gossip state: {exc!r}") from None
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.step:
+            raise ValueError(
+                f"in-flight gossip state is for step {step!r}, but this rank has posted "
+                f"steps 0..{self.step - 1}; load the step counter first"
+            )
+        info = self.schedule[step]
+        expected_w = len(info.in_peers) if self.carries_weight else 0
+        if len(payloads) != len(info.in_peers) or len(weights) != expected_w:
+            raise ValueError(
+                f"in-flight gossip state for step {step} holds {len(payloads)} payloads and "
+                f"{len(weights)} weights; rank {ch.rank} expects {len(info.in_peers)} and "
+                f"{expected_w}"
+            )
+        recvs = [self._payloads() for _ in payloads]
+        for dest, saved in zip(recvs, payloads, strict=True):
+            if len(saved) != len(dest) or any(
+                s.shape != d.shape or s.dtype != d.dtype for s, d in zip(saved, dest, strict=False)
+            ):
+                raise ValueError(
+                    f"in-flight gossip payload does not fit {self.compressor!r}: got "
+                    f"{[(tuple(s.shape), s.dtype) for s in saved]}"
+                )
+            for d, s in zip(dest, saved, strict=True):
+                d.copy_(s)
+        return CompressedFlight(
+            pending=PendingExchange.delivered(ch.rank, step, 0, 0),
+            info=info,
+            step=step,
+            target=self._diff,
+            buf=self._diff,
+            weight=weight,
+            kept_weight=1.0 - self.gamma * (1.0 - info.self_weight),
+            in_weights=tuple(self.gamma * a for a in info.in_weights),
+            sends=[],
+            recvs=recvs,
+            weight_recvs=[
+                torch.tensor([w], dtype=torch.float64, device=ch.device) for w in weights
+            ],
+        )
+
+    def start(
+        self, tensor: torch.Tensor, weight: float
+    ) -> GossipHandle[tuple[torch.Tensor, float]]:
+        """Post a step; the handle folds the messages in when they are there."""
+        flight = self.post(tensor, weight)
+        if self.channel.device.type == "cpu":
+            return GossipHandle(future=self._worker.submit(lambda: self.finish(flight)))
+        return GossipHandle(poll=flight.pending.is_completed, finish=lambda: self.finish(flight))
+
+    def mix(self, tensor: torch.Tensor, weight: float) -> tuple[torch.Tensor, float]:
+        """Post a step and finish it in the calling thread."""
+        return self.finish(self.post(tensor, weight))
+
+    def close(self) -> None:
+        """Stop the background worker, if one was started."""
+        self._worker.close()
