@@ -8,8 +8,9 @@ different protocols share them without sharing an engine.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,6 +30,7 @@ __all__ = [
     "checked_step",
     "chunk_numel_for",
     "open_channel",
+    "parse_saved_round",
 ]
 
 _DTYPE_CODES = {
@@ -271,3 +273,25 @@ def checked_step(state: dict[str, int]) -> int:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"state['step'] must be an int >= 0; got {step!r}")
     return step
+
+
+def parse_saved_round(
+    state: Mapping[str, Any], key: str, posted: int
+) -> tuple[int, float, list[Any], list[float]]:
+    """``(step, weight, state[key], weights)`` of a saved round in flight, checked.
+
+    Raises:
+        ValueError: If a field is missing or malformed, or the round's step is not one of
+            the ``posted`` steps (``0 .. posted - 1``).
+    """
+    try:
+        step, weight = state["step"], float(state["weight"])
+        items, weights = list(state[key]), [float(w) for w in state["weights"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed in-flight gossip state: {exc!r}") from None
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < posted:
+        raise ValueError(
+            f"in-flight gossip state is for step {step!r}, but this rank has posted "
+            f"steps 0..{posted - 1}; load the step counter first"
+        )
+    return step, weight, items, weights

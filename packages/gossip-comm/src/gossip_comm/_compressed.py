@@ -22,7 +22,6 @@ are conserved to rounding whatever the compressor $C$. gossip-topology's
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,8 @@ from typing import Any
 import torch
 
 from gossip_comm._background import Worker
-from gossip_comm._channel import check_finite, checked_step, open_channel
+from gossip_comm._channel import check_finite, checked_step, open_channel, parse_saved_round
+from gossip_comm._public import PublicCopies, compression_setup
 from gossip_comm._transport import Message, PendingExchange, post
 from gossip_comm.compression import Compressor, MessageSpec
 from gossip_comm.config import GossipConfig
@@ -93,113 +93,44 @@ class CompressedEngine:
         layout: Sequence[torch.Size] | None = None,
         reference: torch.Tensor | None = None,
     ) -> None:
-        compressor = config.compressor
-        assert compressor is not None
-        self.compressor: Compressor = compressor
-        self.gamma = config.gamma
-        shapes = tuple(torch.Size(s) for s in layout) if layout is not None else (like.shape,)
-        ref = None
-        if reference is not None:
-            if not isinstance(reference, torch.Tensor) or reference.numel() != like.numel():
-                raise ValueError(
-                    f"{owner}: reference must be a tensor of {like.numel()} elements; got "
-                    f"{getattr(reference, 'shape', type(reference).__name__)}"
-                )
-            ref = reference.detach().reshape(-1).to("cpu", like.dtype, copy=True)
-        extra = [
-            ("compressor", zlib.crc32(repr(self.compressor).encode())),
-            ("consensus step (x 1e9)", round(self.gamma * 1e9)),
-            ("layout", zlib.crc32(repr(shapes).encode())),
-            ("reference", 0 if ref is None else zlib.crc32(ref.numpy().tobytes())),
-        ]
-        self.channel = open_channel(topology, like, config, owner=owner, extra=extra)
+        setup = compression_setup(config, like, layout, reference, owner=owner)
+        assert setup is not None
+        self.compressor: Compressor = setup.compressor
+        self.gamma = setup.gamma
+        self.channel = open_channel(topology, like, config, owner=owner, extra=setup.agreement)
         ch = self.channel
-        self.spec = MessageSpec(numel=ch.numel, dtype=ch.dtype, device=ch.device, layout=shapes)
-        self.compressor.payload_like(self.spec)  # a layout that does not fit raises here
+        self.spec = MessageSpec(
+            numel=ch.numel, dtype=ch.dtype, device=ch.device, layout=setup.layout
+        )
+        self.public = PublicCopies(self.compressor, self.spec, ch.rank, setup.reference, owner)
         self.schedule = RankSchedule(topology, config.mixing, rank=ch.rank)
         self.carries_weight = carries_weight and (
             force_weight or not self.schedule.weight_is_constant
         )
-        self.reference = None if ref is None else ref.to(ch.device)
         self.step = 0
         self.bytes_sent = 0
-        self.public_out: dict[int, torch.Tensor] = {}
-        self.public_in: dict[int, torch.Tensor] = {}
-        self.codec_state: dict[int, dict[str, torch.Tensor]] = {}
         self._pool: list[list[torch.Tensor]] = []
-        self._diff = torch.empty(ch.numel, dtype=ch.dtype, device=ch.device)
         self._worker = Worker(f"gossip-rank{ch.rank}")
 
     # ------------------------------------------------------------------ state
-    def _copy(self, table: dict[int, torch.Tensor], peer: int) -> torch.Tensor:
-        copy = table.get(peer)
-        if copy is None:
-            ch = self.channel
-            if self.reference is None:
-                copy = torch.zeros(ch.numel, dtype=ch.dtype, device=ch.device)
-            else:
-                copy = self.reference.clone()
-            table[peer] = copy
-        return copy
-
-    def _codec(self, peer: int) -> dict[str, torch.Tensor]:
-        state = self.codec_state.get(peer)
-        if state is None:
-            state = self.compressor.init_state(self.spec, src=self.channel.rank, dst=peer)
-            self.codec_state[peer] = state
-        return state
-
     def state_dict(self) -> dict[str, Any]:
         """The step counter, every public copy and every edge's compressor state (CPU)."""
-
-        def cpu(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().to("cpu", copy=True)
-
-        return {
-            "step": self.step,
-            "public_out": {p: cpu(t) for p, t in self.public_out.items()},
-            "public_in": {p: cpu(t) for p, t in self.public_in.items()},
-            "codec": {p: {k: cpu(v) for k, v in s.items()} for p, s in self.codec_state.items()},
-        }
+        return {"step": self.step, **self.public.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore `state_dict`'s output.
 
         Raises:
-            ValueError: If the state has no public copies (it was saved without
-                compression) or a copy of another size.
+            ValueError: If the step is not an int >= 0, or the state has no public copies
+                (it was saved without compression) or a copy of another size.
         """
         step = checked_step(dict(state))
-        missing = [k for k in ("public_out", "public_in", "codec") if k not in state]
-        if missing:
-            raise ValueError(
-                f"{self.channel.owner}: the gossip state has no {', '.join(missing)}; it was "
-                "saved without compression, which this gossiper uses"
-            )
-        ch = self.channel
-        tables: list[dict[int, torch.Tensor]] = []
-        for key in ("public_out", "public_in"):
-            table = {}
-            for peer, t in dict(state[key]).items():
-                if not isinstance(t, torch.Tensor) or t.numel() != ch.numel:
-                    raise ValueError(
-                        f"{ch.owner}: saved public copy {key}[{peer}] must be a tensor of "
-                        f"{ch.numel} elements; got {getattr(t, 'shape', type(t).__name__)}"
-                    )
-                table[int(peer)] = t.reshape(-1).to(ch.device, ch.dtype, copy=True)
-            tables.append(table)
+        self.public.load_state_dict(state)
         self.step = step
-        self.public_out, self.public_in = tables
-        self.codec_state = {
-            int(p): {
-                k: v.to(ch.device, copy=True) if k != "rng" else v.clone() for k, v in s.items()
-            }
-            for p, s in dict(state["codec"]).items()
-        }
 
     # ------------------------------------------------------------------ steps
     def _payloads(self) -> list[torch.Tensor]:
-        return self._pool.pop() if self._pool else self.compressor.payload_like(self.spec)
+        return self._pool.pop() if self._pool else self.public.empty()
 
     def post(self, tensor: torch.Tensor, weight: float) -> CompressedFlight:
         """Encode and post one step; ``tensor`` becomes what this rank keeps right away.
@@ -207,7 +138,7 @@ class CompressedEngine:
         The sends leave with the payloads, so ``tensor`` may be read and written at once:
         it holds $x_i - \\gamma \\sum_j P_{ji} \\hat x_{i\\to j}$ until the step finishes.
         """
-        ch, comp, spec = self.channel, self.compressor, self.spec
+        ch = self.channel
         ch.check(tensor)
         info, step = self.schedule[self.step], self.step
         self.step += 1
@@ -216,14 +147,11 @@ class CompressedEngine:
             buf = buf.to(ch.device)
         sends = []
         for peer in info.out_peers:
-            public = self._copy(self.public_out, peer)
-            torch.sub(buf, public, out=self._diff)
             payload = self._payloads()
-            comp.encode(spec, self._diff, payload, self._codec(peer))
-            comp.add_decoded(spec, payload, public)
+            self.public.encode(peer, buf, payload)
             sends.append(payload)
         for peer, share in zip(info.out_peers, info.out_weights, strict=True):
-            buf.sub_(self.public_out[peer], alpha=self.gamma * share)
+            buf.sub_(self.public.sent(peer), alpha=self.gamma * share)
         recvs = [self._payloads() for _ in info.in_peers]
         messages = [
             Message(p, t, True)
@@ -274,11 +202,10 @@ class CompressedEngine:
 
     def _fold_in(self, flight: CompressedFlight, into: torch.Tensor) -> None:
         """Decode the received payloads into the in-copies and add ``gamma P_ik xhat_k``."""
-        comp, spec = self.compressor, self.spec
         for q, payload in zip(flight.info.in_peers, flight.recvs, strict=True):
-            comp.add_decoded(spec, payload, self._copy(self.public_in, q))
+            self.public.receive(q, payload)
         for q, a in zip(flight.info.in_peers, flight.in_weights, strict=True):
-            into.add_(self.public_in[q].to(into.device, non_blocking=True), alpha=a)
+            into.add_(self.public.received(q).to(into.device, non_blocking=True), alpha=a)
 
     def _weight_in(self, flight: CompressedFlight) -> float:
         weights = [float(w.item()) for w in flight.weight_recvs]
@@ -339,16 +266,7 @@ class CompressedEngine:
             ValueError: If ``state`` does not fit this engine's schedule or payloads.
         """
         ch = self.channel
-        try:
-            step, weight = state["step"], float(state["weight"])
-            payloads, weights = list(state["payloads"]), [float(w) for w in state["weights"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"malformed in-flight compressed gossip state: {exc!r}") from None
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.step:
-            raise ValueError(
-                f"in-flight gossip state is for step {step!r}, but this rank has posted "
-                f"steps 0..{self.step - 1}; load the step counter first"
-            )
+        step, weight, payloads, weights = parse_saved_round(state, "payloads", self.step)
         info = self.schedule[step]
         expected_w = len(info.in_peers) if self.carries_weight else 0
         if len(payloads) != len(info.in_peers) or len(weights) != expected_w:
@@ -372,8 +290,8 @@ class CompressedEngine:
             pending=PendingExchange.delivered(ch.rank, step, 0, 0),
             info=info,
             step=step,
-            target=self._diff,
-            buf=self._diff,
+            target=self.public.scratch,
+            buf=self.public.scratch,
             weight=weight,
             kept_weight=1.0 - self.gamma * (1.0 - info.self_weight),
             in_weights=tuple(self.gamma * a for a in info.in_weights),

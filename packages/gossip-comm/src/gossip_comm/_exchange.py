@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from gossip_comm._background import Worker
-from gossip_comm._channel import Channel, check_finite, checked_step, open_channel
+from gossip_comm._channel import (
+    Channel,
+    check_finite,
+    checked_step,
+    open_channel,
+    parse_saved_round,
+)
 from gossip_comm._transport import Message, PendingExchange, post
 from gossip_comm.config import GossipConfig
 from gossip_comm.handle import GossipHandle
@@ -173,16 +179,7 @@ class ExchangeEngine:
                 or wire dtype, or its step has not been posted yet.
         """
         ch = self.channel
-        try:
-            step, weight = state["step"], float(state["weight"])
-            messages, weights = list(state["messages"]), [float(w) for w in state["weights"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"malformed in-flight gossip state: {exc!r}") from None
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.step:
-            raise ValueError(
-                f"in-flight gossip state is for step {step!r}, but this rank has posted "
-                f"steps 0..{self.step - 1}; load the step counter first"
-            )
+        step, weight, messages, weights = parse_saved_round(state, "messages", self.step)
         info = self.schedule[step]
         if len(messages) != len(info.in_peers):
             raise ValueError(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import threading
-import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -41,7 +40,7 @@ from gossip_comm._channel import (
     checked_step,
     open_channel,
 )
-from gossip_comm._pair_codec import PairCodec
+from gossip_comm._public import PublicCopies, compression_setup
 from gossip_comm._transport import Message, post
 from gossip_comm.compression import MessageSpec
 from gossip_comm.config import GossipConfig
@@ -54,10 +53,39 @@ __all__ = ["AsyncBilateral"]
 _HEADER, _DATA = 1, 0
 
 
+class _PairCodec:
+    """Compressed exchanges on public copies, both ways.
+
+    Each end sends ``C(x - sent[p])`` and moves by ``gamma / 2 * (received[p] - sent[p])``,
+    exactly minus what its partner moves by (their copies are the same bits, swapped):
+    the pair's sum is conserved whatever the compressor, and a lossless one with
+    ``gamma = 1`` gives both ends the pair's average.
+    """
+
+    def __init__(self, public: PublicCopies, gamma: float) -> None:
+        self.public, self.gamma = public, gamma
+
+    def empty(self) -> list[torch.Tensor]:
+        return self.public.empty()
+
+    def encode(self, peer: int, value: torch.Tensor) -> list[torch.Tensor]:
+        payload = self.public.empty()
+        self.public.encode(peer, value, payload)
+        return payload
+
+    def receive(self, peer: int, payload: list[torch.Tensor]) -> None:
+        self.public.receive(peer, payload)
+
+    def move(self, peer: int, into: torch.Tensor) -> None:
+        public = self.public
+        step = torch.sub(public.received(peer), public.sent(peer), out=public.scratch)
+        into.add_(step, alpha=self.gamma / 2)
+
+
 class _Active:
     """An active rank's part: ask partners in schedule order; at the end, say goodbye."""
 
-    def __init__(self, channel: Channel, topology: Topology, codec: PairCodec | None) -> None:
+    def __init__(self, channel: Channel, topology: Topology, codec: _PairCodec | None) -> None:
         self.channel, self.topology, self.codec = channel, topology, codec
         rank = channel.rank
         self.partners = sorted(
@@ -161,7 +189,7 @@ class _Active:
 class _Passive:
     """A passive rank's part: a responder thread answers whoever asks first."""
 
-    def __init__(self, channel: Channel, topology: Topology, codec: PairCodec | None) -> None:
+    def __init__(self, channel: Channel, topology: Topology, codec: _PairCodec | None) -> None:
         self.channel, self.codec = channel, codec
         rank = channel.rank
         self.partners = sorted(
@@ -233,7 +261,7 @@ class _Passive:
             ) from exc
 
     def _loop_compressed(self, flat: torch.Tensor) -> None:
-        """As ``_loop``, with compressed differences both ways (see ``PairCodec``)."""
+        """As ``_loop``, with compressed differences both ways (see ``_PairCodec``)."""
         ch, codec = self.channel, self.codec
         assert codec is not None
         remaining = len(self.partners)
@@ -347,25 +375,7 @@ class AsyncBilateral:
         gossip_group = dist.new_group([to_global_rank(group, r) for r in range(n)], backend="gloo")
         assert isinstance(gossip_group, ProcessGroup)  # every rank is a member
         cpu_like = torch.empty(like.shape, dtype=like.dtype)
-        compressor = config.compressor
-        if compressor is None and (layout is not None or reference is not None):
-            raise ValueError("AsyncBilateral: layout and reference only apply with compression")
-        shapes = tuple(torch.Size(s) for s in layout) if layout is not None else (like.shape,)
-        ref = None
-        if reference is not None:
-            if not isinstance(reference, torch.Tensor) or reference.numel() != like.numel():
-                raise ValueError(
-                    f"AsyncBilateral: reference must be a tensor of {like.numel()} elements"
-                )
-            ref = reference.detach().reshape(-1).to("cpu", like.dtype, copy=True)
-        extra = []
-        if compressor is not None:
-            extra = [
-                ("compressor", zlib.crc32(repr(compressor).encode())),
-                ("consensus step (x 1e9)", round(config.gamma * 1e9)),
-                ("layout", zlib.crc32(repr(shapes).encode())),
-                ("reference", 0 if ref is None else zlib.crc32(ref.numpy().tobytes())),
-            ]
+        setup = compression_setup(config, like, layout, reference, owner="AsyncBilateral")
         channel = open_channel(
             topology,
             cpu_like,
@@ -375,15 +385,17 @@ class AsyncBilateral:
                 check_finite=config.check_finite,
             ),
             owner="AsyncBilateral",
-            extra=extra,
+            extra=[] if setup is None else setup.agreement,
         )
         self._codec = None
-        if compressor is not None:
+        if setup is not None:
             spec = MessageSpec(
-                numel=channel.numel, dtype=channel.dtype, device=channel.device, layout=shapes
+                numel=channel.numel, dtype=channel.dtype, device=channel.device, layout=setup.layout
             )
-            compressor.payload_like(spec)  # a layout that does not fit raises here
-            self._codec = PairCodec(compressor, config.gamma, spec, channel.rank, ref)
+            copies = PublicCopies(
+                setup.compressor, spec, channel.rank, setup.reference, "AsyncBilateral"
+            )
+            self._codec = _PairCodec(copies, setup.gamma)
         self.rank = group_rank(group)
         self.topology = topology
         self.timeout = channel.timeout
@@ -426,7 +438,7 @@ class AsyncBilateral:
         if self._codec is not None:
             lock = self._role.lock if isinstance(self._role, _Passive) else threading.Lock()
             with lock:
-                state.update(self._codec.state_dict())
+                state.update(self._codec.public.state_dict())
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -440,7 +452,7 @@ class AsyncBilateral:
         if self._codec is not None:
             lock = self._role.lock if isinstance(self._role, _Passive) else threading.Lock()
             with lock:
-                self._codec.load_state_dict(state, "AsyncBilateral")
+                self._codec.public.load_state_dict(state)
         if isinstance(self._role, _Active):
             self._role.step = step
 
