@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from gossip_comm import (
+    DEFAULT_CHUNK_BYTES,
     AsyncBilateral,
     BilateralPushPull,
     GossipConfig,
@@ -240,3 +241,55 @@ def test_chunk_numel_follows_the_backend_and_the_wire_dtype() -> None:
 def test_chunk_bytes_must_be_a_non_negative_int(bad: object) -> None:
     with pytest.raises(ValueError, match="chunk_bytes"):
         GossipConfig(chunk_bytes=bad)  # type: ignore[arg-type]
+
+
+def _two_hosts(rank: int, n: int) -> dict[str, Any]:
+    """Default chunking with ranks 0, 1 on one "host" and 2, 3 on another."""
+    import gossip_comm._channel as channel_module
+
+    channel_module.host_key = lambda: 100 + rank // 2  # type: ignore[assignment]
+    numel = (DEFAULT_CHUNK_BYTES // 4) * 2 + 777  # three default chunks when split
+    x = torch.from_numpy(np.random.default_rng(rank).normal(size=numel).astype(np.float32))
+    topo = make_topology("npeer-dynamic-directed-exponential", n, 1)  # +1, then +2
+    ps = PushSum(topo, x.clone(), config=GossipConfig(timeout=60))
+    ab = BilateralPushPull(make_topology("dynamic-bipartite-exponential", n), x.clone())
+    out: dict[str, Any] = {
+        "remote": ps._engine.channel.remote,
+        "chunk_to": [ps._engine.channel.chunk_to(p) for p in range(n)],
+        "pieces": [],
+    }
+    y, w = x.clone(), 1.0
+    for _ in range(2):
+        flight = ps._engine.post(y, w)
+        pending = flight.pending
+        counts = {i: 0 for i in range(len(pending.messages))}
+        for _, i in pending.pieces:
+            counts[i] += 1
+        out["pieces"].append(
+            sorted((m.peer, m.send, counts[i]) for i, m in enumerate(pending.messages))
+        )
+        y, w = ps._engine.finish(flight)
+    out["mixed"] = y.numpy().copy()
+    out["x0"] = x.numpy().copy()
+    ab.close()
+    return out
+
+
+def test_default_chunks_split_only_messages_between_hosts() -> None:
+    res = run_distributed(_two_hosts, N)
+    big = DEFAULT_CHUNK_BYTES // 4
+    for rank, r in enumerate(res):
+        assert r["remote"] == tuple(rank // 2 != p // 2 for p in range(N))
+        assert r["chunk_to"] == [big if rank // 2 != p // 2 else 0 for p in range(N)]
+        # each message travels in 3 chunks across hosts and whole within one
+        for step, hop in enumerate((1, 2)):
+            out_peer, in_peer = (rank + hop) % N, (rank - hop) % N
+            expected = [
+                (p, send, 3 if rank // 2 != p // 2 else 1)
+                for p, send in ((out_peer, True), (in_peer, False))
+            ]
+            assert r["pieces"][step] == sorted(expected)
+    x0 = np.stack([r["x0"] for r in res]).astype(np.float64)
+    sim = simulate_push_sum(make_topology("npeer-dynamic-directed-exponential", N, 1), x0, 2)
+    got = np.stack([r["mixed"] for r in res])
+    np.testing.assert_allclose(got, sim.numerators[-1], rtol=1e-6, atol=1e-6)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import zlib
+
 import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-__all__ = ["comm_device_for", "group_rank", "group_size", "resolve_group", "to_global_rank"]
+__all__ = [
+    "comm_device_for",
+    "group_rank",
+    "group_size",
+    "host_key",
+    "resolve_group",
+    "to_global_rank",
+]
 
 
 def resolve_group(process_group: ProcessGroup | None) -> ProcessGroup:
@@ -65,3 +76,23 @@ def comm_device_for(group: ProcessGroup, requested: torch.device | str | None) -
     if str(device) == "cuda":  # no index given: use the current device
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def host_key() -> int:
+    """A number that two processes share exactly when they run on the same host.
+
+    The host name, and the local address this process reaches ``MASTER_ADDR`` from (the
+    address of its network namespace: emulated hosts on one machine share a host name but
+    not an address). Connecting a UDP socket sends nothing; where there is no
+    ``MASTER_ADDR`` (a file rendezvous), the host name alone decides.
+    """
+    address = ""
+    master = os.environ.get("MASTER_ADDR")
+    if master:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect((master, int(os.environ.get("MASTER_PORT", "29500") or 29500)))
+                address = str(probe.getsockname()[0])
+        except (OSError, ValueError):
+            address = ""
+    return zlib.crc32(f"{socket.gethostname()}|{address}".encode())

@@ -7,6 +7,7 @@ different protocols share them without sharing an engine.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,13 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from gossip_comm._backend import comm_device_for, group_rank, group_size, resolve_group
+from gossip_comm._backend import (
+    comm_device_for,
+    group_rank,
+    group_size,
+    host_key,
+    resolve_group,
+)
 from gossip_comm.config import DEFAULT_CHUNK_BYTES, GossipConfig
 from gossip_comm.errors import NonFiniteError
 from gossip_topology import Topology
@@ -56,6 +63,8 @@ class Channel:
     timeout: float
     check_finite: bool
     chunk_numel: int = 0  # elements per chunk of a message; 0: one piece
+    chunk_everywhere: bool = False  # chunk_bytes was given: chunk every pair's messages
+    remote: tuple[bool, ...] = ()  # per rank of the group: on another host than this one
 
     @property
     def numel(self) -> int:
@@ -65,6 +74,17 @@ class Channel:
     def check(self, tensor: torch.Tensor) -> None:
         """``check_tensor`` against this channel."""
         check_tensor(tensor, self)
+
+    def chunk_to(self, peer: int) -> int:
+        """Elements per chunk of the messages to and from ``peer``; 0: one piece.
+
+        By default only pairs on different hosts split their messages: chunks cure a
+        network link's half-duplex behaviour, and between processes of one host they
+        only cost. ``peer`` decides the same for this rank as this rank does for it.
+        """
+        if self.chunk_everywhere or (self.remote and self.remote[peer]):
+            return self.chunk_numel
+        return 0
 
     def empty(self) -> torch.Tensor:
         """A receive buffer: one flat message in the wire dtype, on the comm device."""
@@ -111,9 +131,11 @@ def open_channel(
         timeout=float(config.timeout),
         check_finite=config.check_finite,
         chunk_numel=chunk_numel_for(config.chunk_bytes, device, wire_dtype, like.numel()),
+        chunk_everywhere=config.chunk_bytes is not None,
     )
-    agree_across_ranks(channel, topology, extra)
-    return channel
+    hosts = agree_across_ranks(channel, topology, extra)
+    mine = hosts[channel.rank]
+    return dataclasses.replace(channel, remote=tuple(h != mine for h in hosts))
 
 
 def chunk_numel_for(
@@ -136,8 +158,12 @@ def chunk_numel_for(
 
 def agree_across_ranks(
     channel: Channel, topology: Topology, extra: Sequence[tuple[str, int]] = ()
-) -> None:
+) -> list[int]:
     """Raise on every rank unless all ranks gossip the same buffer over the same topology.
+
+    Returns:
+        Every rank's [`host_key`][gossip_comm._backend.host_key], gathered in the same
+        ``all_gather``.
 
     Raises:
         ValueError: Naming the field and each rank's value.
@@ -150,7 +176,9 @@ def agree_across_ranks(
         topology.period,
         _DTYPE_CODES[channel.wire_dtype],
         channel.chunk_numel,
+        int(channel.chunk_everywhere),
         *(value for _, value in extra),
+        host_key(),  # gathered, not agreed on: the last column
     ]
     local = torch.tensor(mine, dtype=torch.int64, device=channel.device)
     gathered = [torch.empty_like(local) for _ in range(channel.size)]
@@ -169,6 +197,7 @@ def agree_across_ranks(
         "period",
         "wire dtype",
         "chunk size (elements)",
+        "chunk_bytes (set on some ranks, None on others)",
         *(name for name, _ in extra),
     ]
     for field, name in enumerate(names):
@@ -178,6 +207,7 @@ def agree_across_ranks(
                 f"{channel.owner}: ranks disagree on the {name}: {values} (rank: value); "
                 "every rank must gossip the same buffer over the same topology"
             )
+    return [row[-1] for row in table]
 
 
 def check_tensor(tensor: torch.Tensor, channel: Channel) -> None:

@@ -174,7 +174,8 @@ class CompressedEngine:
                 Message(q, w, False) for q, w in zip(info.in_peers, weight_recvs, strict=True)
             ]
         self.bytes_sent += sum(m.tensor.nbytes for m in messages if m.send)
-        pending = post(messages, ch.group, ch.rank, step, chunk_numel=ch.chunk_numel)
+        chunks = [ch.chunk_to(m.peer) for m in messages]
+        pending = post(messages, ch.group, ch.rank, step, chunk_numel=chunks)
         return CompressedFlight(
             pending=pending,
             info=info,

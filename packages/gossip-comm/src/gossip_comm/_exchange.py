@@ -151,7 +151,8 @@ class ExchangeEngine:
             messages += [Message(p, weight_send, True) for p in info.out_peers]
             messages += [Message(q, weight_recvs[i], False) for i, q in enumerate(info.in_peers)]
         self.bytes_sent += sum(m.tensor.nbytes for m in messages if m.send)
-        pending = post(messages, ch.group, ch.rank, step, chunk_numel=ch.chunk_numel)
+        chunks = [ch.chunk_to(m.peer) for m in messages]
+        pending = post(messages, ch.group, ch.rank, step, chunk_numel=chunks)
         return InFlight(
             pending, info, step, buf, tensor, weight, recvs, weight_recvs, staging, wire
         )
@@ -231,7 +232,8 @@ class ExchangeEngine:
         widen: list[torch.Tensor] = []
         if ch.wire_dtype != ch.dtype and recvs:
             widen = self._spare_widen.pop() if self._spare_widen else []
-            size = ch.chunk_numel or ch.numel
+            size = ch.chunk_numel if flight.pending.num_chunks > 1 else ch.numel
+            widen = [w for w in widen if w.numel() >= size]  # a whole step needs whole ones
             while len(widen) < len(recvs):
                 widen.append(torch.empty(size, dtype=ch.dtype, device=ch.device))
         try:

@@ -19,7 +19,7 @@ same agreed configuration, and gloo matches a pair's messages in posting order.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -182,7 +182,7 @@ def post(
     rank: int,
     step: int,
     tags: list[int] | None = None,
-    chunk_numel: int = 0,
+    chunk_numel: int | Sequence[int] = 0,
 ) -> PendingExchange:
     """Post every message of one step in a single ``batch_isend_irecv``.
 
@@ -191,14 +191,18 @@ def post(
     ``tags`` (one per message, default 0) keep separate streams apart. Messages longer
     than ``chunk_numel`` elements (``0``: never) travel in chunks of that many elements,
     posted interleaved across messages; both sides must use the same ``chunk_numel``.
+    A sequence gives each message its own, either 0 or one common size.
     """
     if not messages:
         return PendingExchange([], [], rank, step)
     tags = [0] * len(messages) if tags is None else tags
+    sizes = [chunk_numel] * len(messages) if isinstance(chunk_numel, int) else list(chunk_numel)
+    if len({s for s in sizes if s}) > 1:
+        raise ValueError(f"messages of one exchange chunk by one size or none; got {sizes}")
     pieces: list[tuple[int, int, torch.Tensor]] = []
     for i, m in enumerate(messages):
         flat = m.tensor.view(-1)
-        for c, piece in enumerate(split(flat.numel(), chunk_numel)):
+        for c, piece in enumerate(split(flat.numel(), sizes[i])):
             pieces.append((c, i, flat[piece]))
     pieces.sort(key=lambda p: (p[0], p[1]))  # stable: chunk-major, message order within
     ops = [
@@ -213,4 +217,4 @@ def post(
     ]
     works = dist.batch_isend_irecv(ops)
     index = [(c, i) for c, i, _ in pieces]
-    return PendingExchange(list(works), messages, rank, step, index, chunk_numel)
+    return PendingExchange(list(works), messages, rank, step, index, max(sizes, default=0))

@@ -118,7 +118,7 @@ class _Active:
             ch.rank,
             step,
             tags=[_HEADER, _DATA, _DATA],
-            chunk_numel=ch.chunk_numel,
+            chunk_numel=ch.chunk_to(peer),
         )
 
         def finish() -> torch.Tensor:
@@ -238,7 +238,7 @@ class _Passive:
                     ch.rank,
                     self.served,
                     tags=[_DATA, _DATA],
-                    chunk_numel=ch.chunk_numel,
+                    chunk_numel=ch.chunk_to(active),
                 )
                 for sl in pending.chunks(ch.timeout):
                     if ch.check_finite:

@@ -124,7 +124,7 @@ class BilateralPushPull:
             ch.group,
             ch.rank,
             step,
-            chunk_numel=ch.chunk_numel,
+            chunk_numel=ch.chunk_to(peer),
         )
 
         def finish() -> torch.Tensor:
@@ -146,7 +146,7 @@ class BilateralPushPull:
                 ch.group,
                 ch.rank,
                 self._step,
-                chunk_numel=ch.chunk_numel,
+                chunk_numel=[ch.chunk_to(q) for q in peers],
             )
             self._armed = (peers, recvs, self._worker.submit(lambda: self._wait(pending)))
         return self._armed
@@ -159,7 +159,7 @@ class BilateralPushPull:
         for peer, recv in zip(peers, recvs, strict=True):
             reply = self._encode(tensor)  # the send completes before the average below
             sent = post(
-                [Message(peer, reply, True)], ch.group, ch.rank, step, chunk_numel=ch.chunk_numel
+                [Message(peer, reply, True)], ch.group, ch.rank, step, chunk_numel=ch.chunk_to(peer)
             )
             self._wait(sent)
             self._average(tensor, recv, peer, step)

@@ -22,7 +22,7 @@ the buffer's dtype and push-sum weights travel in float64.
 """
 
 DEFAULT_CHUNK_BYTES = 4 << 20
-"""Chunk size on gloo when ``GossipConfig.chunk_bytes`` is ``None``: 4 MiB.
+"""Chunk size on gloo between hosts when ``GossipConfig.chunk_bytes`` is ``None``: 4 MiB.
 
 Chosen on the emulated cluster (`nox -s cluster`, the chunk-size sweep on the benchmarks
 page): within a few percent of the best size at 1 Gbit/s and the best of those tried at
@@ -49,8 +49,10 @@ class GossipConfig:
         chunk_bytes: Messages longer than this travel in chunks of about this many bytes,
             posted interleaved in both directions and mixed as each one arrives, so a
             pair of ranks that send to each other get the line rate both ways. ``None``
-            picks the backend's default: ``DEFAULT_CHUNK_BYTES`` on gloo, one message on
-            NCCL; ``0`` never splits. Every rank must use the same value.
+            picks what the link needs: on gloo, ``DEFAULT_CHUNK_BYTES`` between ranks on
+            different hosts and one message between ranks of one host (where chunks only
+            cost); one message on NCCL. ``0`` never splits; a positive value splits
+            every pair's messages. Every rank must use the same value.
         compression: Send compressed differences instead of the value: a
             [`Compressor`][gossip_comm.Compressor] or a spec string such as ``"int8"``,
             ``"topk:0.01"`` or ``"lowrank:2"`` (see
