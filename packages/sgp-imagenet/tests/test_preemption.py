@@ -65,11 +65,22 @@ def _assert_same(a: Any, b: Any, where: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["ar", "sgp", "osgp", "dpsgd"])
+@pytest.mark.parametrize(
+    ("algorithm", "extra"),
+    [
+        ("ar", ()),
+        ("sgp", ()),
+        ("osgp", ()),
+        ("dpsgd", ()),
+        # public copies, warm starts and compressed rounds in flight resume bit for bit
+        ("osgp", ("--compression", "lowrank:2")),
+    ],
+    ids=["ar", "sgp", "osgp", "dpsgd", "osgp-lowrank"],
+)
 def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(
-    algorithm: str, tmp_path: Path
+    algorithm: str, extra: tuple[str, ...], tmp_path: Path
 ) -> None:
-    whole = _train(tmp_path, "whole", algorithm)
+    whole = _train(tmp_path, "whole", algorithm, None, *extra)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     # rank 1 alone receives SIGTERM after global iteration 9 = epoch 1, iteration 3
@@ -83,7 +94,7 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(
         "SLURM_JOB_ID": "4242",
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
     }
-    stopped = _train(tmp_path, "split", algorithm, env)
+    stopped = _train(tmp_path, "split", algorithm, env, *extra)
     assert stopped.returncode != 0  # 75 from each worker; torchrun reports a failure
     assert f"exitcode  : {EXIT_PREEMPTED}" in stopped.stderr or "75" in stopped.stderr
     assert "rank 1 caught SIGTERM" in stopped.stderr
@@ -95,8 +106,11 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(
         assert saved["kind"] == "rank"
         if algorithm == "osgp":  # rounds were in flight and were saved, not folded in
             assert len(saved["model"]["_extra_state"]["in_flight"]) == 2
+        if extra:  # and each gossiper's public copies with them
+            gossip = saved["model"]["_extra_state"]["gossip"]
+            assert all(g["public_out"] and g["public_in"] for g in gossip)
 
-    resumed = _train(tmp_path, "split", algorithm)
+    resumed = _train(tmp_path, "split", algorithm, None, *extra)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from the ranks' own checkpoints" in resumed.stdout
     assert "epoch 1 [4/6]" in resumed.stdout and "epoch 1 [3/6]" not in resumed.stdout
