@@ -116,7 +116,7 @@ def test_stochastic_int8_is_unbiased() -> None:
 
 def test_make_compressor_and_config_errors() -> None:
     assert repr(make_compressor("int8:stochastic")) == "Int8(block=1024, stochastic=True)"
-    assert repr(make_compressor(" LOWRANK:3")) == "LowRank(3)"
+    assert repr(make_compressor(" lowrank:3")) == "LowRank(3)"
     for bad in ["topk", "topk:0", "topk:1.5", "lowrank:0", "lowrank:x", "int4", "int8:foo"]:
         with pytest.raises(ValueError, match="compression"):
             make_compressor(bad)
@@ -390,14 +390,20 @@ def _pairs_worker(rank: int, n: int, spec: str, exchanges: int, jitter: bool) ->
         shared = x.clone()
         ab.serve(shared)
         ab.finish()
-        return start, shared.numpy(), ab.bytes_sent, ab.state_dict()
+        return start, shared.numpy(), ab.bytes_sent, _copies(ab)
     rng = np.random.default_rng(100 + rank)
     for _ in range(exchanges):
         if jitter:
             time.sleep(float(rng.uniform(0, 0.02)))  # actives arrive in no fixed order
         x = ab.request(x).wait()
     ab.finish()
-    return start, x.numpy(), ab.bytes_sent, ab.state_dict()
+    return start, x.numpy(), ab.bytes_sent, _copies(ab)
+
+
+def _copies(ab: Any) -> dict[str, Any]:
+    """The public copies of an AsyncBilateral, and what its state_dict keeps."""
+    public = ab._codec.public
+    return {"out": public.out, "in": public.into, "state": ab.state_dict()}
 
 
 @pytest.mark.parametrize("spec", ["topk:0.2", "lowrank:1"])
@@ -423,11 +429,53 @@ def test_a_compressed_pair_equals_the_numpy_pair_oracle(spec: str) -> None:
     assert res[1][2] == exchanges * (per_message + 16)  # and a 16-byte header each
     assert res[0][2] == exchanges * per_message
     # both ends of the pair hold the same public copies, bit for bit
-    np.testing.assert_array_equal(res[0][3]["public_out"][1], res[1][3]["public_in"][0])
-    np.testing.assert_array_equal(res[0][3]["public_in"][1], res[1][3]["public_out"][0])
+    np.testing.assert_array_equal(res[0][3]["out"][1], res[1][3]["in"][0])
+    np.testing.assert_array_equal(res[0][3]["in"][1], res[1][3]["out"][0])
+    # a checkpoint keeps only the request counter: after a restart every pair starts
+    # afresh on both ends, whatever exchange was in flight when it was taken
+    assert res[0][3]["state"] == {"step": 0} and res[1][3]["state"] == {"step": exchanges}
 
 
 def test_compressed_pairs_conserve_the_sum_in_any_order() -> None:
     n = 6
     res = run_distributed(_pairs_worker, n, args=("int8", 6, True), timeout=120)
     np.testing.assert_allclose(sum(r[1] for r in res), sum(r[0] for r in res), atol=1e-12)
+
+
+def _edge_cases(rank: int, n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    ring = make_topology("ring", n, 1)
+    # a bfloat16 buffer with a common reference (its checksum has no numpy dtype)
+    half = torch.from_numpy(_x0(n)[rank].copy()).to(torch.bfloat16)
+    ref = torch.full((D,), 0.5, dtype=torch.bfloat16)
+    ps = PushSum(ring, half, config=GossipConfig(timeout=60, compression="int8"), reference=ref)
+    w = 1.0
+    for _ in range(3):
+        half, w = ps.mix(half, w)
+    out["bf16"] = half.double().numpy().copy()
+    # an overlapped round still in flight: both ends of its edge already hold a copy
+    config = GossipConfig(timeout=60, compression="lowrank:2")
+    layout = [torch.Size(s) for s in LAYOUT]
+    x = torch.from_numpy(_x0(n)[rank].copy())
+    over = PushSum(ring, x, config=config, layout=layout)
+    snap = x.clone()
+    rnd = over.send(snap, 1.0)
+    state = over.state_dict()
+    out["copies"] = (sorted(state["public_out"]), sorted(state["public_in"]))
+    over.receive(rnd, x)
+    # a checkpoint from another compressor is refused by name
+    other = PushSum(
+        ring, x, config=GossipConfig(timeout=60, compression="lowrank:1"), layout=layout
+    )
+    with pytest.raises(ValueError, match="does not fit LowRank"):
+        other.load_state_dict(over.state_dict())
+    return out
+
+
+def test_bf16_buffers_in_flight_copies_and_foreign_checkpoints() -> None:
+    n = 4
+    res = run_distributed(_edge_cases, n, timeout=120)
+    total = sum(r["bf16"] for r in res)
+    np.testing.assert_allclose(total, _x0(n).sum(0), rtol=0.05, atol=0.05)  # bf16 rounding
+    for rank, r in enumerate(res):
+        assert r["copies"] == ([(rank + 1) % n], [(rank - 1) % n])

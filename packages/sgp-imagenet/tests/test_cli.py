@@ -102,7 +102,7 @@ def test_four_ranks_osgp_on_digits(tmp_path: Path) -> None:
         (["train", "--dataset", "digits", "--compression", "top5"], "--compression/"),
         (
             ["train", "--dataset", "digits", "--compression", "topk:2"],
-            "fraction must be a number in (0, 1]",
+            "fraction must be in (0, 1]",
         ),
         (
             ["train", "--dataset", "digits", "--algorithm", "ar", "--compression", "int8"],

@@ -21,6 +21,7 @@ from gossip_comm.compression import (
     LowRank,
     MessageSpec,
     TopK,
+    common_references,
     make_compressor,
 )
 from gossip_comm.config import DEFAULT_CHUNK_BYTES, WIRE_DTYPES, GossipConfig
@@ -69,6 +70,7 @@ __all__ = [
     "TopK",
     "__version__",
     "comm_device_for",
+    "common_references",
     "gossip_average",
     "make_compressor",
     "resolve_group",

@@ -133,10 +133,9 @@ class CompressedEngine:
         return self._pool.pop() if self._pool else self.public.empty()
 
     def post(self, tensor: torch.Tensor, weight: float) -> CompressedFlight:
-        """Encode and post one step; ``tensor`` becomes what this rank keeps right away.
+        """Encode and post one step; the flight's ``keep`` gives what this rank keeps.
 
-        The sends leave with the payloads, so ``tensor`` may be read and written at once:
-        it holds $x_i - \\gamma \\sum_j P_{ji} \\hat x_{i\\to j}$ until the step finishes.
+        The payloads are encoded before this returns, so ``tensor`` is free at once.
         """
         ch = self.channel
         ch.check(tensor)
@@ -152,6 +151,8 @@ class CompressedEngine:
             sends.append(payload)
         for peer, share in zip(info.out_peers, info.out_weights, strict=True):
             buf.sub_(self.public.sent(peer), alpha=self.gamma * share)
+        for q in info.in_peers:  # both ends of an edge create their copies in one step
+            self.public.received(q)
         recvs = [self._payloads() for _ in info.in_peers]
         messages = [
             Message(p, t, True)

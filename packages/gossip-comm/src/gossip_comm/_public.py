@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from gossip_comm._compressor import checksum
 from gossip_comm.compression import Compressor, MessageSpec
 from gossip_comm.config import GossipConfig
 
@@ -65,7 +66,7 @@ def compression_setup(
         ("compressor", zlib.crc32(repr(compressor).encode())),
         ("consensus step (x 1e9)", round(config.gamma * 1e9)),
         ("layout", zlib.crc32(repr(shapes).encode())),
-        ("reference", 0 if ref is None else zlib.crc32(ref.numpy().tobytes())),
+        ("reference", 0 if ref is None else checksum(ref)),
     ]
     return CompressionSetup(
         compressor=compressor, gamma=config.gamma, layout=shapes, reference=ref, agreement=agreement
@@ -136,6 +137,10 @@ class PublicCopies:
         """Add the decoding of ``peer``'s ``payload`` to ``received(peer)``."""
         self.compressor.add_decoded(self.spec, payload, self.received(peer))
 
+    def reset(self) -> None:
+        """Forget every copy and codec state: each edge starts afresh at its next message."""
+        self.out, self.into, self.codec = {}, {}, {}
+
     def state_dict(self) -> dict[str, Any]:
         """Every copy and codec state, as CPU tensors."""
 
@@ -173,6 +178,15 @@ class PublicCopies:
                     )
                 table[int(peer)] = t.reshape(-1).to(self.spec.device, self.spec.dtype, copy=True)
             tables.append(table)
+        for peer, saved in dict(state["codec"]).items():
+            fresh = self.compressor.init_state(self.spec, src=self.rank, dst=int(peer))
+            shapes = {k: tuple(v.shape) for k, v in dict(saved).items()}
+            if shapes != {k: tuple(v.shape) for k, v in fresh.items()}:
+                raise ValueError(
+                    f"{self.owner}: the saved compressor state for edge {self.rank} -> {peer} "
+                    f"({shapes}) does not fit {self.compressor!r}; it was saved with another "
+                    "compressor or layout"
+                )
         self.out, self.into = tables
         device = self.spec.device
         self.codec = {  # a generator's state stays a CPU byte tensor

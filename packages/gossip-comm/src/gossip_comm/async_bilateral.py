@@ -25,6 +25,7 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -64,6 +65,8 @@ class _PairCodec:
 
     def __init__(self, public: PublicCopies, gamma: float) -> None:
         self.public, self.gamma = public, gamma
+        # the move's own scratch: an active may encode its next request meanwhile
+        self._step = torch.empty_like(public.scratch)
 
     def empty(self) -> list[torch.Tensor]:
         return self.public.empty()
@@ -78,7 +81,7 @@ class _PairCodec:
 
     def move(self, peer: int, into: torch.Tensor) -> None:
         public = self.public
-        step = torch.sub(public.received(peer), public.sent(peer), out=public.scratch)
+        step = torch.sub(public.received(peer), public.sent(peer), out=self._step)
         into.add_(step, alpha=self.gamma / 2)
 
 
@@ -289,8 +292,8 @@ class _Passive:
                     for t in incoming:
                         if t.is_floating_point():
                             check_finite(t, rank=ch.rank, peer=active, step=self.served)
-                codec.receive(active, incoming)
-                with self.lock:
+                with self.lock:  # the copies change only under the lock
+                    codec.receive(active, incoming)
                     codec.move(active, flat)
                     self.served += 1
                     self.bytes_sent += sum(t.nbytes for t in reply)
@@ -428,31 +431,26 @@ class AsyncBilateral:
         return self._role.bytes_sent
 
     def state_dict(self) -> dict[str, Any]:
-        """The request counter (an active's position in its schedule); with compression
-        also the public copies, taken under the responder's lock.
+        """The request counter (an active's position in its schedule).
 
-        Take it with no exchange in flight (after ``finish``, or when the wrapper has
-        settled every exchange), so that both ends of every pair save matching copies.
+        With compression the public copies are *not* saved: no global step exists at which
+        both ends of every pair have applied the same exchanges, so saved copies could
+        disagree. `load_state_dict` starts every pair afresh instead, from the common
+        reference (or zero) on both ends, which keeps each pair's copies equal.
         """
-        state: dict[str, Any] = {"step": self.step}
-        if self._codec is not None:
-            lock = self._role.lock if isinstance(self._role, _Passive) else threading.Lock()
-            with lock:
-                state.update(self._codec.public.state_dict())
-        return state
+        return {"step": self.step}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the request counter (passives have none) and any public copies.
+        """Restore the request counter (passives have none); restart the public copies.
 
         Raises:
-            ValueError: If ``state["step"]`` is not an int >= 0, or the state was saved
-                without the compression this rank uses.
+            ValueError: If ``state["step"]`` is not an int >= 0.
         """
         step = checked_step(dict(state))
         if self._codec is not None:
-            lock = self._role.lock if isinstance(self._role, _Passive) else threading.Lock()
-            with lock:
-                self._codec.public.load_state_dict(state)
+            guard = self._role.lock if isinstance(self._role, _Passive) else nullcontext()
+            with guard:
+                self._codec.public.reset()
         if isinstance(self._role, _Active):
             self._role.step = step
 

@@ -23,13 +23,16 @@ used by the simulator that the tests compare against.
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
 
 import gossip_topology.compress as _twin
+from gossip_comm._backend import comm_device_for, group_size, resolve_group
+from gossip_comm._compressor import Compressor, MessageSpec, checksum
+from gossip_comm._lowrank import LowRank
 
 __all__ = [
     "COMPRESSION_SPECS",
@@ -39,6 +42,7 @@ __all__ = [
     "LowRank",
     "MessageSpec",
     "TopK",
+    "common_references",
     "make_compressor",
 ]
 
@@ -52,102 +56,6 @@ COMPRESSION_SPECS: tuple[str, ...] = (
 )
 """The spec strings [`make_compressor`][gossip_comm.make_compressor] accepts (``F`` a
 fraction in (0, 1], ``R`` a positive int)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class MessageSpec:
-    """What one gossip message looks like: the compressor sizes its payload from this.
-
-    Attributes:
-        numel: Elements in the message.
-        dtype: The message's floating dtype.
-        device: Where the payload tensors live (the communication device).
-        layout: Shapes of the tensors whose flattened concatenation is the message (for
-            example a model's parameters); ``(torch.Size([numel]),)`` when unknown.
-    """
-
-    numel: int
-    dtype: torch.dtype
-    device: torch.device
-    layout: tuple[torch.Size, ...]
-
-
-class Compressor(ABC):
-    r"""The protocol every compressor follows; subclass it for your own.
-
-    A compressor is configuration only. What it must remember between messages on one
-    edge (a warm start, a random generator) lives in the ``state`` dict that
-    `init_state` creates for each edge; the gossiper keeps it and saves it in its
-    ``state_dict``. ``encode`` and ``decode`` must be deterministic given the payload:
-    the sender and the receiver both decode the same payload into their copies of the
-    sender's public value, and those copies must stay equal.
-
-    Attributes:
-        name: A short name for logs and errors.
-        default_consensus_step: The consensus step size $\gamma$ used when the
-            configuration gives none: how far each step moves towards the neighbours'
-            public copies (1 is plain push-sum for a lossless compressor).
-
-    Examples:
-        A compressor that sends the message as it is (useful as a check):
-
-        ```python
-        class Identity(Compressor):
-            name = "identity"
-
-            def payload_like(self, spec):
-                return [torch.empty(spec.numel, dtype=spec.dtype, device=spec.device)]
-
-            def encode(self, spec, value, payload, state):
-                payload[0].copy_(value)
-
-            def decode(self, spec, payload, out):
-                out.copy_(payload[0])
-        ```
-    """
-
-    name: str = "custom"
-    default_consensus_step: float = 1.0
-
-    @abstractmethod
-    def payload_like(self, spec: MessageSpec) -> list[torch.Tensor]:
-        """Fresh, uninitialised payload tensors for one message of ``spec``."""
-
-    def init_state(self, spec: MessageSpec, *, src: int, dst: int) -> dict[str, torch.Tensor]:
-        """The state of edge ``src -> dst`` before its first message (default: none)."""
-        return {}
-
-    @abstractmethod
-    def encode(
-        self,
-        spec: MessageSpec,
-        value: torch.Tensor,
-        payload: Sequence[torch.Tensor],
-        state: dict[str, torch.Tensor],
-    ) -> None:
-        """Write the compressed form of the flat ``value`` into ``payload``.
-
-        May update ``state``, the edge's own (for example a warm start).
-        """
-
-    @abstractmethod
-    def decode(self, spec: MessageSpec, payload: Sequence[torch.Tensor], out: torch.Tensor) -> None:
-        """Overwrite the flat ``out`` with the message ``payload`` stands for."""
-
-    def add_decoded(
-        self, spec: MessageSpec, payload: Sequence[torch.Tensor], into: torch.Tensor
-    ) -> None:
-        """``into += decode(payload)``; override when a sparse add is cheaper."""
-        tmp = torch.empty_like(into)
-        self.decode(spec, payload, tmp)
-        into.add_(tmp)
-
-    def payload_bytes(self, spec: MessageSpec) -> int:
-        """Bytes one message of ``spec`` takes on the wire."""
-        return sum(t.nbytes for t in self.payload_like(spec))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 class Cast(Compressor):
@@ -354,149 +262,7 @@ class TopK(Compressor):
         into.index_add_(0, indices.long(), values.to(into.dtype))
 
     def __repr__(self) -> str:
-        return f"TopK({self.fraction:g})"
-
-
-def _initial_factor(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The warm start before the first message: a fixed pattern, the same on every rank.
-
-    Integer arithmetic, so gossip-topology's numpy twin builds the identical matrix.
-    """
-    a = torch.arange(rows, dtype=torch.int64)[:, None]
-    b = torch.arange(cols, dtype=torch.int64)[None, :]
-    pattern = (a * 7919 + b * 104729 + 1) % 65536
-    return (pattern.to(torch.float64) / 65536 - 0.5).to(dtype=dtype, device=device)
-
-
-def _orthonormalise(P: torch.Tensor) -> None:
-    """Modified Gram-Schmidt on the columns of ``P``, in place; a zero column stays zero."""
-    for c in range(P.shape[1]):
-        col = P[:, c]
-        for c2 in range(c):
-            col.sub_(P[:, c2] * torch.dot(P[:, c2], col))
-        norm = float(torch.linalg.vector_norm(col))
-        if norm > 0:
-            col.div_(norm)
-        else:
-            col.zero_()
-
-
-@dataclass(frozen=True)
-class _Segment:
-    offset: int
-    rows: int  # 0: sent raw
-    cols: int
-    rank: int
-    numel: int
-
-
-class LowRank(Compressor):
-    r"""A rank-``rank`` approximation of every matrix-shaped tensor of the message.
-
-    One step of power iteration per message, warm-started from the previous message's
-    factor on the same edge, as in PowerSGD (Vogels et al., NeurIPS 2019,
-    [arXiv:1905.13727](https://arxiv.org/abs/1905.13727)) and PowerGossip (Vogels et al.,
-    NeurIPS 2020, [arXiv:2008.01425](https://arxiv.org/abs/2008.01425)): each tensor of
-    shape $(m, \dots)$ is viewed as an $m \times n$ matrix $M$; with the warm start
-    $Q$, $P = \mathrm{orth}(M Q)$, $Q \leftarrow M^\top P$ and $P Q^\top$ is what
-    arrives. Vectors (biases, norms), and matrices too small to gain, travel as they are.
-    The layout (the tensors' shapes) comes from the gossiper's ``layout`` argument, which
-    gossip-nn fills with the parameters' shapes.
-
-    Args:
-        rank: The approximation's rank, ``>= 1``.
-
-    Attributes:
-        rank: The approximation's rank.
-
-    Raises:
-        ValueError: If ``rank < 1``.
-    """
-
-    name = "lowrank"
-
-    def __init__(self, rank: int) -> None:
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"LowRank rank must be an int >= 1; got {rank!r}")
-        self.rank = rank
-        self.name = f"lowrank:{rank}"
-        self.default_consensus_step = _twin.LowRank(rank).default_consensus_step
-        self._cache: dict[MessageSpec, list[_Segment]] = {}
-
-    def _segments(self, spec: MessageSpec) -> list[_Segment]:
-        cached = self._cache.get(spec)
-        if cached is not None:
-            return cached
-        out, offset = [], 0
-        for shape in spec.layout:
-            numel = math.prod(shape)
-            rows, cols, r = 0, 0, 0
-            if len(shape) >= 2:
-                m, n = shape[0], numel // max(shape[0], 1)
-                r = min(self.rank, m, n)
-                if (m + n) * r < m * n:
-                    rows, cols = m, n
-            out.append(_Segment(offset, rows, cols, r, numel))
-            offset += numel
-        if offset != spec.numel:
-            raise ValueError(
-                f"LowRank: the layout's shapes hold {offset} elements but the message has "
-                f"{spec.numel}; pass the shapes of the tensors the buffer concatenates"
-            )
-        self._cache[spec] = out
-        return out
-
-    def payload_like(self, spec: MessageSpec) -> list[torch.Tensor]:
-        size = sum((s.rows + s.cols) * s.rank if s.rows else s.numel for s in self._segments(spec))
-        return [torch.empty(size, dtype=spec.dtype, device=spec.device)]
-
-    def init_state(self, spec: MessageSpec, *, src: int, dst: int) -> dict[str, torch.Tensor]:
-        return {
-            f"q{i}": _initial_factor(s.cols, s.rank, spec.dtype, spec.device)
-            for i, s in enumerate(self._segments(spec))
-            if s.rows
-        }
-
-    def encode(
-        self,
-        spec: MessageSpec,
-        value: torch.Tensor,
-        payload: Sequence[torch.Tensor],
-        state: dict[str, torch.Tensor],
-    ) -> None:
-        out, pos = payload[0], 0
-        for i, s in enumerate(self._segments(spec)):
-            part = value[s.offset : s.offset + s.numel]
-            if not s.rows:
-                out[pos : pos + s.numel].copy_(part)
-                pos += s.numel
-                continue
-            M = part.view(s.rows, s.cols)
-            P = out[pos : pos + s.rows * s.rank].view(s.rows, s.rank)
-            torch.mm(M, state[f"q{i}"], out=P)
-            _orthonormalise(P)
-            pos += s.rows * s.rank
-            Q = out[pos : pos + s.cols * s.rank].view(s.cols, s.rank)
-            torch.mm(M.t(), P, out=Q)
-            state[f"q{i}"] = Q.clone()
-            pos += s.cols * s.rank
-
-    def decode(self, spec: MessageSpec, payload: Sequence[torch.Tensor], out: torch.Tensor) -> None:
-        src, pos = payload[0], 0
-        for s in self._segments(spec):
-            dest = out[s.offset : s.offset + s.numel]
-            if not s.rows:
-                dest.copy_(src[pos : pos + s.numel])
-                pos += s.numel
-                continue
-            P = src[pos : pos + s.rows * s.rank].view(s.rows, s.rank)
-            pos += s.rows * s.rank
-            Q = src[pos : pos + s.cols * s.rank].view(s.cols, s.rank)
-            pos += s.cols * s.rank
-            torch.mm(P, Q.t(), out=dest.view(s.rows, s.cols))
-
-    def __repr__(self) -> str:
-        return f"LowRank({self.rank})"
+        return f"TopK({self.fraction!r})"
 
 
 def make_compressor(spec: Compressor | str) -> Compressor:
@@ -518,20 +284,35 @@ def make_compressor(spec: Compressor | str) -> Compressor:
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"compression must be a Compressor or a spec string; got {spec!r}")
-    kind, _, arg = spec.strip().partition(":")
-    kind = kind.lower()
-    try:
-        if kind in ("bf16", "fp16") and not arg:
-            return Cast(kind)
-        if kind == "int8" and arg in ("", "stochastic"):
-            return Int8(stochastic=arg == "stochastic")
-        if kind == "topk" and arg:
-            return TopK(float(arg))
-        if kind == "lowrank" and arg:
-            return LowRank(int(arg))
-    except ValueError as exc:
-        raise ValueError(f"compression {spec!r}: {exc}") from None
-    raise ValueError(
-        f"compression must be one of {', '.join(COMPRESSION_SPECS)} (F in (0, 1], R >= 1) "
-        f"or a Compressor; got {spec!r}"
-    )
+    # one parser for both packages: gossip-topology's, whose twin is mapped to torch's
+    twin = _twin.parse_compressor(spec)
+    if isinstance(twin, _twin.Cast):
+        return Cast(twin.dtype)
+    if isinstance(twin, _twin.Int8):
+        return Int8(twin.block, stochastic=twin.stochastic)
+    if isinstance(twin, _twin.TopK):
+        return TopK(twin.fraction)
+    assert isinstance(twin, _twin.LowRank)
+    return LowRank(twin.rank)
+
+
+def common_references(
+    tensors: Sequence[torch.Tensor], process_group: ProcessGroup | None = None
+) -> list[torch.Tensor | None]:
+    """A copy of each tensor that every rank of the group holds bit for bit, else ``None``.
+
+    For a gossiper's ``reference=``: in training every rank usually starts from the same
+    model, and public copies that start there spare the first messages the whole model.
+    One ``all_gather`` of checksums; the gossiper checks the reference again when built.
+
+    Args:
+        tensors: This rank's tensors, the same number and shapes on every rank.
+        process_group: The group; WORLD when ``None``.
+    """
+    group = resolve_group(process_group)
+    sums = [checksum(t) for t in tensors]
+    local = torch.tensor(sums, dtype=torch.int64, device=comm_device_for(group, None))
+    gathered = [torch.empty_like(local) for _ in range(group_size(group))]
+    dist.all_gather(gathered, local, group=group)
+    same = torch.stack(gathered).eq(local).all(dim=0).tolist()
+    return [t.detach().clone() if ok else None for t, ok in zip(tensors, same, strict=True)]

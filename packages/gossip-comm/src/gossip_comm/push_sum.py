@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from gossip_comm._compressed import CompressedEngine, CompressedFlight
+from gossip_comm._compressed import CompressedFlight
 from gossip_comm._engines import build_engine
 from gossip_comm._exchange import InFlight
 from gossip_comm.config import GossipConfig
@@ -165,7 +165,7 @@ class PushSum:
         ``round.keep(tensor, out=numerator)``, scales its weight by ``round.self_weight``
         and may keep updating them; ``tensor`` must be a snapshot that stays untouched
         until [`receive`][gossip_comm.PushSum.receive] (with compression it is encoded
-        at once, and ``send`` turns it into the kept share).
+        at once and free after ``keep``).
         """
         return OverlapRound(self._engine.post(tensor, float(weight)))
 
@@ -218,11 +218,6 @@ class PushSum:
                 buffer size or wire dtype).
         """
         return OverlapRound(self._engine.restore(state))
-
-    @property
-    def compressed(self) -> bool:
-        """Whether messages are compressed differences (``config.compression`` is set)."""
-        return isinstance(self._engine, CompressedEngine)
 
     def state_dict(self) -> dict[str, Any]:
         """The step counter; with compression also the public copies and codec states."""

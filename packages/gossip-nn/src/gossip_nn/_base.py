@@ -9,7 +9,6 @@ algorithm is refused.
 from __future__ import annotations
 
 import inspect
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -27,7 +26,6 @@ from gossip_comm import FlatBuffer
 __all__ = [
     "DataParallelModule",
     "bind_flat",
-    "common_references",
     "make_ddp",
     "network_average",
 ]
@@ -246,16 +244,3 @@ def network_average(
         with torch.no_grad():
             for buf, old in zip(buffers, saved, strict=True):
                 buf.copy_(old)
-
-
-def common_references(views: list[torch.Tensor], group: ProcessGroup) -> list[torch.Tensor | None]:
-    """A copy of each view where every rank of ``group`` holds the same values, else ``None``.
-
-    One ``all_gather`` of checksums; the gossiper checks the values again when it is built.
-    """
-    sums = [zlib.crc32(v.detach().cpu().numpy().tobytes()) for v in views]
-    local = torch.tensor(sums, dtype=torch.int64, device=views[0].device)
-    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(gathered, local, group=group)
-    same = torch.stack(gathered).eq(local).all(dim=0).tolist()
-    return [v.detach().clone() if ok else None for v, ok in zip(views, same, strict=True)]

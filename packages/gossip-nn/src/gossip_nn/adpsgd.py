@@ -26,9 +26,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gossip_comm import AsyncBilateral, GossipHandle
+from gossip_comm import AsyncBilateral, GossipHandle, common_references
 from gossip_nn._async_exact import ExchangeLedger
-from gossip_nn._base import DataParallelModule, bind_flat, common_references, network_average
+from gossip_nn._base import DataParallelModule, bind_flat, network_average
 from gossip_nn._buffers import BufferSync, floating_buffers
 from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.options import GossipOptions

@@ -19,11 +19,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gossip_comm import comm_device_for
+from gossip_comm import comm_device_for, common_references
 from gossip_nn._base import (
     DataParallelModule,
     bind_flat,
-    common_references,
     make_ddp,
     network_average,
 )
@@ -124,11 +123,9 @@ class GossipDataParallel(DataParallelModule):
         self, algorithm: str, topology: Topology, always_send_weight: bool = False
     ) -> GossipStep:
         self._weights_travel = always_send_weight
+        # every rebuild (set_topology, a reload) keeps the common start: an edge first
+        # used later starts from it on both ends, as the first edges did
         compression = self._compression
-        if compression is not None:  # only the first gossipers start from the common model
-            self._compression = dataclasses.replace(
-                compression, references=[None] * len(compression.references)
-            )
         return build_step(
             algorithm,
             self._shards,

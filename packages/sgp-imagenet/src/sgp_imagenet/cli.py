@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SPEC",
         help="send compressed differences, the average staying exact: bf16, fp16, int8, "
-        "int8:stochastic, topk:F (a fraction, e.g. topk:0.01) or lowrank:R (sgp, osgp, dpsgd)",
+        "int8:stochastic, topk:F (a fraction, e.g. topk:0.01) or lowrank:R (gossip algorithms)",
     )
     g.add_argument(
         "--consensus-step",
