@@ -23,6 +23,7 @@ used by the simulator that the tests compare against.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -103,7 +104,7 @@ class Cast(Compressor):
     def add_decoded(
         self, spec: MessageSpec, payload: Sequence[torch.Tensor], into: torch.Tensor
     ) -> None:
-        into.add_(payload[0].to(into.dtype))
+        into.add_(payload[0])  # widened exactly inside the add: no float copy
 
     def __repr__(self) -> str:
         return f"Cast({self.name!r})"
@@ -139,6 +140,7 @@ class Int8(Compressor):
         if not isinstance(stochastic, bool):
             raise TypeError(f"Int8 stochastic must be a bool; got {stochastic!r}")
         self.block, self.stochastic, self.seed = block, stochastic, int(seed)
+        self._buffers: dict[tuple[int, torch.dtype, torch.device, int], torch.Tensor] = {}
         self.default_consensus_step = _twin.Int8(block).default_consensus_step
         if stochastic:
             self.name = "int8:stochastic"
@@ -159,12 +161,18 @@ class Int8(Compressor):
         gen.manual_seed(hash((self.seed, src, dst)) & 0x7FFF_FFFF_FFFF)
         return {"rng": gen.get_state()}
 
-    def _padded(self, value: torch.Tensor) -> torch.Tensor:
-        nb = self._blocks(value.numel())
-        pad = nb * self.block - value.numel()
-        if pad:
-            value = torch.cat([value, value.new_zeros(pad)])
-        return value.view(nb, self.block)
+    def _parts(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole blocks as a ``(blocks, block)`` view, and the ragged tail (views)."""
+        whole = flat.numel() // self.block * self.block
+        return flat[:whole].view(-1, self.block), flat[whole:]
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A reused float buffer of ``like``'s size, one per thread (no copy per message)."""
+        key = (like.numel(), like.dtype, like.device, threading.get_ident())
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty_like(like)
+        return buf
 
     def encode(
         self,
@@ -174,24 +182,46 @@ class Int8(Compressor):
         state: dict[str, torch.Tensor],
     ) -> None:
         codes, scales = payload
-        blocks = self._padded(value)
-        scales.copy_(blocks.abs().amax(dim=1) / 127.0)
-        s = scales.to(value.dtype)[:, None]
-        scaled = torch.where(s > 0, blocks / torch.where(s > 0, s, 1.0), 0.0)
+        head, tail = self._parts(value)
+        whole = head.shape[0]
+        low, high = torch.aminmax(head, dim=1)  # max |v| without an |v| copy
+        scales[:whole].copy_(torch.maximum(high, low.neg_()) / 127.0)
+        if tail.numel():
+            low_t, high_t = torch.aminmax(tail)
+            scales[whole:].copy_(torch.maximum(high_t, -low_t) / 127.0)
+        s = scales.to(value.dtype)
+        s = torch.where(s > 0, s, 1.0)  # a zero block holds zeros: any divisor gives 0
+        work = self._scratch(value)
+        work_head, work_tail = self._parts(work)
+        torch.div(head, s[:whole, None], out=work_head)
+        if tail.numel():
+            torch.div(tail, s[whole:], out=work_tail)
         if self.stochastic:
             gen = torch.Generator(device=value.device)
             gen.set_state(state["rng"])
-            noise = torch.rand(scaled.shape, generator=gen, dtype=scaled.dtype, device=value.device)
+            work.add_(torch.rand(work.shape, generator=gen, dtype=work.dtype, device=work.device))
             state["rng"] = gen.get_state()
-            scaled = torch.floor(scaled + noise)
+            work.floor_()
         else:
-            scaled = torch.round(scaled)
-        codes.copy_(scaled.clamp_(-127, 127).reshape(-1)[: value.numel()])
+            work.round_()
+        codes.copy_(work.clamp_(-127, 127))
 
     def decode(self, spec: MessageSpec, payload: Sequence[torch.Tensor], out: torch.Tensor) -> None:
         codes, scales = payload
-        full = self._padded(codes.to(out.dtype))
-        out.copy_((full * scales.to(out.dtype)[:, None]).reshape(-1)[: out.numel()])
+        s = scales.to(out.dtype)
+        code_head, code_tail = self._parts(codes)
+        out_head, out_tail = self._parts(out)
+        whole = code_head.shape[0]
+        torch.mul(code_head, s[:whole, None], out=out_head)
+        if code_tail.numel():
+            torch.mul(code_tail, s[whole:], out=out_tail)
+
+    def add_decoded(
+        self, spec: MessageSpec, payload: Sequence[torch.Tensor], into: torch.Tensor
+    ) -> None:
+        decoded = self._scratch(into)
+        self.decode(spec, payload, decoded)
+        into.add_(decoded)
 
     def __repr__(self) -> str:
         return f"Int8(block={self.block}, stochastic={self.stochastic})"
