@@ -251,6 +251,14 @@ def bench(session: nox.Session) -> None:
         session.run(python, str(script), *session.posargs, external=True)
 
 
+def _check_cluster_host(session: nox.Session) -> None:
+    """The emulated cluster's needs: root (network namespaces, tc) and iproute2."""
+    if os.geteuid() != 0:
+        session.error("the emulated cluster needs root (ip netns, tc); run as root")
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        session.error("the emulated cluster needs iproute2 (ip, tc): apt-get install iproute2")
+
+
 @nox.session(venv_backend="none")
 def cluster(session: nox.Session) -> None:
     """Training iterations on an emulated 4-host Ethernet cluster (needs root and iproute2).
@@ -262,10 +270,7 @@ def cluster(session: nox.Session) -> None:
     ``nox -s cluster -- --quick`` is a 2-host smoke run; any other arguments after ``--``
     go to ``benchmarks/cluster/bench_cluster.py`` alone.
     """
-    if os.geteuid() != 0:
-        session.error("the emulated cluster needs root (ip netns, tc); run as root")
-    if shutil.which("ip") is None or shutil.which("tc") is None:
-        session.error("the emulated cluster needs iproute2 (ip, tc): apt-get install iproute2")
+    _check_cluster_host(session)
     python = _dev_python(session)
     cluster_dir = ROOT / "benchmarks" / "cluster"
     script = cluster_dir / "bench_cluster.py"
@@ -275,6 +280,42 @@ def cluster(session: nox.Session) -> None:
         session.run(python, str(script), *two_hosts, external=True)
         session.run(python, str(cluster_dir / "bench_hierarchy.py"), external=True)
         session.run(python, str(cluster_dir / "scale_model.py"), external=True)
+
+
+@nox.session(venv_backend="none", name="cluster_compression")
+def cluster_compression(session: nox.Session) -> None:
+    """Compressed gossip against DDP's compression hooks on the emulated 4-host cluster.
+
+    Needs root and iproute2, as ``cluster``. At 1 and 10 Gbit/s: DDP plain, with the bf16
+    hook and with PowerSGD; SGP and OSGP with each compressor, at batch 8 and 2, then in
+    GPU-host mode; writes ``benchmarks/results/cluster_compression*`` (about 40 minutes
+    on the 2-core reference machine). ``nox -s cluster_compression -- --quick`` is a
+    2-host smoke run (about 8 minutes); arguments after ``--`` go to
+    ``benchmarks/cluster/bench_compression.py``.
+    """
+    _check_cluster_host(session)
+    python = _dev_python(session)
+    script = ROOT / "benchmarks" / "cluster" / "bench_compression.py"
+    session.run(python, str(script), *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none", name="time_to_accuracy")
+def time_to_accuracy(session: nox.Session) -> None:
+    """Time to accuracy on the emulated 4-host cluster at 1 Gbit/s (the SGP paper's figure).
+
+    Needs root and iproute2, as ``cluster``. Trains a wide MLP on digits to a fixed
+    number of epochs with AR-SGD (DDP), DDP + PowerSGD, and SGP and OSGP with and without
+    compression, recording the network-average model's test accuracy against training
+    wall-clock time; writes ``benchmarks/results/time_to_accuracy.{json,md,png}``. About
+    15 minutes per seed on the 2-core reference machine, 45 for the default three seeds;
+    ``-- --seeds 0`` runs one, ``-- --resume`` adds missing runs to the saved ones, and
+    ``-- --quick`` is a 2-host, 1-epoch smoke run of four configurations (about 2
+    minutes). Arguments after ``--`` go to ``benchmarks/cluster/bench_time_to_accuracy.py``.
+    """
+    _check_cluster_host(session)
+    python = _dev_python(session)
+    script = ROOT / "benchmarks" / "cluster" / "bench_time_to_accuracy.py"
+    session.run(python, str(script), *session.posargs, external=True)
 
 
 @nox.session(venv_backend="none", name="clean")

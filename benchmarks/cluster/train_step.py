@@ -10,26 +10,62 @@ every rank's times and writes them as JSON to ``--out``.
 lower bound. ``--straggler-rank`` makes one rank's compute ``--straggler-factor`` times
 slower by sleeping for the extra time after its backward pass (a slower accelerator
 does not take CPU from the others either).
+
+Compression, against DDP's own: ``--compression SPEC`` (and ``--consensus-step``) makes
+a gossip algorithm send compressed differences; ``--ddp-hook bf16|powersgd`` (with
+``--algorithm ar``) registers torch's ``bf16_compress_hook`` or ``powerSGD_hook`` on a
+``DistributedDataParallel`` built here with DDP's defaults (PowerSGD with one bucket: on
+gloo its chained all-reduces from several buckets interleave differently across ranks;
+its first ``POWERSGD_START`` steps are plain all-reduces, so ``--warmup`` must cover
+them). A DDP variant's
+bytes per iteration are *computed* (ring all-reduce, ``2 (n - 1) / n`` times the
+payload), a gossip algorithm's are *measured* (``bytes_sent``).
+
+``--gpu-host SECONDS|auto`` stands in for a GPU host: forward and backward are replaced
+by a sleep and every parameter's gradient by a fixed random tensor (drawn once per
+rank), so the optimizer step and gossip run as usual while the CPU is free to move
+bytes. ``auto`` first measures the real model's forward and backward (the median of a
+few iterations, the slowest rank's) and sleeps that long.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torchvision
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+from torch.nn.parallel import DistributedDataParallel
 
 from gossip_nn import make_data_parallel
 
 ALGORITHMS = ("compute", "ar", "sgp", "osgp", "dpsgd", "adpsgd")
+GOSSIP = ("sgp", "osgp", "dpsgd", "adpsgd")
+DDP_HOOKS = ("none", "bf16", "powersgd")
+#: PowerSGD's plain all-reduce iterations before it compresses (the hook needs >= 2).
+POWERSGD_START = 2
+#: A bucket larger than any model here: PowerSGD on gloo needs exactly one.
+ONE_BUCKET_MB = 4096
+#: Timed forward+backward iterations (after one untimed) for ``--gpu-host auto``.
+AUTO_ITERS = 3
+
+
+def _gpu_host(value: str) -> float | str:
+    if value == "auto":
+        return value
+    seconds = float(value)
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"--gpu-host must be 'auto' or >= 0; got {value}")
+    return seconds
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -41,6 +77,17 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--nprocs-per-node", type=int, default=1, help="processes per host sharing one model"
     )
+    p.add_argument("--compression", default=None, help="gossip algorithms: a compressor spec")
+    p.add_argument("--consensus-step", type=float, default=None, help="with --compression")
+    p.add_argument("--ddp-hook", choices=DDP_HOOKS, default="none", help="--algorithm ar only")
+    p.add_argument("--powersgd-rank", type=int, default=1, help="with --ddp-hook powersgd")
+    p.add_argument(
+        "--gpu-host",
+        type=_gpu_host,
+        default=None,
+        metavar="SECONDS|auto",
+        help="replace forward+backward by a sleep and random gradients (not with ar)",
+    )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--batch", type=int, default=8)
@@ -50,7 +97,112 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--straggler-rank", type=int, default=-1)
     p.add_argument("--straggler-factor", type=float, default=2.0)
     p.add_argument("--out", type=Path, required=True)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.ddp_hook != "none" and args.algorithm != "ar":
+        p.error(f"--ddp-hook applies to --algorithm ar; got --algorithm {args.algorithm}")
+    if args.ddp_hook == "powersgd" and args.warmup <= POWERSGD_START:
+        p.error(f"--ddp-hook powersgd needs --warmup > {POWERSGD_START} (its plain steps)")
+    if args.algorithm not in GOSSIP and (args.compression or args.consensus_step is not None):
+        p.error(f"--compression applies to {', '.join(GOSSIP)}; got {args.algorithm}")
+    if args.gpu_host is not None and args.algorithm == "ar":
+        p.error("--gpu-host cannot stand in for DDP's backward (its hooks need a real one)")
+    return args
+
+
+def ddp_payload_bytes(model: torch.nn.Module, hook: str, rank: int) -> int:
+    """Bytes of one rank's all-reduce input per iteration under a DDP hook.
+
+    ``powersgd``: the hook's own split (its ``_should_compress``): a weight viewed as
+    ``m x n`` goes as ``P`` (``m r``) and ``Q`` (``n r``) if that is under half its
+    size, and whole otherwise, as does every vector.
+    """
+    grads = [p for p in model.parameters() if p.requires_grad]
+    if hook == "none":
+        return sum(4 * p.numel() for p in grads)
+    if hook == "bf16":
+        return sum(2 * p.numel() for p in grads)
+    floats = 0
+    for p in grads:
+        m, n = p.shape[0], p.numel() // p.shape[0]
+        r = min(m, n, rank)
+        worth, whole, low = powerSGD_hook._should_compress(m, n, r, 2)  # its default rate
+        floats += low if worth else whole
+    return 4 * floats
+
+
+def ddp_with_hook(model: torch.nn.Module, hook: str, rank: int) -> DistributedDataParallel:
+    """DDP with torch's ``bf16_compress_hook`` or ``powerSGD_hook`` (one bucket)."""
+    if hook == "bf16":
+        ddp = DistributedDataParallel(model)
+        ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+        return ddp
+    ddp = DistributedDataParallel(model, bucket_cap_mb=ONE_BUCKET_MB)
+    state = powerSGD_hook.PowerSGDState(
+        process_group=None, matrix_approximation_rank=rank, start_powerSGD_iter=POWERSGD_START
+    )
+    ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+    return ddp
+
+
+def wrap(args: argparse.Namespace, model: torch.nn.Module, opt: torch.optim.Optimizer) -> object:
+    """The model as the algorithm trains it (the bare model for ``compute``)."""
+    if args.algorithm == "compute":
+        return model
+    if args.ddp_hook != "none":
+        return ddp_with_hook(model, args.ddp_hook, args.powersgd_rank)
+    if args.algorithm == "ar":
+        return make_data_parallel("ar", model, opt)
+    options: dict[str, object] = {"timeout": 600.0, "chunk_bytes": args.chunk_bytes}
+    if args.algorithm == "osgp":
+        options["synch_freq"] = args.synch_freq
+    if args.wire == "bf16":
+        options["wire_dtype"] = torch.bfloat16
+    if args.nprocs_per_node > 1:
+        options["nprocs_per_node"] = args.nprocs_per_node
+    if args.compression is not None:
+        options["compression"] = args.compression
+        options["consensus_step"] = args.consensus_step
+    return make_data_parallel(args.algorithm, model, opt, **options)
+
+
+def measure_compute(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The real model's median forward+backward, the slowest rank's (all ranks agree).
+
+    Runs on a copy, so the model's BatchNorm statistics stay identical across ranks.
+    """
+    model = copy.deepcopy(model)
+    times = []
+    for _ in range(AUTO_ITERS + 1):
+        t0 = time.perf_counter()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        times.append(time.perf_counter() - t0)
+    slowest = torch.tensor([statistics.median(times[1:])], dtype=torch.float64)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    return float(slowest.item())
+
+
+def compute_step(
+    args: argparse.Namespace, net: object, model: torch.nn.Module, sleep_s: float | None
+) -> Callable[[], None]:
+    """Forward and backward: the real ones, or (GPU host) a sleep and fixed gradients."""
+    gen = torch.Generator().manual_seed(dist.get_rank())
+    x = torch.randn(args.batch, 3, args.image, args.image, generator=gen)
+    y = torch.randint(0, args.classes, (args.batch,), generator=gen)
+    if sleep_s is None:
+
+        def real() -> None:
+            torch.nn.functional.cross_entropy(net(x), y).backward()  # type: ignore[operator]
+
+        return real
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [1e-3 * torch.randn(p.shape, generator=gen) for p in params]
+
+    def gpu_host() -> None:
+        time.sleep(sleep_s)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g  # read-only for SGD and the wrappers; set to None by zero_grad
+
+    return gpu_host
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,19 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = getattr(torchvision.models, args.model)(num_classes=args.classes)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    net: torch.nn.Module = model
-    if args.algorithm != "compute":
-        options: dict[str, object] = {"timeout": 600.0, "chunk_bytes": args.chunk_bytes}
-        if args.algorithm == "osgp":
-            options["synch_freq"] = args.synch_freq
-        if args.wire == "bf16":
-            options["wire_dtype"] = torch.bfloat16
-        if args.nprocs_per_node > 1:
-            options["nprocs_per_node"] = args.nprocs_per_node
-        net = make_data_parallel(args.algorithm, model, opt, **options)
-    gen = torch.Generator().manual_seed(rank)
-    x = torch.randn(args.batch, 3, args.image, args.image, generator=gen)
-    y = torch.randint(0, args.classes, (args.batch,), generator=gen)
+    sleep_s = args.gpu_host
+    if sleep_s == "auto":
+        gen = torch.Generator().manual_seed(rank)
+        x = torch.randn(args.batch, 3, args.image, args.image, generator=gen)
+        y = torch.randint(0, args.classes, (args.batch,), generator=gen)
+        sleep_s = measure_compute(model, x, y)
+    net = wrap(args, model, opt)
+    step = compute_step(args, net, model, sleep_s)
     slow = rank == args.straggler_rank
     dist.barrier()
     stamps = [time.perf_counter()]
@@ -82,8 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stepping: list[float] = []
     for _ in range(args.warmup + args.iters):
         t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
+        step()
         spent = time.perf_counter() - t0
         if slow:
             time.sleep(spent * (args.straggler_factor - 1.0))
@@ -110,12 +256,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     gathered: list[object] = [None] * world
     dist.all_gather_object(gathered, mine)
     if rank == 0:
-        payload = {
+        payload: dict[str, object] = {
             "algorithm": args.algorithm,
             "synch_freq": args.synch_freq,
             "wire": args.wire,
             "chunk_bytes": args.chunk_bytes,
             "nprocs_per_node": args.nprocs_per_node,
+            "compression": args.compression,
+            "consensus_step": args.consensus_step,
+            "ddp_hook": args.ddp_hook,
+            "powersgd_rank": args.powersgd_rank if args.ddp_hook == "powersgd" else None,
+            "gpu_host_s": sleep_s,
+            "gpu_host_measured": args.gpu_host == "auto",
             "model": args.model,
             "model_bytes": model_bytes,
             "batch": args.batch,
@@ -126,6 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "straggler_factor": args.straggler_factor,
             "ranks": gathered,
         }
+        if args.algorithm == "ar":
+            ddp_bytes = ddp_payload_bytes(model, args.ddp_hook, args.powersgd_rank)
+            payload["ddp_payload_bytes"] = ddp_bytes
+            # computed, not measured: what a ring all-reduce sends per rank
+            payload["computed_bytes_per_iter"] = 2 * (world - 1) / world * ddp_bytes
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload))
     dist.destroy_process_group()
