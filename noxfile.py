@@ -318,6 +318,22 @@ def time_to_accuracy(session: nox.Session) -> None:
     session.run(python, str(script), *session.posargs, external=True)
 
 
+@nox.session(venv_backend="none", name="adpsgd_pace")
+def adpsgd_pace(session: nox.Session) -> None:
+    """AD-PSGD's ranks at their own pace on the emulated 4-host cluster (root, iproute2).
+
+    A 25 M-parameter linear model in GPU-host mode (a 0.25 s sleep for forward and
+    backward), whose exchange takes longer than a step at 1 Gbit/s: every rank's median
+    s/iter, uncompressed and with each compressor, at 1 and 10 Gbit/s; writes
+    ``benchmarks/results/adpsgd_pace.{json,md,png}`` (about 6 minutes). ``-- --quick``
+    runs 1 Gbit/s with two configurations.
+    """
+    _check_cluster_host(session)
+    python = _dev_python(session)
+    script = ROOT / "benchmarks" / "cluster" / "bench_adpsgd_pace.py"
+    session.run(python, str(script), *session.posargs, external=True)
+
+
 @nox.session(venv_backend="none", name="clean")
 def clean(session: nox.Session) -> None:
     """Remove the shared dev environment and build outputs."""

@@ -93,7 +93,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--image", type=int, default=32)
     p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--model", default="resnet50", help="a torchvision.models name")
+    p.add_argument(
+        "--model",
+        default="resnet50",
+        help="a torchvision.models name, or linear:OUT (one Linear layer, 3*image^2 -> OUT)",
+    )
     p.add_argument("--straggler-rank", type=int, default=-1)
     p.add_argument("--straggler-factor", type=float, default=2.0)
     p.add_argument("--out", type=Path, required=True)
@@ -165,6 +169,22 @@ def wrap(args: argparse.Namespace, model: torch.nn.Module, opt: torch.optim.Opti
     return make_data_parallel(args.algorithm, model, opt, **options)
 
 
+def build_model(name: str, image: int, classes: int) -> torch.nn.Module:
+    """A torchvision model by name, or ``linear:OUT``: one wide layer, all bytes and no depth.
+
+    ``linear:OUT`` maps the flattened ``3 x image x image`` input to ``OUT`` outputs (of
+    which the first ``classes`` are the labels' range), so its parameter count is set by
+    ``OUT`` alone: ``linear:8136`` at 32 px is 25.0 M parameters, as many as ResNet-50.
+    """
+    if name.startswith("linear:"):
+        out = int(name.split(":", 1)[1])
+        if out < classes:
+            raise ValueError(f"--model {name}: OUT must be >= --classes ({classes})")
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * image * image, out))
+    model: torch.nn.Module = getattr(torchvision.models, name)(num_classes=classes)
+    return model
+
+
 def measure_compute(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """The real model's median forward+backward, the slowest rank's (all ranks agree).
 
@@ -211,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
-    model = getattr(torchvision.models, args.model)(num_classes=args.classes)
+    model = build_model(args.model, args.image, args.classes)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     sleep_s = args.gpu_host
@@ -251,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fwd_bwd_median_s": statistics.median(compute[args.warmup :]),
         "opt_step_median_s": statistics.median(stepping[args.warmup :]),
         "passive": bool(getattr(net, "is_passive", False)),
+        "exchanges": int(getattr(net, "exchanges", 0)),  # AD-PSGD: adopted or answered
         "gossip_bytes_per_step": int(getattr(net, "bytes_sent", 0)) / (args.warmup + args.iters),
     }
     gathered: list[object] = [None] * world

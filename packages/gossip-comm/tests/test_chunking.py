@@ -118,6 +118,18 @@ def _all_gossipers(rank: int, n: int, chunk_bytes: int) -> dict[str, Any]:
     else:
         out["async"] = ab.request(x).wait().numpy().copy()
         ab.finish()
+    # AD-PSGD, compressed: payloads of two dtypes (codes, scales) chunk alike both ways
+    x = torch.from_numpy(x0[rank].copy())
+    int8 = GossipConfig(timeout=60, chunk_bytes=chunk_bytes, compression="int8")
+    ab = AsyncBilateral(make_topology("dynamic-bipartite-exponential", n), x, config=int8)
+    if ab.is_passive:
+        shared = x.clone()
+        ab.serve(shared)
+        ab.finish()
+        out["async int8"] = shared.numpy().copy()
+    else:
+        out["async int8"] = ab.request(x).wait().numpy().copy()
+        ab.finish()
     return out
 
 
@@ -137,6 +149,7 @@ CASES = [
     "push-pull",
     "bilateral",
     "async",
+    "async int8",
 ]
 
 

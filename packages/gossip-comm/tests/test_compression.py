@@ -83,6 +83,33 @@ def test_compressor_equals_numpy_twin(spec: str) -> None:
         assert comp.payload_bytes(_spec()) == np_comp.payload_bytes(D, 8, LAYOUT)
 
 
+@pytest.mark.parametrize("spec", ["bf16", "int8", "topk:0.01"])
+def test_large_messages_take_the_fast_paths_and_still_equal_the_twin(spec: str) -> None:
+    # Over 2^20 elements with a ragged tail: casts and int8 work in cache-sized chunks
+    # (the tail block in the last one), and topk pre-selects candidates by a sampled
+    # threshold. Scaled stretches make the sample's estimate uneven across the message.
+    n = (1 << 20) + 3 * 1024 + 777
+    rng = np.random.default_rng(5)
+    v = (
+        rng.standard_normal(n)
+        * np.repeat(rng.choice([1e-3, 1.0, 50.0], size=n // 4096 + 1), 4096)[:n]
+    )
+    layout = [(n,)]
+    spec_ = _spec(layout)
+    comp, np_comp = make_compressor(spec), twin.parse_compressor(spec)
+    assert np_comp is not None
+    payload = comp.payload_like(spec_)
+    comp.encode(spec_, torch.from_numpy(v.copy()), payload, comp.init_state(spec_, src=0, dst=1))
+    base = rng.standard_normal(n)
+    into = torch.from_numpy(base.copy())
+    comp.add_decoded(spec_, payload, into)
+    np_state = np_comp.init_state(1, n, layout)
+    expected = np_comp.decode(np_comp.encode(v[None, :], np_state, layout=layout))[0]
+    np.testing.assert_allclose(into.numpy() - base, expected, rtol=1e-9, atol=1e-12)
+    if spec.startswith("topk"):
+        assert (expected != 0).sum() == math.ceil(0.01 * n)
+
+
 def test_compressors_are_lossy_in_the_documented_way() -> None:
     v = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -3.0, 0.5] * 12, dtype=torch.float64)
     out, _ = _round_trip(Cast("bf16"), v, {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import numpy as np
@@ -193,15 +194,26 @@ def _nan_step(rank: int, n: int, algorithm: str) -> Any:
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     topology = "dynamic-bipartite-exponential" if algorithm == "adpsgd" else "ring"
     dp = make_data_parallel(algorithm, net, opt, topology=topology, check_finite=True, timeout=5)
+
+    def step(bad: bool) -> None:
+        dp(torch.ones(1, theta0.size, dtype=torch.float64)).sum().backward()
+        if bad:
+            for p in net.parameters():
+                p.grad.fill_(float("nan"))  # type: ignore[union-attr]
+        opt.step()
+        opt.zero_grad()
+
     try:
-        for step in range(3):
-            out = dp(torch.ones(1, theta0.size, dtype=torch.float64))
-            out.sum().backward()
-            if rank == 0 and step == 1:  # rank 0's update goes bad at step 1
-                for p in net.parameters():
-                    p.grad.fill_(float("nan"))  # type: ignore[union-attr]
-            opt.step()
-            opt.zero_grad()
+        for t in range(3):
+            step(rank == 0 and t == 1)  # rank 0's update goes bad at step 1
+            if algorithm == "adpsgd" and t == 1:  # rank 0's NaN is in its shared copy now
+                torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=20))
+        if algorithm == "adpsgd" and not dp.is_passive:
+            # an active never waits for its exchanges: step on until one it requested
+            # after rank 0 went bad has come home
+            seen = dp.exchanges
+            while dp.exchanges < seen + 2:
+                step(False)
         dp.close()
     except NonFiniteError as exc:
         return {"rank": exc.rank, "peer": exc.peer, "step": exc.step, "msg": str(exc)}

@@ -25,7 +25,7 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -42,6 +42,7 @@ from gossip_comm._channel import (
     open_channel,
 )
 from gossip_comm._public import PublicCopies, compression_setup
+from gossip_comm._scratch import spans
 from gossip_comm._transport import Message, post
 from gossip_comm.compression import MessageSpec
 from gossip_comm.config import GossipConfig
@@ -65,24 +66,42 @@ class _PairCodec:
 
     def __init__(self, public: PublicCopies, gamma: float) -> None:
         self.public, self.gamma = public, gamma
-        # the move's own scratch: an active may encode its next request meanwhile
-        self._step = torch.empty_like(public.scratch)
+        self._step = torch.empty_like(public.scratch)  # the move's scratch
+        # Each role makes one exchange at a time (an active's on its one worker thread, a
+        # passive's on its responder), so one outgoing and one incoming payload are
+        # reused: fresh buffers per exchange would cost their page faults every time.
+        self.outgoing, self.incoming = public.empty(), public.empty()
 
-    def empty(self) -> list[torch.Tensor]:
-        return self.public.empty()
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of one compressed message (the same for every message)."""
+        return self.public.compressor.payload_bytes(self.public.spec)
 
     def encode(self, peer: int, value: torch.Tensor) -> list[torch.Tensor]:
-        payload = self.public.empty()
-        self.public.encode(peer, value, payload)
-        return payload
+        """Encode into ``outgoing`` (returned)."""
+        self.public.encode(peer, value, self.outgoing)
+        return self.outgoing
 
-    def receive(self, peer: int, payload: list[torch.Tensor]) -> None:
-        self.public.receive(peer, payload)
+    def receive(self, peer: int) -> None:
+        """Add the decoding of ``incoming`` to ``peer``'s copy."""
+        self.public.receive(peer, self.incoming)
 
-    def move(self, peer: int, into: torch.Tensor) -> None:
+    def move(
+        self, peer: int, into: torch.Tensor, guard: AbstractContextManager[object] | None = None
+    ) -> None:
+        """Add ``gamma / 2 * (received - sent)`` to ``into``.
+
+        With ``guard``, only the adds hold it, a cache-sized chunk at a time, so the
+        training thread never waits long for the shared value.
+        """
         public = self.public
         step = torch.sub(public.received(peer), public.sent(peer), out=self._step)
-        into.add_(step, alpha=self.gamma / 2)
+        if guard is None:
+            into.add_(step, alpha=self.gamma / 2)
+            return
+        for start, stop in spans(into.numel(), into.device):
+            with guard:
+                into[start:stop].add_(step[start:stop], alpha=self.gamma / 2)
 
 
 class _Active:
@@ -147,23 +166,28 @@ class _Active:
     ) -> GossipHandle[torch.Tensor]:
         ch, codec = self.channel, self.codec
         assert codec is not None
-        payload = codec.encode(peer, host)
-        self.bytes_sent += sum(t.nbytes for t in payload)
-        reply = codec.empty()
-        messages = [Message(peer, header, True)]
-        messages += [Message(peer, t, True) for t in payload]
-        messages += [Message(peer, t, False) for t in reply]
-        pending = post(
-            messages, ch.group, ch.rank, step, tags=[_HEADER] + [_DATA] * (len(messages) - 1)
-        )
+        self.bytes_sent += codec.payload_bytes
 
         def finish() -> torch.Tensor:
+            # encoded on the worker, so the training thread does not pay for it
+            payload, reply = codec.encode(peer, host), codec.incoming
+            messages = [Message(peer, header, True)]
+            messages += [Message(peer, t, True) for t in payload]
+            messages += [Message(peer, t, False) for t in reply]
+            pending = post(
+                messages,
+                ch.group,
+                ch.rank,
+                step,
+                tags=[_HEADER] + [_DATA] * (len(messages) - 1),
+                chunk_numel=ch.chunk_to(peer),  # both ways at once: chunked between hosts
+            )
             pending.wait(ch.timeout)
             if ch.check_finite:
                 for t in reply:
                     if t.is_floating_point():
                         check_finite(t, rank=ch.rank, peer=peer, step=step)
-            codec.receive(peer, reply)
+            codec.receive(peer)
             codec.move(peer, host)
             if host.data_ptr() != snapshot.data_ptr():
                 snapshot.copy_(host.view(snapshot.shape))
@@ -201,6 +225,10 @@ class _Passive:
         self.served = 0
         self.bytes_sent = 0
         self.lock = threading.Lock()
+        # held by the responder while it uses the public copies, and by a restore that
+        # resets them; the shared value's lock is held only while the shared value is
+        # written, so the training thread never waits for an encode
+        self.codec_lock = threading.Lock()
         self._worker = Worker(f"gossip-adpsgd-responder{rank}")
         self._responder: Future[None] | None = None
 
@@ -269,7 +297,7 @@ class _Passive:
         assert codec is not None
         remaining = len(self.partners)
         header = torch.empty(2, dtype=torch.int64)
-        incoming = codec.empty()
+        incoming = codec.incoming
         active = -1
         try:
             while remaining:
@@ -280,21 +308,31 @@ class _Passive:
                 if kind == 0:
                     remaining -= 1
                     continue
-                with self.lock:
+                # Encoding reads the shared value once, without its lock: a value the
+                # training thread is adding to meanwhile is still *a* value of this rank,
+                # and the pair's sum depends only on the copies, which both ends update
+                # with the same decoded bits.
+                with self.codec_lock:
                     reply = codec.encode(active, flat)
                 messages = [Message(active, t, False) for t in incoming]
                 messages += [Message(active, t, True) for t in reply]
                 pending = post(
-                    messages, ch.group, ch.rank, self.served, tags=[_DATA] * len(messages)
+                    messages,
+                    ch.group,
+                    ch.rank,
+                    self.served,
+                    tags=[_DATA] * len(messages),
+                    chunk_numel=ch.chunk_to(active),
                 )
                 pending.wait(ch.timeout)
                 if ch.check_finite:
                     for t in incoming:
                         if t.is_floating_point():
                             check_finite(t, rank=ch.rank, peer=active, step=self.served)
-                with self.lock:  # the copies change only under the lock
-                    codec.receive(active, incoming)
-                    codec.move(active, flat)
+                with self.codec_lock:
+                    codec.receive(active)
+                    codec.move(active, flat, guard=self.lock)
+                with self.lock:
                     self.served += 1
                     self.bytes_sent += sum(t.nbytes for t in reply)
         except GossipPeerError:
@@ -448,7 +486,7 @@ class AsyncBilateral:
         """
         step = checked_step(dict(state))
         if self._codec is not None:
-            guard = self._role.lock if isinstance(self._role, _Passive) else nullcontext()
+            guard = self._role.codec_lock if isinstance(self._role, _Passive) else nullcontext()
             with guard:
                 self._codec.public.reset()
         if isinstance(self._role, _Active):

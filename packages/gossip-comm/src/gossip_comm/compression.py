@@ -23,7 +23,6 @@ used by the simulator that the tests compare against.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 
 import torch
@@ -34,6 +33,7 @@ import gossip_topology.compress as _twin
 from gossip_comm._backend import comm_device_for, group_size, resolve_group
 from gossip_comm._compressor import Compressor, MessageSpec, checksum
 from gossip_comm._lowrank import LowRank
+from gossip_comm._scratch import CHUNK, Scratch, spans
 
 __all__ = [
     "COMPRESSION_SPECS",
@@ -57,6 +57,11 @@ COMPRESSION_SPECS: tuple[str, ...] = (
 )
 """The spec strings [`make_compressor`][gossip_comm.make_compressor] accepts (``F`` a
 fraction in (0, 1], ``R`` a positive int)."""
+
+#: TopK pre-selects candidates by a sampled threshold from this many elements on ...
+_TOPK_PRESELECT_MIN = 1 << 20
+#: ... with a sample of about this many.
+_TOPK_SAMPLE = 1 << 16
 
 
 class Cast(Compressor):
@@ -85,6 +90,7 @@ class Cast(Compressor):
         self.name = "bf16" if resolved == torch.bfloat16 else "fp16"
         # one source for both sides: the numpy twin's value, chosen by the consensus sweep
         self.default_consensus_step = _twin.Cast(self.name).default_consensus_step
+        self._scratch = Scratch()
 
     def payload_like(self, spec: MessageSpec) -> list[torch.Tensor]:
         return [torch.empty(spec.numel, dtype=self.dtype, device=spec.device)]
@@ -104,7 +110,17 @@ class Cast(Compressor):
     def add_decoded(
         self, spec: MessageSpec, payload: Sequence[torch.Tensor], into: torch.Tensor
     ) -> None:
-        into.add_(payload[0])  # widened exactly inside the add: no float copy
+        (half,) = payload
+        if into.device.type != "cpu":
+            into.add_(half)  # widened exactly inside the add
+            return
+        # On CPU a mixed-dtype add takes a slow path (about 6x a float add): widen a
+        # cache-sized chunk (exact), then add it; the same bits either way.
+        work = self._scratch.get(min(CHUNK, into.numel()), into.dtype, into.device)
+        for start, stop in spans(into.numel(), into.device):
+            w = work[: stop - start]
+            w.copy_(half[start:stop])
+            into[start:stop].add_(w)
 
     def __repr__(self) -> str:
         return f"Cast({self.name!r})"
@@ -140,7 +156,7 @@ class Int8(Compressor):
         if not isinstance(stochastic, bool):
             raise TypeError(f"Int8 stochastic must be a bool; got {stochastic!r}")
         self.block, self.stochastic, self.seed = block, stochastic, int(seed)
-        self._buffers: dict[tuple[int, torch.dtype, torch.device, int], torch.Tensor] = {}
+        self._scratch = Scratch()
         self.default_consensus_step = _twin.Int8(block).default_consensus_step
         if stochastic:
             self.name = "int8:stochastic"
@@ -166,13 +182,9 @@ class Int8(Compressor):
         whole = flat.numel() // self.block * self.block
         return flat[:whole].view(-1, self.block), flat[whole:]
 
-    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
-        """A reused float buffer of ``like``'s size, one per thread (no copy per message)."""
-        key = (like.numel(), like.dtype, like.device, threading.get_ident())
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = self._buffers[key] = torch.empty_like(like)
-        return buf
+    def _block_spans(self, numel: int, device: torch.device) -> list[tuple[int, int]]:
+        """Spans of whole blocks (the last one may end in the ragged tail)."""
+        return spans(numel, device, max(self.block, CHUNK // self.block * self.block))
 
     def encode(
         self,
@@ -182,46 +194,67 @@ class Int8(Compressor):
         state: dict[str, torch.Tensor],
     ) -> None:
         codes, scales = payload
+        if self.stochastic:  # one draw over the whole message: the noise stream is fixed
+            work = self._scratch.get(value.numel(), value.dtype, value.device)
+            gen = torch.Generator(device=value.device)
+            gen.set_state(state["rng"])
+            self._encode_span(value, codes, scales, work, gen)
+            state["rng"] = gen.get_state()
+            return
+        work = self._scratch.get(min(CHUNK, value.numel()), value.dtype, value.device)
+        for start, stop in self._block_spans(value.numel(), value.device):
+            blocks = slice(start // self.block, -(-stop // self.block))
+            self._encode_span(
+                value[start:stop], codes[start:stop], scales[blocks], work[: stop - start], None
+            )
+
+    def _encode_span(
+        self,
+        value: torch.Tensor,
+        codes: torch.Tensor,
+        scales: torch.Tensor,
+        work: torch.Tensor,
+        gen: torch.Generator | None,
+    ) -> None:
+        """Encode ``value`` (whole blocks, then maybe the tail) into its codes and scales."""
         head, tail = self._parts(value)
         whole = head.shape[0]
-        low, high = torch.aminmax(head, dim=1)  # max |v| without an |v| copy
-        scales[:whole].copy_(torch.maximum(high, low.neg_()) / 127.0)
+        work_head, work_tail = self._parts(work)
+        # |v| into the (cache-sized) work buffer, then a row max: ten times faster on CPU
+        # than torch.aminmax along rows, and the same value
+        scales[:whole].copy_(torch.abs(head, out=work_head).amax(dim=1) / 127.0)
         if tail.numel():
-            low_t, high_t = torch.aminmax(tail)
-            scales[whole:].copy_(torch.maximum(high_t, -low_t) / 127.0)
+            scales[whole:].copy_(torch.abs(tail, out=work_tail).amax() / 127.0)
         s = scales.to(value.dtype)
         s = torch.where(s > 0, s, 1.0)  # a zero block holds zeros: any divisor gives 0
-        work = self._scratch(value)
-        work_head, work_tail = self._parts(work)
         torch.div(head, s[:whole, None], out=work_head)
         if tail.numel():
             torch.div(tail, s[whole:], out=work_tail)
-        if self.stochastic:
-            gen = torch.Generator(device=value.device)
-            gen.set_state(state["rng"])
+        if gen is not None:
             work.add_(torch.rand(work.shape, generator=gen, dtype=work.dtype, device=work.device))
-            state["rng"] = gen.get_state()
             work.floor_()
         else:
             work.round_()
         codes.copy_(work.clamp_(-127, 127))
 
     def decode(self, spec: MessageSpec, payload: Sequence[torch.Tensor], out: torch.Tensor) -> None:
-        codes, scales = payload
-        s = scales.to(out.dtype)
-        code_head, code_tail = self._parts(codes)
-        out_head, out_tail = self._parts(out)
-        whole = code_head.shape[0]
-        torch.mul(code_head, s[:whole, None], out=out_head)
-        if code_tail.numel():
-            torch.mul(code_tail, s[whole:], out=out_tail)
+        out.zero_()
+        self.add_decoded(spec, payload, out)
 
     def add_decoded(
         self, spec: MessageSpec, payload: Sequence[torch.Tensor], into: torch.Tensor
     ) -> None:
-        decoded = self._scratch(into)
-        self.decode(spec, payload, decoded)
-        into.add_(decoded)
+        codes, scales = payload
+        work = self._scratch.get(min(CHUNK, into.numel()), into.dtype, into.device)
+        for start, stop in self._block_spans(into.numel(), into.device):
+            w = work[: stop - start]
+            w.copy_(codes[start:stop])  # int8 -> float: exact, and fast unlike a mixed op
+            s = scales[start // self.block : -(-stop // self.block)].to(into.dtype)
+            head, tail = self._parts(w)
+            head.mul_(s[: head.shape[0], None])
+            if tail.numel():
+                tail.mul_(s[head.shape[0] :])
+            into[start:stop].add_(w)
 
     def __repr__(self) -> str:
         return f"Int8(block={self.block}, stochastic={self.stochastic})"
@@ -256,6 +289,7 @@ class TopK(Compressor):
         self.name = f"topk:{self.fraction:g}"
         # min(1, 2 * fraction): no one value suits every fraction (the twin's sweep)
         self.default_consensus_step = _twin.TopK(self.fraction).default_consensus_step
+        self._scratch = Scratch()
 
     def k(self, numel: int) -> int:
         """Entries sent from a message of ``numel`` elements."""
@@ -277,9 +311,30 @@ class TopK(Compressor):
         state: dict[str, torch.Tensor],
     ) -> None:
         values, indices = payload
-        top = torch.topk(value.abs(), values.numel(), sorted=False).indices
+        top = self._top(value, values.numel())
         indices.copy_(top)
         values.copy_(value[top])
+
+    def _top(self, value: torch.Tensor, k: int) -> torch.Tensor:
+        """Indices of the ``k`` entries largest in magnitude (in no particular order).
+
+        ``torch.topk`` over a whole large message is slow on CPU (0.55 s for 25 M
+        elements), so large messages first keep the candidates above a threshold
+        estimated from a strided sample, chosen so that about 1.5 k pass, and run
+        ``topk`` on those alone (about 8x faster); if fewer than ``k`` pass, the whole
+        message is searched. The same entries are chosen either way, ties aside.
+        """
+        magnitude = self._scratch.get(value.numel(), value.dtype, value.device)
+        torch.abs(value, out=magnitude)
+        n = value.numel()
+        if n >= _TOPK_PRESELECT_MIN and k * 10 <= n:
+            sample = magnitude[:: max(1, n // _TOPK_SAMPLE)]
+            cut = torch.quantile(sample.float(), 1.0 - 1.5 * k / n).to(value.dtype)
+            candidates = torch.nonzero(magnitude >= cut).squeeze(1)
+            if candidates.numel() >= k:
+                best = torch.topk(magnitude[candidates], k, sorted=False).indices
+                return candidates[best]
+        return torch.topk(magnitude, k, sorted=False).indices
 
     def decode(self, spec: MessageSpec, payload: Sequence[torch.Tensor], out: torch.Tensor) -> None:
         out.zero_()
