@@ -325,7 +325,7 @@ def adpsgd_pace(session: nox.Session) -> None:
     A 25 M-parameter linear model in GPU-host mode (a 0.25 s sleep for forward and
     backward), whose exchange takes longer than a step at 1 Gbit/s: every rank's median
     s/iter, uncompressed and with each compressor, at 1 and 10 Gbit/s; writes
-    ``benchmarks/results/adpsgd_pace.{json,md,png}`` (about 6 minutes). ``-- --quick``
+    ``benchmarks/results/adpsgd_pace.{json,md,png}`` (about 4 minutes). ``-- --quick``
     runs 1 Gbit/s with two configurations.
     """
     _check_cluster_host(session)

@@ -1,6 +1,6 @@
 """AD-PSGD's ranks at their own pace when an exchange takes longer than a step.
 
-Run as root: ``nox -s adpsgd_pace`` (about 6 minutes on the 2-core reference machine).
+Run as root: ``nox -s adpsgd_pace`` (about 4 minutes on the 2-core reference machine).
 On 4 emulated hosts (`emulate.Cluster`) at 1 and 10 Gbit/s, `train_step.py` trains a
 25.0 M-parameter linear model (``--model linear:8136``: ResNet-50's bytes, none of its
 depth) with AD-PSGD in GPU-host mode: forward and backward are a 0.25 s sleep and fixed
