@@ -34,6 +34,19 @@ def _x0() -> np.ndarray:
     return np.random.default_rng(7).normal(size=(N, NUMEL)).astype(np.float32)
 
 
+def _one_async_exchange(rank: int, n: int, x: torch.Tensor, config: GossipConfig) -> Any:
+    """Each active's one AD-PSGD request, answered by its passive: the value it ends with."""
+    ab = AsyncBilateral(make_topology("dynamic-bipartite-exponential", n), x, config=config)
+    if ab.is_passive:
+        shared = x.clone()
+        ab.serve(shared)
+        ab.finish()
+        return shared.numpy().copy()
+    value = ab.request(x).wait().numpy().copy()
+    ab.finish()
+    return value
+
+
 def _all_gossipers(rank: int, n: int, chunk_bytes: int) -> dict[str, Any]:
     x0 = _x0()
     out: dict[str, Any] = {}
@@ -107,29 +120,11 @@ def _all_gossipers(rank: int, n: int, chunk_bytes: int) -> dict[str, Any]:
     for _ in range(STEPS):
         x = bp.mix(x)
     out["bilateral"] = x.numpy().copy()
-    # AD-PSGD: one request per active, served in full duplex
-    x = torch.from_numpy(x0[rank].copy())
-    ab = AsyncBilateral(make_topology("dynamic-bipartite-exponential", n), x, config=base)
-    if ab.is_passive:
-        shared = x.clone()
-        ab.serve(shared)
-        ab.finish()
-        out["async"] = shared.numpy().copy()
-    else:
-        out["async"] = ab.request(x).wait().numpy().copy()
-        ab.finish()
-    # AD-PSGD, compressed: payloads of two dtypes (codes, scales) chunk alike both ways
-    x = torch.from_numpy(x0[rank].copy())
+    # AD-PSGD: one request per active, served in full duplex; compressed, payloads of
+    # two dtypes (int8 codes, float scales) chunk alike both ways
     int8 = GossipConfig(timeout=60, chunk_bytes=chunk_bytes, compression="int8")
-    ab = AsyncBilateral(make_topology("dynamic-bipartite-exponential", n), x, config=int8)
-    if ab.is_passive:
-        shared = x.clone()
-        ab.serve(shared)
-        ab.finish()
-        out["async int8"] = shared.numpy().copy()
-    else:
-        out["async int8"] = ab.request(x).wait().numpy().copy()
-        ab.finish()
+    for case, config in (("async", base), ("async int8", int8)):
+        out[case] = _one_async_exchange(rank, n, torch.from_numpy(x0[rank].copy()), config)
     return out
 
 

@@ -75,7 +75,7 @@ class _PairCodec:
     @property
     def payload_bytes(self) -> int:
         """Bytes of one compressed message (the same for every message)."""
-        return self.public.compressor.payload_bytes(self.public.spec)
+        return sum(t.nbytes for t in self.outgoing)  # no payload allocated per request
 
     def encode(self, peer: int, value: torch.Tensor) -> list[torch.Tensor]:
         """Encode into ``outgoing`` (returned)."""
