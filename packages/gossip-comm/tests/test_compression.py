@@ -110,6 +110,43 @@ def test_large_messages_take_the_fast_paths_and_still_equal_the_twin(spec: str) 
         assert (expected != 0).sum() == math.ceil(0.01 * n)
 
 
+@pytest.mark.parametrize("size", [D, (1 << 20) + 3 * 1024 + 777])
+@pytest.mark.parametrize("spec", ["bf16", "fp16", "int8", "int8:stochastic", "topk:0.01"])
+def test_fused_encode_difference_equals_the_protocols_default(spec: str, size: int) -> None:
+    # The built-ins subtract, encode and add the decoding in one chunked pass (topk picks
+    # its candidates chunk by chunk without a full-size difference): payloads and the
+    # public copy must be the same bits as encode(value - public) then add_decoded, for
+    # successive messages on one edge; and the copy must move by the twin's decoding.
+    rng = np.random.default_rng(11)
+    layout = [(size,)]
+    spec_ = _spec(layout)
+    comp, np_comp = make_compressor(spec), twin.parse_compressor(spec)
+    assert np_comp is not None and type(comp).encode_difference is not (
+        Compressor.encode_difference
+    )
+    fused, default = torch.zeros(size, dtype=torch.float64), torch.zeros(size, dtype=torch.float64)
+    state_f = comp.init_state(spec_, src=0, dst=1)
+    state_d = comp.init_state(spec_, src=0, dst=1)
+    np_state = np_comp.init_state(1, size, layout)
+    for step in range(3):
+        scale = np.repeat(rng.choice([1e-3, 1.0, 50.0], size=size // 4096 + 1), 4096)[:size]
+        value = torch.from_numpy(rng.standard_normal(size) * scale + step)
+        before = fused.numpy().copy()
+        pay_f, pay_d = comp.payload_like(spec_), comp.payload_like(spec_)
+        comp.encode_difference(spec_, value, fused, pay_f, state_f)
+        Compressor.encode_difference(comp, spec_, value, default, pay_d, state_d)
+        for a, b in zip(pay_f, pay_d, strict=True):
+            assert torch.equal(a, b)
+        assert torch.equal(fused, default)
+        # int8:stochastic's twin draws other noise; torch casts float64 to float16
+        # through float32 (rounding twice), numpy in one rounding: they differ by an ulp
+        # near ties, which a million elements hit
+        if spec not in ("int8:stochastic", "fp16"):
+            diff = value.numpy() - before
+            expected = np_comp.decode(np_comp.encode(diff[None, :], np_state, layout=layout))[0]
+            np.testing.assert_allclose(fused.numpy() - before, expected, rtol=1e-9, atol=1e-9)
+
+
 def test_compressors_are_lossy_in_the_documented_way() -> None:
     v = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -3.0, 0.5] * 12, dtype=torch.float64)
     out, _ = _round_trip(Cast("bf16"), v, {})

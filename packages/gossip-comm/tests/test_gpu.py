@@ -122,3 +122,33 @@ def test_chunked_cuda_tensors_match_the_simulator() -> None:
         sim = simulate_push_sum(topo, x0.astype(np.float64), 4)
         got = np.stack([r[name] for r in res], axis=1)
         np.testing.assert_allclose(got, sim.numerators, rtol=rtol, atol=rtol, err_msg=name)
+
+
+@needs_cuda
+@pytest.mark.parametrize("spec", ["bf16", "int8", "topk:0.01", "lowrank:2"])
+def test_compressors_on_large_cuda_messages_equal_the_cpu(spec: str) -> None:
+    # Over 2^18 elements: a CPU compressor works in cache-sized chunks, a CUDA one in a
+    # single span, which needs a work buffer of the whole message.
+    from gossip_comm import MessageSpec, make_compressor
+
+    n = (1 << 19) + 1000
+    layout = (torch.Size([512, 1024]), torch.Size([1000]))
+    rng = np.random.default_rng(2)
+    value = torch.from_numpy(rng.standard_normal(n))
+    public = torch.from_numpy(rng.standard_normal(n) * 0.1)
+    comp = make_compressor(spec)
+    results = []
+    for device in ("cpu", "cuda"):
+        ms = MessageSpec(numel=n, dtype=torch.float64, device=torch.device(device), layout=layout)
+        pub = public.to(device)
+        payload = comp.payload_like(ms)
+        comp.encode_difference(
+            ms, value.to(device), pub, payload, comp.init_state(ms, src=0, dst=1)
+        )
+        into = torch.zeros(n, dtype=torch.float64, device=device)
+        comp.add_decoded(ms, payload, into)
+        results.append((pub.cpu(), into.cpu()))
+    (pub_cpu, into_cpu), (pub_gpu, into_gpu) = results
+    torch.testing.assert_close(pub_gpu, pub_cpu, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(into_gpu, into_cpu, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(pub_cpu - public, into_cpu, rtol=1e-9, atol=1e-9)

@@ -31,6 +31,7 @@ import torch
 from gossip_comm._background import Worker
 from gossip_comm._channel import check_finite, checked_step, open_channel, parse_saved_round
 from gossip_comm._public import PublicCopies, compression_setup
+from gossip_comm._scratch import spans
 from gossip_comm._transport import Message, PendingExchange, post
 from gossip_comm.compression import Compressor, MessageSpec
 from gossip_comm.config import GossipConfig
@@ -55,6 +56,7 @@ class CompressedFlight:
     sends: list[list[torch.Tensor]]
     recvs: list[list[torch.Tensor]]
     weight_recvs: list[torch.Tensor]
+    kept: bool  # whether ``buf`` already had the sent copies taken out (overlap mode)
 
     def keep(self, snapshot: torch.Tensor, out: torch.Tensor) -> None:
         """Overlap mode: ``out`` <- what the sender keeps (``post`` computed it already)."""
@@ -110,6 +112,8 @@ class CompressedEngine:
         self.step = 0
         self.bytes_sent = 0
         self._pool: list[list[torch.Tensor]] = []
+        # a restored round's stand-in for the tensor it was sent from (only accumulated)
+        self._nothing = torch.empty(0, dtype=ch.dtype, device=ch.device)
         self._worker = Worker(f"gossip-rank{ch.rank}")
 
     # ------------------------------------------------------------------ state
@@ -132,10 +136,13 @@ class CompressedEngine:
     def _payloads(self) -> list[torch.Tensor]:
         return self._pool.pop() if self._pool else self.public.empty()
 
-    def post(self, tensor: torch.Tensor, weight: float) -> CompressedFlight:
-        """Encode and post one step; the flight's ``keep`` gives what this rank keeps.
+    def post(self, tensor: torch.Tensor, weight: float, *, keep: bool = True) -> CompressedFlight:
+        """Encode and post one step.
 
-        The payloads are encoded before this returns, so ``tensor`` is free at once.
+        The payloads are encoded before this returns. With ``keep`` (overlap mode) the
+        sent copies are taken out of ``tensor`` at once, so the flight's ``keep`` gives
+        what this rank keeps and ``tensor`` is free; without it (blocking) ``finish``
+        takes them out in the same pass that adds the received copies in.
         """
         ch = self.channel
         ch.check(tensor)
@@ -149,8 +156,8 @@ class CompressedEngine:
             payload = self._payloads()
             self.public.encode(peer, buf, payload)
             sends.append(payload)
-        for peer, share in zip(info.out_peers, info.out_weights, strict=True):
-            buf.sub_(self.public.sent(peer), alpha=self.gamma * share)
+        if keep:
+            self._mix(info, buf, sent=True, received=False)
         for q in info.in_peers:  # both ends of an edge create their copies in one step
             self.public.received(q)
         recvs = [self._payloads() for _ in info.in_peers]
@@ -189,6 +196,7 @@ class CompressedEngine:
             sends=sends,
             recvs=recvs,
             weight_recvs=weight_recvs,
+            kept=keep,
         )
 
     def _wait(self, flight: CompressedFlight) -> None:
@@ -202,12 +210,56 @@ class CompressedEngine:
                     if t.is_floating_point():
                         check_finite(t, rank=ch.rank, peer=q, step=flight.step)
 
-    def _fold_in(self, flight: CompressedFlight, into: torch.Tensor) -> None:
-        """Decode the received payloads into the in-copies and add ``gamma P_ik xhat_k``."""
+    def _mix(
+        self,
+        info: RankStep,
+        into: torch.Tensor,
+        *,
+        sent: bool,
+        received: bool,
+        base: torch.Tensor | None = None,
+    ) -> None:
+        """``into`` (or ``base``) minus ``gamma P_ji xhat_i->j`` over the out-peers (with
+        ``sent``), plus ``gamma P_ik xhat_k->i`` over the in-peers (with ``received``).
+
+        One pass a cache-sized chunk at a time on CPU, so ``into`` is read and written
+        once whatever the number of copies; the same operations, in the same order, as
+        one whole-tensor op per copy, so the same bits.
+        """
+        terms = []
+        if sent:
+            terms += [
+                (self.public.sent(p), -self.gamma * share)
+                for p, share in zip(info.out_peers, info.out_weights, strict=True)
+            ]
+        if received:
+            terms += [
+                (self.public.received(q), self.gamma * a)
+                for q, a in zip(info.in_peers, info.in_weights, strict=True)
+            ]
+        if any(t.device != into.device for t, _ in terms):  # a CUDA tensor over gloo
+            terms = [(t.to(into.device, non_blocking=True), a) for t, a in terms]
+        for start, stop in spans(into.numel(), into.device):
+            x = into[start:stop]
+            if base is not None:
+                x.copy_(base[start:stop])
+            for t, a in terms:
+                if a < 0:
+                    x.sub_(t[start:stop], alpha=-a)
+                else:
+                    x.add_(t[start:stop], alpha=a)
+
+    def _fold_in(
+        self,
+        flight: CompressedFlight,
+        into: torch.Tensor,
+        base: torch.Tensor | None = None,
+    ) -> None:
+        """Decode the received payloads into the in-copies and mix them in (and the sent
+        copies out, if ``post`` left them)."""
         for q, payload in zip(flight.info.in_peers, flight.recvs, strict=True):
             self.public.receive(q, payload)
-        for q, a in zip(flight.info.in_peers, flight.in_weights, strict=True):
-            into.add_(self.public.received(q).to(into.device, non_blocking=True), alpha=a)
+        self._mix(flight.info, into, sent=not flight.kept, received=True, base=base)
 
     def _weight_in(self, flight: CompressedFlight) -> float:
         weights = [float(w.item()) for w in flight.weight_recvs]
@@ -242,9 +294,9 @@ class CompressedEngine:
         """
         try:
             self._wait(flight)
-            if base is not None and base.data_ptr() != into.data_ptr():
-                into.copy_(base)
-            self._fold_in(flight, into.view(-1))
+            if base is not None and base.data_ptr() == into.data_ptr():
+                base = None
+            self._fold_in(flight, into.view(-1), None if base is None else base.view(-1))
             if self.carries_weight:
                 return self._weight_in(flight)
             return (1.0 - flight.kept_weight) * flight.weight
@@ -292,8 +344,8 @@ class CompressedEngine:
             pending=PendingExchange.delivered(ch.rank, step, 0, 0),
             info=info,
             step=step,
-            target=self.public.scratch,
-            buf=self.public.scratch,
+            target=self._nothing,
+            buf=self._nothing,
             weight=weight,
             kept_weight=1.0 - self.gamma * (1.0 - info.self_weight),
             in_weights=tuple(self.gamma * a for a in info.in_weights),
@@ -302,20 +354,21 @@ class CompressedEngine:
             weight_recvs=[
                 torch.tensor([w], dtype=torch.float64, device=ch.device) for w in weights
             ],
+            kept=True,
         )
 
     def start(
         self, tensor: torch.Tensor, weight: float
     ) -> GossipHandle[tuple[torch.Tensor, float]]:
         """Post a step; the handle folds the messages in when they are there."""
-        flight = self.post(tensor, weight)
+        flight = self.post(tensor, weight, keep=False)
         if self.channel.device.type == "cpu":
             return GossipHandle(future=self._worker.submit(lambda: self.finish(flight)))
         return GossipHandle(poll=flight.pending.is_completed, finish=lambda: self.finish(flight))
 
     def mix(self, tensor: torch.Tensor, weight: float) -> tuple[torch.Tensor, float]:
         """Post a step and finish it in the calling thread."""
-        return self.finish(self.post(tensor, weight))
+        return self.finish(self.post(tensor, weight, keep=False))
 
     def close(self) -> None:
         """Stop the background worker, if one was started."""

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gossip_comm._scratch import Scratch
+
 __all__ = ["Compressor", "MessageSpec", "checksum"]
 
 
@@ -100,12 +102,37 @@ class Compressor(ABC):
         self.decode(spec, payload, tmp)
         into.add_(tmp)
 
+    def encode_difference(
+        self,
+        spec: MessageSpec,
+        value: torch.Tensor,
+        public: torch.Tensor,
+        payload: Sequence[torch.Tensor],
+        state: dict[str, torch.Tensor],
+    ) -> None:
+        """Encode ``value - public`` into ``payload``, then ``public += decode(payload)``.
+
+        What gossip does with every message it sends (``public`` is the copy of the
+        sender's value that its receiver holds). The default is `encode` of the
+        difference, then `add_decoded`; the built-in elementwise compressors override it
+        to do all of it in one pass over the message, a cache-sized chunk at a time.
+        An override must leave ``payload`` and ``public`` exactly as the default does.
+        """
+        diff = _DIFFERENCE.get(value.numel(), value.dtype, value.device)
+        torch.sub(value, public, out=diff)
+        self.encode(spec, diff, payload, state)
+        self.add_decoded(spec, payload, public)
+
     def payload_bytes(self, spec: MessageSpec) -> int:
         """Bytes one message of ``spec`` takes on the wire."""
         return sum(t.nbytes for t in self.payload_like(spec))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+#: The default `Compressor.encode_difference`'s difference buffers (one per thread and size).
+_DIFFERENCE = Scratch()
 
 
 def checksum(tensor: torch.Tensor) -> int:

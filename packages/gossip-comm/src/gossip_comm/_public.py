@@ -97,14 +97,14 @@ class PublicCopies:
         self.out: dict[int, torch.Tensor] = {}
         self.into: dict[int, torch.Tensor] = {}
         self.codec: dict[int, dict[str, torch.Tensor]] = {}
-        self.scratch = torch.empty(spec.numel, dtype=spec.dtype, device=spec.device)
         compressor.payload_like(spec)  # a layout that does not fit raises here
 
     def _copy(self, table: dict[int, torch.Tensor], peer: int) -> torch.Tensor:
         copy = table.get(peer)
         if copy is None:
             if self.reference is None:
-                copy = torch.zeros_like(self.scratch)
+                spec = self.spec
+                copy = torch.zeros(spec.numel, dtype=spec.dtype, device=spec.device)
             else:
                 copy = self.reference.clone()
             table[peer] = copy
@@ -124,14 +124,11 @@ class PublicCopies:
 
     def encode(self, peer: int, value: torch.Tensor, payload: list[torch.Tensor]) -> None:
         """Write ``C(value - sent(peer))`` into ``payload`` and add its decoding to the copy."""
-        public = self.sent(peer)
-        torch.sub(value, public, out=self.scratch)
         state = self.codec.get(peer)
         if state is None:
             state = self.compressor.init_state(self.spec, src=self.rank, dst=peer)
             self.codec[peer] = state
-        self.compressor.encode(self.spec, self.scratch, payload, state)
-        self.compressor.add_decoded(self.spec, payload, public)
+        self.compressor.encode_difference(self.spec, value, self.sent(peer), payload, state)
 
     def receive(self, peer: int, payload: list[torch.Tensor]) -> None:
         """Add the decoding of ``peer``'s ``payload`` to ``received(peer)``."""

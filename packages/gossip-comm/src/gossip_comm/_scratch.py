@@ -45,5 +45,17 @@ class Scratch:
             buf = self._buffers[key] = torch.empty(numel, dtype=dtype, device=device)
         return buf
 
+    def for_spans(
+        self,
+        numel: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        step: int = CHUNK,
+        slot: int = 0,
+    ) -> torch.Tensor:
+        """A buffer that holds the longest of ``spans(numel, device, step)``."""
+        size = min(step, numel) if device.type == "cpu" else numel
+        return self.get(size, dtype, device, slot)
+
     def __getstate__(self) -> dict[str, object]:
         return {"_buffers": {}}  # buffers are per process: never pickled

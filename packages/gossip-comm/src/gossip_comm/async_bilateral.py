@@ -66,7 +66,8 @@ class _PairCodec:
 
     def __init__(self, public: PublicCopies, gamma: float) -> None:
         self.public, self.gamma = public, gamma
-        self._step = torch.empty_like(public.scratch)  # the move's scratch
+        spec = public.spec
+        self._step = torch.empty(spec.numel, dtype=spec.dtype, device=spec.device)  # the move
         # Each role makes one exchange at a time (an active's on its one worker thread, a
         # passive's on its responder), so one outgoing and one incoming payload are
         # reused: fresh buffers per exchange would cost their page faults every time.
