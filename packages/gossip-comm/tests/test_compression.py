@@ -345,6 +345,8 @@ def _overlap_worker(rank: int, n: int) -> dict[str, Any]:
         snap = b.clone()
         rnd = over.send(snap, wb)
         rnd.keep(snap, out=b)
+        with pytest.raises(RuntimeError, match="already called"):
+            rnd.keep(snap, out=b)  # taking the sent copies out twice would break the sum
         wb = wb * rnd.self_weight + over.receive(rnd, b)
     out["overlap_now"] = (a.numpy().copy(), wa, b.numpy().copy(), wb)
     late = PushSum(expo, x0, config=config, layout=layout)
@@ -354,7 +356,11 @@ def _overlap_worker(rank: int, n: int) -> dict[str, Any]:
     for t in range(STEPS):
         snap = c.clone()
         rnd = late.send(snap, wc)
-        rnd.keep(snap, out=c)
+        if t % 2:
+            rnd.keep(snap, out=c)
+        else:  # in place, as a caller that reuses its snapshot buffer does
+            rnd.keep(snap, out=snap)
+            c.copy_(snap)
         wc *= rnd.self_weight
         rounds.append(rnd)
         if len(rounds) > 2:

@@ -22,8 +22,9 @@ are conserved to rounding whatever the compressor $C$. gossip-topology's
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -56,12 +57,28 @@ class CompressedFlight:
     sends: list[list[torch.Tensor]]
     recvs: list[list[torch.Tensor]]
     weight_recvs: list[torch.Tensor]
-    kept: bool  # whether ``buf`` already had the sent copies taken out (overlap mode)
+    kept: bool  # overlap mode: ``keep`` takes the sent copies out, not the fold
+    # overlap mode: ``(into, base)`` -> into = base minus the sent copies' shares
+    take_out: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None
 
     def keep(self, snapshot: torch.Tensor, out: torch.Tensor) -> None:
-        """Overlap mode: ``out`` <- what the sender keeps (``post`` computed it already)."""
-        if out.data_ptr() != self.buf.data_ptr():
+        """Overlap mode: ``out`` <- ``snapshot`` minus the shares of the sent copies.
+
+        One pass, whether ``out`` is the snapshot itself or another tensor.
+
+        Raises:
+            RuntimeError: If called twice for one round (the copies would be taken out
+                twice).
+        """
+        take_out, self.take_out = self.take_out, None
+        if take_out is None:
+            raise RuntimeError("keep() was already called for this gossip round")
+        if out.device != self.buf.device:  # a CUDA tensor over gloo: host staging copy
+            take_out(self.buf, None)
             out.copy_(self.buf.view(out.shape))
+            return
+        flat = out.view(-1)
+        take_out(flat, None if flat.data_ptr() == self.buf.data_ptr() else self.buf)
 
 
 class CompressedEngine:
@@ -139,10 +156,10 @@ class CompressedEngine:
     def post(self, tensor: torch.Tensor, weight: float, *, keep: bool = True) -> CompressedFlight:
         """Encode and post one step.
 
-        The payloads are encoded before this returns. With ``keep`` (overlap mode) the
-        sent copies are taken out of ``tensor`` at once, so the flight's ``keep`` gives
-        what this rank keeps and ``tensor`` is free; without it (blocking) ``finish``
-        takes them out in the same pass that adds the received copies in.
+        The payloads are encoded before this returns, so ``tensor`` is not read again.
+        With ``keep`` (overlap mode) the flight's ``keep`` writes what this rank keeps
+        (``tensor`` minus the sent copies' shares); without it (blocking) ``finish``
+        takes the sent copies out in the same pass that adds the received ones in.
         """
         ch = self.channel
         ch.check(tensor)
@@ -156,8 +173,6 @@ class CompressedEngine:
             payload = self._payloads()
             self.public.encode(peer, buf, payload)
             sends.append(payload)
-        if keep:
-            self._mix(info, buf, sent=True, received=False)
         for q in info.in_peers:  # both ends of an edge create their copies in one step
             self.public.received(q)
         recvs = [self._payloads() for _ in info.in_peers]
@@ -197,6 +212,7 @@ class CompressedEngine:
             recvs=recvs,
             weight_recvs=weight_recvs,
             kept=keep,
+            take_out=partial(self._mix, info, sent=True, received=False) if keep else None,
         )
 
     def _wait(self, flight: CompressedFlight) -> None:
@@ -214,10 +230,10 @@ class CompressedEngine:
         self,
         info: RankStep,
         into: torch.Tensor,
+        base: torch.Tensor | None = None,
         *,
         sent: bool,
         received: bool,
-        base: torch.Tensor | None = None,
     ) -> None:
         """``into`` (or ``base``) minus ``gamma P_ji xhat_i->j`` over the out-peers (with
         ``sent``), plus ``gamma P_ik xhat_k->i`` over the in-peers (with ``received``).
@@ -239,15 +255,18 @@ class CompressedEngine:
             ]
         if any(t.device != into.device for t, _ in terms):  # a CUDA tensor over gloo
             terms = [(t.to(into.device, non_blocking=True), a) for t, a in terms]
+        if base is not None and not terms:
+            into.copy_(base)
+            return
         for start, stop in spans(into.numel(), into.device):
             x = into[start:stop]
-            if base is not None:
-                x.copy_(base[start:stop])
-            for t, a in terms:
+            for i, (t, a) in enumerate(terms):
+                # the first term reads base, if given, instead of a copy of it in x
+                src = base[start:stop] if i == 0 and base is not None else x
                 if a < 0:
-                    x.sub_(t[start:stop], alpha=-a)
+                    torch.sub(src, t[start:stop], alpha=-a, out=x)
                 else:
-                    x.add_(t[start:stop], alpha=a)
+                    torch.add(src, t[start:stop], alpha=a, out=x)
 
     def _fold_in(
         self,
