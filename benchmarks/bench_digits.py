@@ -9,19 +9,22 @@ statistics differ most). Reports test accuracy of
 - the network-average model (``average_for_eval``: parameters and buffers averaged), and
 - the ranks' own models (each with its own parameters and buffers), averaged over ranks,
 
-as the mean over seeds. Three sections, each its own results file:
+as the mean over seeds. Four sections, each its own results file:
 
 - ``buffers``: the ``buffers=`` modes under SGP, which chose the default
   (``results/buffers.*``);
 - ``options``: Gossip-PGA, all-reduce warm-up and SlowMo against plain SGP
   (``results/gossip_options.*``);
+- ``consensus_steps``: the compressed configurations that miss the 0.5-point target
+  (``lowrank:2`` everywhere, AD-PSGD with ``topk:0.01``) at several consensus steps
+  (``results/compression_digits_steps.*``).
 - ``compression``: SGP, OSGP, D-PSGD and AD-PSGD with ``compression=`` none, ``int8``,
   ``topk:0.01`` and ``lowrank:2`` at the default consensus steps, against AR-SGD, torch
   DDP, DDP with the PowerSGD hook (rank 2) and DDP with the bf16 hook, with the bytes
   each rank sends per iteration (``results/compression_digits.*``; iid split only).
 
 Run: ``nox -s bench`` or ``python benchmarks/bench_digits.py [--quick]
-[--only {buffers,options,compression}]`` from any directory.
+[--only {buffers,options,compression,consensus_steps}]`` from any directory.
 """
 
 from __future__ import annotations
@@ -519,7 +522,108 @@ def _bench_compression(quick: bool, epochs: int, seeds: list[int]) -> None:
     )
 
 
-SECTIONS = ("buffers", "options", "compression")
+#: (algorithm, compressor, consensus steps) the ``consensus_steps`` section sweeps: the
+#: configurations that miss the 0.5-point target at their default step.
+STEP_SWEEP: tuple[tuple[str, str, tuple[float, ...]], ...] = (
+    *((algorithm, "lowrank:2", (0.05, 0.1, 0.2, 0.3)) for algorithm in GOSSIP_ALGORITHMS),
+    ("adpsgd", "topk:0.01", (0.02, 0.05, 0.1)),
+)
+
+
+def _step_cases() -> list[Case]:
+    """Each swept configuration at each step, after its algorithm uncompressed."""
+    cases = [Case(label=f"{a} none", algorithm=a) for a in GOSSIP_ALGORITHMS]
+    for algorithm, spec, steps in STEP_SWEEP:
+        for gamma in steps:
+            cases.append(
+                Case(
+                    label=f"{algorithm} {spec} {gamma:g}",
+                    algorithm=algorithm,
+                    options={"compression": spec, "consensus_step": gamma},
+                    baseline=f"{algorithm} none",
+                )
+            )
+    return cases
+
+
+def _bench_consensus_steps(quick: bool, epochs: int, seeds: list[int]) -> None:
+    """The ``consensus_steps`` section: does a larger consensus step close the gap?"""
+    cases = _step_cases()
+    start = time.perf_counter()
+    res = run_distributed(_train, WORLD, (cases, ("iid",), epochs, seeds), timeout=4 * 3600)
+    wall = time.perf_counter() - start
+    runs_of = {c.label: res[0][f"iid|{c.label}"] for c in cases}
+    rows = []
+    for case in cases:
+        if case.baseline is None:
+            continue
+        runs = runs_of[case.label]
+        deltas = _delta(runs, runs_of[case.baseline])
+        rows.append(
+            {
+                "algorithm": case.algorithm,
+                "compression": case.compression,
+                "consensus_step": case.options["consensus_step"],
+                "default_step": make_compressor(case.compression).default_consensus_step,
+                "average_model_runs": _values(runs, "average"),
+                "own_models_runs": _values(runs, "own"),
+                "uncompressed_runs": _values(runs_of[case.baseline], "average"),
+                "delta_points_runs": deltas,
+                f"within_{TARGET_POINTS}": statistics.mean(deltas) >= -TARGET_POINTS,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    write_results(
+        "compression_digits_steps",
+        {"rows": rows},
+        header=[
+            "algorithm",
+            "compression",
+            "consensus step",
+            "network-average top-1 (%)",
+            "ranks' own top-1 (%, mean)",
+            "uncompressed top-1 (%)",
+            "Δ vs uncompressed (points)",
+            f"within {TARGET_POINTS}",
+        ],
+        rows=[
+            [
+                r["algorithm"],
+                r["compression"],
+                f"{r['consensus_step']:g}"
+                + (" (default)" if r["consensus_step"] == r["default_step"] else ""),
+                _pm(r["average_model_runs"], scale=100.0, digits=2),
+                _pm(r["own_models_runs"], scale=100.0, digits=2),
+                _pm(r["uncompressed_runs"], scale=100.0, digits=2),
+                _pm(r["delta_points_runs"], digits=2, sign="+"),
+                "yes" if r[f"within_{TARGET_POINTS}"] else "no",
+            ]
+            for r in rows
+        ],
+        title="Compressed gossip on digits: the consensus step of the configurations that "
+        "miss the target",
+        quick=quick,
+        notes=(
+            f"Same setting as compression_digits ({WORLD} ranks, iid split, {epochs} "
+            f"epochs, batch {BATCH}, seeds {seeds}), with the consensus step swept for "
+            "lowrank:2 (every gossip algorithm) and AD-PSGD with topk:0.01. Δ is the "
+            "network-average top-1 minus that of the same algorithm uncompressed in this "
+            "run, per seed, mean ± spread. AD-PSGD is asynchronous: its runs, the "
+            "uncompressed one included, differ from run to run with the same seed."
+        ),
+        meta={
+            "world_size": WORLD,
+            "epochs": epochs,
+            "seeds": seeds,
+            "batch": BATCH,
+            "sweep": [list(x) for x in STEP_SWEEP],
+            "target_points": TARGET_POINTS,
+            "wall_s": round(wall, 1),
+        },
+    )
+
+
+SECTIONS = ("buffers", "options", "compression", "consensus_steps")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -533,6 +637,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in SECTIONS if args.only is None else (args.only,):
         if name == "compression":
             _bench_compression(
+                args.quick, QUICK_EPOCHS if args.quick else COMPRESSION_EPOCHS, seeds
+            )
+        elif name == "consensus_steps":
+            _bench_consensus_steps(
                 args.quick, QUICK_EPOCHS if args.quick else COMPRESSION_EPOCHS, seeds
             )
         else:
