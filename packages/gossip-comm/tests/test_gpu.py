@@ -128,11 +128,12 @@ def test_chunked_cuda_tensors_match_the_simulator() -> None:
 @pytest.mark.parametrize("spec", ["bf16", "int8", "topk:0.01", "lowrank:2"])
 def test_compressors_on_large_cuda_messages_equal_the_cpu(spec: str) -> None:
     # Over 2^18 elements: a CPU compressor works in cache-sized chunks, a CUDA one in a
-    # single span, which needs a work buffer of the whole message.
+    # single span, which needs a work buffer of the whole message; bf16 on CUDA adds its
+    # payload without widening it first.
     from gossip_comm import MessageSpec, make_compressor
 
-    n = (1 << 19) + 1000
-    layout = (torch.Size([512, 1024]), torch.Size([1000]))
+    n = (1 << 20) + 1000  # topk pre-selects candidates from 2^20 elements on
+    layout = (torch.Size([1024, 1024]), torch.Size([1000]))
     rng = np.random.default_rng(2)
     value = torch.from_numpy(rng.standard_normal(n))
     public = torch.from_numpy(rng.standard_normal(n) * 0.1)

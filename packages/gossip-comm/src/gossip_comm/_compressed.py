@@ -57,28 +57,36 @@ class CompressedFlight:
     sends: list[list[torch.Tensor]]
     recvs: list[list[torch.Tensor]]
     weight_recvs: list[torch.Tensor]
-    kept: bool  # overlap mode: ``keep`` takes the sent copies out, not the fold
-    # overlap mode: ``(into, base)`` -> into = base minus the sent copies' shares
+    kept: bool  # the sent copies are out (``post`` or ``keep``), not the fold's to take
+    # overlap mode, until ``keep``: ``(into, base)`` -> into = base minus the sent shares
     take_out: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None
 
     def keep(self, snapshot: torch.Tensor, out: torch.Tensor) -> None:
         """Overlap mode: ``out`` <- ``snapshot`` minus the shares of the sent copies.
 
-        One pass, whether ``out`` is the snapshot itself or another tensor.
+        One pass, whether ``out`` is the snapshot itself or another contiguous tensor of
+        its dtype and device (anything else: computed in the snapshot, then copied).
 
         Raises:
-            RuntimeError: If called twice for one round (the copies would be taken out
-                twice).
+            RuntimeError: If the round's copies were already taken out (a second call).
         """
         take_out, self.take_out = self.take_out, None
         if take_out is None:
-            raise RuntimeError("keep() was already called for this gossip round")
-        if out.device != self.buf.device:  # a CUDA tensor over gloo: host staging copy
-            take_out(self.buf, None)
-            out.copy_(self.buf.view(out.shape))
+            raise RuntimeError(
+                "keep() was already called for this gossip round, or the round needs none"
+            )
+        flat = out.view(-1) if out.is_contiguous() else out
+        if (
+            flat.dim() != 1
+            or flat.device != self.buf.device
+            or flat.dtype != self.buf.dtype
+            or flat.data_ptr() == self.buf.data_ptr()
+        ):
+            take_out(self.buf, None)  # in place, as it always was
+            if out.data_ptr() != self.buf.data_ptr():
+                out.copy_(self.buf.view(out.shape))
             return
-        flat = out.view(-1)
-        take_out(flat, None if flat.data_ptr() == self.buf.data_ptr() else self.buf)
+        take_out(flat, self.buf)
 
 
 class CompressedEngine:
@@ -131,6 +139,7 @@ class CompressedEngine:
         self._pool: list[list[torch.Tensor]] = []
         # a restored round's stand-in for the tensor it was sent from (only accumulated)
         self._nothing = torch.empty(0, dtype=ch.dtype, device=ch.device)
+        self._keep_due: CompressedFlight | None = None
         self._worker = Worker(f"gossip-rank{ch.rank}")
 
     # ------------------------------------------------------------------ state
@@ -153,14 +162,24 @@ class CompressedEngine:
     def _payloads(self) -> list[torch.Tensor]:
         return self._pool.pop() if self._pool else self.public.empty()
 
-    def post(self, tensor: torch.Tensor, weight: float, *, keep: bool = True) -> CompressedFlight:
+    def post(
+        self, tensor: torch.Tensor, weight: float, *, sent_out: str = "keep"
+    ) -> CompressedFlight:
         """Encode and post one step.
 
-        The payloads are encoded before this returns, so ``tensor`` is not read again.
-        With ``keep`` (overlap mode) the flight's ``keep`` writes what this rank keeps
-        (``tensor`` minus the sent copies' shares); without it (blocking) ``finish``
-        takes the sent copies out in the same pass that adds the received ones in.
+        The payloads are encoded before this returns. ``sent_out`` says when the sent
+        copies' shares leave ``tensor``: ``"post"`` at once (in place), ``"keep"``
+        when the caller calls the flight's ``keep`` (overlap mode, before anything else
+        is posted), ``"finish"`` in the pass of `finish` that adds the received copies
+        in (a blocking step, finished before anything else is posted).
+
+        Raises:
+            RuntimeError: If the previous round's ``keep`` is still due.
         """
+        if self._keep_due is not None and self._keep_due.take_out is not None:
+            raise RuntimeError(
+                "call keep() for the gossip round just sent before sending the next one"
+            )
         ch = self.channel
         ch.check(tensor)
         info, step = self.schedule[self.step], self.step
@@ -173,6 +192,8 @@ class CompressedEngine:
             payload = self._payloads()
             self.public.encode(peer, buf, payload)
             sends.append(payload)
+        if sent_out == "post":
+            self._mix(info, buf, sent=True, received=False)
         for q in info.in_peers:  # both ends of an edge create their copies in one step
             self.public.received(q)
         recvs = [self._payloads() for _ in info.in_peers]
@@ -199,7 +220,7 @@ class CompressedEngine:
         self.bytes_sent += sum(m.tensor.nbytes for m in messages if m.send)
         chunks = [ch.chunk_to(m.peer) for m in messages]
         pending = post(messages, ch.group, ch.rank, step, chunk_numel=chunks)
-        return CompressedFlight(
+        flight = CompressedFlight(
             pending=pending,
             info=info,
             step=step,
@@ -211,9 +232,13 @@ class CompressedEngine:
             sends=sends,
             recvs=recvs,
             weight_recvs=weight_recvs,
-            kept=keep,
-            take_out=partial(self._mix, info, sent=True, received=False) if keep else None,
+            kept=sent_out != "finish",
+            take_out=partial(self._mix, info, sent=True, received=False)
+            if sent_out == "keep"
+            else None,
         )
+        self._keep_due = flight if sent_out == "keep" else None
+        return flight
 
     def _wait(self, flight: CompressedFlight) -> None:
         ch = self.channel
@@ -310,10 +335,18 @@ class CompressedEngine:
 
         Returns:
             The push-sum weight received.
+
+        Raises:
+            RuntimeError: If the round's ``keep`` is still due (nothing is changed).
         """
+        if flight.take_out is not None:
+            raise RuntimeError("call keep() for a gossip round before receiving it")
         try:
             self._wait(flight)
             if base is not None and base.data_ptr() == into.data_ptr():
+                base = None
+            elif base is not None and (base.device != into.device or not base.is_contiguous()):
+                into.copy_(base)
                 base = None
             self._fold_in(flight, into.view(-1), None if base is None else base.view(-1))
             if self.carries_weight:
@@ -380,14 +413,14 @@ class CompressedEngine:
         self, tensor: torch.Tensor, weight: float
     ) -> GossipHandle[tuple[torch.Tensor, float]]:
         """Post a step; the handle folds the messages in when they are there."""
-        flight = self.post(tensor, weight, keep=False)
+        flight = self.post(tensor, weight, sent_out="post")  # others may post meanwhile
         if self.channel.device.type == "cpu":
             return GossipHandle(future=self._worker.submit(lambda: self.finish(flight)))
         return GossipHandle(poll=flight.pending.is_completed, finish=lambda: self.finish(flight))
 
     def mix(self, tensor: torch.Tensor, weight: float) -> tuple[torch.Tensor, float]:
         """Post a step and finish it in the calling thread."""
-        return self.finish(self.post(tensor, weight, keep=False))
+        return self.finish(self.post(tensor, weight, sent_out="finish"))
 
     def close(self) -> None:
         """Stop the background worker, if one was started."""

@@ -118,7 +118,10 @@ class Compressor(ABC):
         to do all of it in one pass over the message, a cache-sized chunk at a time.
         An override must leave ``payload`` and ``public`` exactly as the default does.
         """
-        diff = _DIFFERENCE.get(value.numel(), value.dtype, value.device)
+        scratch = self.__dict__.get("_difference")
+        if scratch is None:  # per instance: freed with the gossiper that holds it
+            scratch = self.__dict__["_difference"] = Scratch()
+        diff = scratch.get(value.numel(), value.dtype, value.device)
         torch.sub(value, public, out=diff)
         self.encode(spec, diff, payload, state)
         self.add_decoded(spec, payload, public)
@@ -129,10 +132,6 @@ class Compressor(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
-
-
-#: The default `Compressor.encode_difference`'s difference buffers (one per thread and size).
-_DIFFERENCE = Scratch()
 
 
 def checksum(tensor: torch.Tensor) -> int:

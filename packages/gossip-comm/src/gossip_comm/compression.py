@@ -138,6 +138,9 @@ class Cast(Compressor):
             w, h, pub = work[: stop - start], half[start:stop], public[start:stop]
             torch.sub(value[start:stop], pub, out=w)
             h.copy_(w)
+            if pub.device.type != "cpu":
+                pub.add_(h)  # as add_decoded there: widened inside the add
+                continue
             w.copy_(h)
             pub.add_(w)
 
@@ -249,7 +252,9 @@ class Int8(Compressor):
             blocks = slice(start // self.block, -(-stop // self.block))
             torch.sub(value[start:stop], pub, out=d)
             self._encode_span(d, codes[start:stop], scales[blocks], w, None)
-            self._scale_add(w, scales[blocks], pub)  # w holds the codes, as floats
+            # decode from the codes, as the receiver does: w may hold a -0.0 that the
+            # int8 code is not, and -0.0 + -0.0 differs from -0.0 + 0.0 in its sign
+            self._add_span(codes[start:stop], scales[blocks], pub, w)
 
     def _encode_span(
         self,
@@ -299,10 +304,6 @@ class Int8(Compressor):
     ) -> None:
         """``into += decode(codes, scales)`` for whole blocks (then maybe the tail)."""
         work.copy_(codes)  # int8 -> float: exact, and fast unlike a mixed op
-        self._scale_add(work, scales, into)
-
-    def _scale_add(self, work: torch.Tensor, scales: torch.Tensor, into: torch.Tensor) -> None:
-        """``into += work * scale`` per block, ``work`` holding codes as floats (scaled)."""
         s = scales.to(into.dtype)
         head, tail = self._parts(work)
         head.mul_(s[: head.shape[0], None])
@@ -427,12 +428,12 @@ class TopK(Compressor):
         state: dict[str, torch.Tensor],
     ) -> None:
         values, indices = payload
-        top = None
-        if self._preselects(value.numel(), values.numel()):  # no full-size difference
-            top = self._preselect(value, public, values.numel())
-        if top is None:
-            super().encode_difference(spec, value, public, payload, state)
-            return
+        n, k = value.numel(), values.numel()
+        top = self._preselect(value, public, k) if self._preselects(n, k) else None
+        if top is None:  # a small message, or too few candidates: search the whole of it
+            magnitude = self._scratch.get(n, value.dtype, value.device)
+            torch.sub(value, public, out=magnitude).abs_()
+            top = torch.topk(magnitude, k, sorted=False).indices
         indices.copy_(top)
         torch.sub(value.index_select(0, top), public.index_select(0, top), out=values)
         self.add_decoded(spec, payload, public)

@@ -47,9 +47,10 @@ class OverlapRound:
         """Write into ``out`` the numerator the sender keeps from the ``snapshot`` it sent.
 
         ``W[rank, rank] * snapshot`` without compression; with it, the snapshot minus the
-        public copies it sends, scaled (already computed by ``send``). Call it right
-        after [`send`][gossip_comm.PushSum.send]; ``out`` may be any tensor of the
-        snapshot's shape.
+        public copies it sends, scaled. Call it right after
+        [`send`][gossip_comm.PushSum.send], once, before the next ``send`` or
+        ``receive`` (with compression both refuse otherwise); ``out`` may be any tensor
+        of the snapshot's shape, the snapshot included.
         """
         self._flight.keep(snapshot, out)
 
