@@ -174,8 +174,11 @@ class CompressedEngine:
         in (a blocking step, finished before anything else is posted).
 
         Raises:
+            ValueError: If ``sent_out`` is none of those.
             RuntimeError: If the previous round's ``keep`` is still due.
         """
+        if sent_out not in ("post", "keep", "finish"):
+            raise ValueError(f"sent_out must be 'post', 'keep' or 'finish'; got {sent_out!r}")
         if self._keep_due is not None and self._keep_due.take_out is not None:
             raise RuntimeError(
                 "call keep() for the gossip round just sent before sending the next one"
