@@ -546,6 +546,7 @@ def _edge_cases(rank: int, n: int) -> dict[str, Any]:
     rnd = over.send(snap, 1.0)
     state = over.state_dict()
     out["copies"] = (sorted(state["public_out"]), sorted(state["public_in"]))
+    rnd.keep(snap, out=x)
     over.receive(rnd, x)
     # a checkpoint from another compressor is refused by name
     other = PushSum(
