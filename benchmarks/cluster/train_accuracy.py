@@ -46,7 +46,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from train_step import POWERSGD_START, ddp_payload_bytes, ddp_with_hook  # noqa: E402
 
-from bench_digits import _data  # noqa: E402
+from _digits import digits_data  # noqa: E402
 from gossip_nn import DataParallelModule, make_data_parallel  # noqa: E402
 
 ALGORITHMS = ("ar", "sgp", "osgp")
@@ -93,7 +93,7 @@ class AccuracyRun:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        x_train, self.y_train, x_test, self.y_test = _data(self.rank, self.world, "iid")
+        x_train, self.y_train, x_test, self.y_test = digits_data(self.rank, self.world, "iid")
         self.x_train, self.x_test = x_train.flatten(1), x_test.flatten(1)
         # the same number of steps on every rank (shards differ by a sample at most)
         steps = torch.tensor([len(self.y_train) // config.batch])
