@@ -9,6 +9,7 @@ gives the same bits several times faster.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import torch
 
@@ -56,6 +57,20 @@ class Scratch:
         """A buffer that holds the longest of ``spans(numel, device, step)``."""
         size = min(step, numel) if device.type == "cpu" else numel
         return self.get(size, dtype, device, slot)
+
+    def chunks(
+        self,
+        numel: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        step: int = CHUNK,
+        slot: int = 0,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """``(start, stop, work)`` over ``spans(numel, device, step)``, ``work`` this
+        thread's buffer cut to the span's length."""
+        work = self.for_spans(numel, dtype, device, step, slot)
+        for start, stop in spans(numel, device, step):
+            yield start, stop, work[: stop - start]
 
     def __getstate__(self) -> dict[str, object]:
         return {"_buffers": {}}  # buffers are per process: never pickled

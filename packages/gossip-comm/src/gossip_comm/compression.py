@@ -34,7 +34,7 @@ import gossip_topology.compress as _twin
 from gossip_comm._backend import comm_device_for, group_size, resolve_group
 from gossip_comm._compressor import Compressor, MessageSpec, checksum
 from gossip_comm._lowrank import LowRank
-from gossip_comm._scratch import CHUNK, Scratch, spans
+from gossip_comm._scratch import CHUNK, Scratch
 
 __all__ = [
     "COMPRESSION_SPECS",
@@ -117,9 +117,7 @@ class Cast(Compressor):
             return
         # On CPU a mixed-dtype add takes a slow path (about 6x a float add): widen a
         # cache-sized chunk (exact), then add it; the same bits either way.
-        work = self._scratch.for_spans(into.numel(), into.dtype, into.device)
-        for start, stop in spans(into.numel(), into.device):
-            w = work[: stop - start]
+        for start, stop, w in self._scratch.chunks(into.numel(), into.dtype, into.device):
             w.copy_(half[start:stop])
             into[start:stop].add_(w)
 
@@ -133,9 +131,8 @@ class Cast(Compressor):
     ) -> None:
         # subtract, round, widen and add a chunk at a time: one pass over the message
         (half,) = payload
-        work = self._scratch.for_spans(value.numel(), value.dtype, value.device)
-        for start, stop in spans(value.numel(), value.device):
-            w, h, pub = work[: stop - start], half[start:stop], public[start:stop]
+        for start, stop, w in self._scratch.chunks(value.numel(), value.dtype, value.device):
+            h, pub = half[start:stop], public[start:stop]
             torch.sub(value[start:stop], pub, out=w)
             h.copy_(w)
             if pub.device.type != "cpu":
@@ -224,12 +221,9 @@ class Int8(Compressor):
             state["rng"] = gen.get_state()
             return
         step = self._block_step()
-        work = self._scratch.for_spans(value.numel(), value.dtype, value.device, step)
-        for start, stop in spans(value.numel(), value.device, step):
+        for start, stop, w in self._scratch.chunks(value.numel(), value.dtype, value.device, step):
             blocks = slice(start // self.block, -(-stop // self.block))
-            self._encode_span(
-                value[start:stop], codes[start:stop], scales[blocks], work[: stop - start], None
-            )
+            self._encode_span(value[start:stop], codes[start:stop], scales[blocks], w, None)
 
     def encode_difference(
         self,
@@ -246,9 +240,8 @@ class Int8(Compressor):
         codes, scales = payload
         step, numel, device = self._block_step(), value.numel(), value.device
         diff = self._scratch.for_spans(numel, value.dtype, device, step, slot=1)
-        work = self._scratch.for_spans(numel, value.dtype, device, step)
-        for start, stop in spans(numel, device, step):
-            d, w, pub = diff[: stop - start], work[: stop - start], public[start:stop]
+        for start, stop, w in self._scratch.chunks(numel, value.dtype, device, step):
+            d, pub = diff[: stop - start], public[start:stop]
             blocks = slice(start // self.block, -(-stop // self.block))
             torch.sub(value[start:stop], pub, out=d)
             self._encode_span(d, codes[start:stop], scales[blocks], w, None)
@@ -294,9 +287,8 @@ class Int8(Compressor):
     ) -> None:
         codes, scales = payload
         step = self._block_step()
-        work = self._scratch.for_spans(into.numel(), into.dtype, into.device, step)
-        for start, stop in spans(into.numel(), into.device, step):
-            blocks, w = slice(start // self.block, -(-stop // self.block)), work[: stop - start]
+        for start, stop, w in self._scratch.chunks(into.numel(), into.dtype, into.device, step):
+            blocks = slice(start // self.block, -(-stop // self.block))
             self._add_span(codes[start:stop], scales[blocks], into[start:stop], w)
 
     def _add_span(
@@ -400,11 +392,10 @@ class TopK(Compressor):
         stride = max(1, n // _TOPK_SAMPLE)
         sample = value[::stride] if public is None else value[::stride] - public[::stride]
         cut = torch.quantile(sample.abs().float(), 1.0 - 1.5 * k / n).to(value.dtype)
-        work = self._scratch.for_spans(n, value.dtype, value.device)
         above = self._scratch.for_spans(n, torch.bool, value.device)
         found, magnitudes = [], []
-        for start, stop in spans(n, value.device):
-            w, m = work[: stop - start], above[: stop - start]
+        for start, stop, w in self._scratch.chunks(n, value.dtype, value.device):
+            m = above[: stop - start]
             if public is None:
                 torch.abs(value[start:stop], out=w)
             else:
