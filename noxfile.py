@@ -290,8 +290,10 @@ def cluster_compression(session: nox.Session) -> None:
     hook and with PowerSGD; SGP and OSGP with each compressor, at batch 8 and 2, then in
     GPU-host mode; writes ``benchmarks/results/cluster_compression*`` (about 40 minutes
     on the 2-core reference machine). ``nox -s cluster_compression -- --quick`` is a
-    2-host smoke run (about 8 minutes); arguments after ``--`` go to
-    ``benchmarks/cluster/bench_compression.py``.
+    2-host smoke run (about 8 minutes); ``-- --hosts 2 --batches --gpu-host S`` runs the
+    GPU-host mode alone on 2 hosts, one core each, with the 4-host run's sleep ``S``
+    (``benchmarks/results/cluster_compression_2hosts_gpu_host*``, about 5 minutes); other
+    arguments after ``--`` go to ``benchmarks/cluster/bench_compression.py``.
     """
     _check_cluster_host(session)
     python = _dev_python(session)

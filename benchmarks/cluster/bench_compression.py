@@ -351,11 +351,18 @@ def _notes(
     gpu = (
         ""
         if sleep is None
-        else f"GPU host: forward and backward replaced by a {float(sleep):.3f} s sleep (the "  # type: ignore[arg-type]
-        "batch-8 model's forward and backward as measured here) and random gradients. "
+        else f"GPU host: forward and backward replaced by a {float(sleep):.3f} s sleep ("  # type: ignore[arg-type]
+        + (
+            "given with --gpu-host"
+            if meta.get("gpu_host_given")
+            else "the batch-8 model's forward and backward as measured here"
+        )
+        + ") and random gradients. "
     )
     return (
-        f"{meta['model']}, 100 classes at 32x32, one thread per rank, gloo. `s/iter`: the "
+        f"{meta['model']}, 100 classes at 32x32, one thread per rank, gloo; the "
+        f"{meta['hosts']} ranks share this machine's {os.cpu_count()} cores with "
+        "the kernel's network stack. `s/iter`: the "
         f"slowest rank's median of {meta['iters']} iterations after {meta['warmup']}; `mean "
         "s`: its mean (the rate, which a median can flatter when OSGP's iterations alternate "
         "between waiting and not). OSGP with "
@@ -479,7 +486,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--hosts", type=int, default=4)
     p.add_argument("--iters", type=int, default=6, help="timed iterations (default 6)")
     p.add_argument("--warmup", type=int, default=3, help="at least 3 (PowerSGD's plain steps)")
-    p.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    p.add_argument(
+        "--batches",
+        type=int,
+        nargs="*",
+        default=list(BATCHES),
+        help="batch sizes of the real-model modes (none: the GPU-host mode alone)",
+    )
     p.add_argument("--compressors", nargs="+", default=list(COMPRESSORS))
     p.add_argument("--powersgd-ranks", type=int, nargs="+", default=list(POWERSGD_RANKS))
     p.add_argument("--gpu-host", default="auto", help="GPU-host sleep seconds, or auto")
@@ -509,6 +522,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
             args.compressors = ["int8", "lowrank:2"]
         if args.powersgd_ranks == list(POWERSGD_RANKS):
             args.powersgd_ranks = [1]
+    args.gpu_host_given = args.gpu_host != "auto"
     args.model = "resnet18" if args.quick else "resnet50"
     args.common = ["--model", args.model, "--iters", str(args.iters), "--warmup", str(args.warmup)]
     return args
@@ -537,7 +551,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         or args.skip_gpu_host
         or args.hosts != 4
     )
-    name = NAME + ("_partial" if partial else "")
+    if args.hosts != 4 and not args.quick:
+        # another cluster size is its own experiment, kept beside the 4-host one
+        partial = args.rates != ["1gbit", "10gbit"] or args.skip_gpu_host
+        name = f"{NAME}_{args.hosts}hosts" + ("_gpu_host" if not args.batches else "")
+        name += "_partial" if partial else ""
+    else:
+        name = NAME + ("_partial" if partial else "")
     meta = {
         "hosts": args.hosts,
         "model": args.model,
@@ -549,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "powersgd_ranks": args.powersgd_ranks,
         "osgp_synch_freq": SYNCH_FREQ,
         "gpu_host_s": args.gpu_host if args.gpu_host != "auto" else None,
+        "gpu_host_given": args.gpu_host_given,
         "run_s": round(time.monotonic() - started),
         "loadavg_1m_at_end": _loadavg(),
         **idle,
@@ -558,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "library_source_changed_during_run": _source_digest() != source,
     }
     data = {"meta": meta, "rows": rows, "link_checks": checks, "runs": raw}
-    goals = targets(rows) if args.hosts == 4 else []
+    goals = [] if args.quick else targets(rows)
     write_tables(name, data, goals, quick=args.quick)
     plot(rows, args.hosts, RESULTS / f"{name}{'_quick' if args.quick else ''}.png")
     return 0
