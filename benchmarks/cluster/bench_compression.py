@@ -36,6 +36,7 @@ import json
 import os
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -326,10 +327,11 @@ def plot(rows: list[dict[str, object]], hosts: int, path: Path) -> None:
         ax.set_xlabel("seconds per iteration (slowest rank, median)")
         ax.set_title(f"{rate:g} Gbit/s, {mode}", fontsize=10)
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(
+    title = (
         f"Compressed gossip against DDP's hooks, {hosts} emulated hosts "
         "(label: time / floor, bytes per rank per iteration)"
     )
+    fig.suptitle(textwrap.fill(title, width=60 * len(modes)))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -469,13 +471,29 @@ def _machine_keys(meta: dict[str, object]) -> dict[str, object]:
     return kept
 
 
-def report_only() -> int:
-    """Rebuild the tables, targets and plot from the saved JSON (no runs)."""
-    data = json.loads((RESULTS / f"{NAME}.json").read_text())
+def results_name(args: argparse.Namespace) -> str:
+    """The results files' stem: ``cluster_compression``, or a variant's.
+
+    Another number of hosts is its own experiment, kept beside the 4-host one (with
+    ``_gpu_host`` when only that mode ran); a run that leaves out a rate, a batch or the
+    GPU-host mode is ``_partial`` (not committed).
+    """
+    if args.hosts != 4 and not args.quick:
+        name = f"{NAME}_{args.hosts}hosts" + ("" if args.batches else "_gpu_host")
+        partial = args.rates != ["1gbit", "10gbit"] or args.skip_gpu_host
+        return name + ("_partial" if partial else "")
+    partial = not args.quick and (
+        args.rates != ["1gbit", "10gbit"] or args.batches != list(BATCHES) or args.skip_gpu_host
+    )
+    return NAME + ("_partial" if partial else "")
+
+
+def report_only(name: str) -> int:
+    """Rebuild the tables, targets and plot of results ``name`` from its JSON (no runs)."""
+    data = json.loads((RESULTS / f"{name}.json").read_text())
     data["meta"] = _machine_keys(data["meta"])
-    goals = targets(data["rows"]) if data["meta"]["hosts"] == 4 else []
-    write_tables(NAME, data, goals, quick=False)
-    plot(data["rows"], int(data["meta"]["hosts"]), RESULTS / f"{NAME}.png")
+    write_tables(name, data, targets(data["rows"]), quick=False)
+    plot(data["rows"], int(data["meta"]["hosts"]), RESULTS / f"{name}.png")
     return 0
 
 
@@ -512,7 +530,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run a configuration again (once) if other processes used this many cores",
     )
     p.add_argument("--note", default="", help="free text recorded in the JSON's meta")
-    p.add_argument("--report-only", action="store_true", help="rewrite tables and plot from JSON")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite tables and plot from the JSON of the run these arguments name",
+    )
     args = p.parse_args(argv)
     if args.quick:  # smaller defaults; lists given on the command line stay
         args.hosts, args.iters = 2, 3
@@ -531,7 +553,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     if args.report_only:
-        return report_only()
+        return report_only(results_name(args))
     install_signal_teardown()
     idle = wait_idle(args.wait_idle)
     started, cpu0, source = time.monotonic(), _user_cpu(), _source_digest()
@@ -545,19 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             got, check, runs = run_rate(rate, args.hosts, modes, args, Path(tmpdir))
             rows, raw = rows + got, raw + runs
             checks.append(check)
-    partial = not args.quick and (
-        args.rates != ["1gbit", "10gbit"]
-        or args.batches != list(BATCHES)
-        or args.skip_gpu_host
-        or args.hosts != 4
-    )
-    if args.hosts != 4 and not args.quick:
-        # another cluster size is its own experiment, kept beside the 4-host one
-        partial = args.rates != ["1gbit", "10gbit"] or args.skip_gpu_host
-        name = f"{NAME}_{args.hosts}hosts" + ("_gpu_host" if not args.batches else "")
-        name += "_partial" if partial else ""
-    else:
-        name = NAME + ("_partial" if partial else "")
+    name = results_name(args)
     meta = {
         "hosts": args.hosts,
         "model": args.model,
