@@ -179,10 +179,12 @@ def bench_compression(quick: bool, epochs: int, seeds: list[int]) -> None:
 
 
 #: (algorithm, compressor, consensus steps) the ``consensus_steps`` section sweeps: the
-#: configurations that miss the 0.5-point target at their default step.
-STEP_SWEEP: tuple[tuple[str, str, tuple[float, ...]], ...] = (
-    *((algorithm, "lowrank:2", (0.05, 0.1, 0.2, 0.3)) for algorithm in GOSSIP_ALGORITHMS),
-    ("adpsgd", "topk:0.01", (0.02, 0.05, 0.1)),
+#: configurations that miss the 0.5-point target at their default step (the coarse
+#: compressors, with every algorithm), at the default and at larger steps.
+STEP_SWEEP: tuple[tuple[str, str, tuple[float, ...]], ...] = tuple(
+    (algorithm, spec, steps)
+    for algorithm in GOSSIP_ALGORITHMS
+    for spec, steps in (("topk:0.01", (0.02, 0.05, 0.1)), ("lowrank:2", (0.05, 0.1, 0.2)))
 )
 
 
@@ -262,7 +264,7 @@ def bench_consensus_steps(quick: bool, epochs: int, seeds: list[int]) -> None:
         notes=(
             f"Same setting as compression_digits ({WORLD} ranks, iid split, {epochs} "
             f"epochs, batch {BATCH}, seeds {seeds}), with the consensus step swept for "
-            "lowrank:2 (every gossip algorithm) and AD-PSGD with topk:0.01. Δ is the "
+            "topk:0.01 and lowrank:2 with every gossip algorithm. Δ is the "
             "network-average top-1 minus that of the same algorithm uncompressed in this "
             "run, per seed, mean ± spread. AD-PSGD is asynchronous: its runs, the "
             "uncompressed one included, differ from run to run with the same seed."
