@@ -195,20 +195,21 @@ def demo(session: nox.Session) -> None:
     out = ROOT / "demo-results"
     if out.exists():
         shutil.rmtree(out)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _demo import train_command  # the settings bench_demo.py chose
+
+    listed = session.run(
+        python, "-c", "from gossip_nn import ALGORITHMS; print(*ALGORITHMS)",
+        silent=True, external=True,
+    )  # fmt: skip
     runs = []
-    for algorithm in ("ar", "sgp", "osgp", "dpsgd", "adpsgd"):
+    for algorithm in str(listed).split():
         session.log(f"training with {algorithm} on 4 local ranks")
         run_dir = out / algorithm
-        extra = ["--synch-freq", "1"] if algorithm == "osgp" else []
         session.run(
-            python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
-            "--no-python", script, "train", "--algorithm", algorithm, "--dataset", "digits",
-            "--arch", "small-cnn", "--epochs", "8", "--batch-size", "16", "--lr", "0.8",
-            "--warmup-epochs", "1", "--lr-schedule", "6:0.1", "--workers", "0",
-            "--print-freq", "20", "--log-dir", str(run_dir), "--checkpoint-dir",
-            str(run_dir / "checkpoints"), *extra, *session.posargs,
+            *train_command(python, script, algorithm, run_dir, extra=session.posargs),
             external=True,
-        )  # fmt: skip
+        )
         runs.append(str(run_dir))
     session.run(
         script, "plot", *runs, "--out", str(out / "demo.png"), "--table",
