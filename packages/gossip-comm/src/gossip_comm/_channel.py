@@ -48,7 +48,7 @@ _DTYPE_CODES = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Channel:
     """A validated gossip context: where messages go and what they look like."""
 

@@ -31,9 +31,12 @@ from gossip_topology import RankSchedule, RankStep, Topology
 __all__ = ["ExchangeEngine", "InFlight"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class InFlight:
-    """One posted step: its messages, the schedule entry and the buffers it uses."""
+    """One posted step: its messages, the schedule entry and the buffers it uses.
+
+    Keyword-only: several fields are tensors, and swapped positions would type-check.
+    """
 
     pending: PendingExchange
     info: RankStep
@@ -154,7 +157,16 @@ class ExchangeEngine:
         chunks = [ch.chunk_to(m.peer) for m in messages]
         pending = post(messages, ch.group, ch.rank, step, chunk_numel=chunks)
         return InFlight(
-            pending, info, step, buf, tensor, weight, recvs, weight_recvs, staging, wire
+            pending=pending,
+            info=info,
+            step=step,
+            buf=buf,
+            target=tensor,
+            weight=weight,
+            recvs=recvs,
+            weight_recvs=weight_recvs,
+            staging=staging,
+            wire=wire,
         )
 
     def delivered(self, flight: InFlight) -> dict[str, Any]:
@@ -210,7 +222,18 @@ class ExchangeEngine:
         pending = PendingExchange.delivered(ch.rank, step, ch.numel, ch.chunk_numel)
         # only ``finish`` reads ``buf``; a restored flight is only ever accumulated
         buf = torch.empty(0, dtype=ch.dtype, device=ch.device)
-        return InFlight(pending, info, step, buf, buf, weight, recvs, weight_recvs, None, None)
+        return InFlight(
+            pending=pending,
+            info=info,
+            step=step,
+            buf=buf,
+            target=buf,
+            weight=weight,
+            recvs=recvs,
+            weight_recvs=weight_recvs,
+            staging=None,
+            wire=None,
+        )
 
     def _release(self, flight: InFlight) -> None:
         """Return the step's borrowed buffers for later steps to reuse."""

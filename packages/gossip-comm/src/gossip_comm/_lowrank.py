@@ -39,7 +39,7 @@ def _orthonormalise(P: torch.Tensor) -> None:
             col.zero_()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Segment:
     offset: int
     rows: int  # 0: sent raw
@@ -95,7 +95,7 @@ class LowRank(Compressor):
                 r = min(self.rank, m, n)
                 if (m + n) * r < m * n:
                     rows, cols = m, n
-            out.append(_Segment(offset, rows, cols, r, numel))
+            out.append(_Segment(offset=offset, rows=rows, cols=cols, rank=r, numel=numel))
             offset += numel
         if offset != spec.numel:
             raise ValueError(
