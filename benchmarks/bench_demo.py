@@ -82,12 +82,11 @@ def verdicts(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for lr in dict.fromkeys(r["lr"] for r in runs):
         at = [r for r in runs if r["lr"] == lr]
-        ar = next(r for r in at if r["algorithm"] == "ar")
         for synch in SYNCH_FREQS:
             chosen = [r for r in at if r["synch_freq"] in (None, synch)]
             if not any(r["algorithm"] == "osgp" for r in chosen):
                 continue
-            gaps = {r["algorithm"]: r["final_top1"] - ar["final_top1"] for r in chosen}
+            gaps = {r["algorithm"]: r["final_top1"] - _ar(runs, lr) for r in chosen}
             drops = {r["algorithm"]: r["largest_drop"] for r in chosen}
             out.append(
                 {

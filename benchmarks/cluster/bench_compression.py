@@ -478,14 +478,15 @@ def results_name(args: argparse.Namespace) -> str:
     ``_gpu_host`` when only that mode ran); a run that leaves out a rate, a batch or the
     GPU-host mode is ``_partial`` (not committed).
     """
-    if args.hosts != 4 and not args.quick:
-        name = f"{NAME}_{args.hosts}hosts" + ("" if args.batches else "_gpu_host")
-        partial = args.rates != ["1gbit", "10gbit"] or args.skip_gpu_host
-        return name + ("_partial" if partial else "")
     partial = not args.quick and (
-        args.rates != ["1gbit", "10gbit"] or args.batches != list(BATCHES) or args.skip_gpu_host
+        args.rates != ["1gbit", "10gbit"]
+        or args.skip_gpu_host
+        or (args.hosts == 4 and args.batches != list(BATCHES))
     )
-    return NAME + ("_partial" if partial else "")
+    stem = NAME
+    if args.hosts != 4 and not args.quick:
+        stem = f"{NAME}_{args.hosts}hosts" + ("" if args.batches else "_gpu_host")
+    return stem + ("_partial" if partial else "")
 
 
 def report_only(name: str) -> int:
