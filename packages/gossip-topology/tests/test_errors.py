@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import gossip_topology
 from gossip_topology import (
     CustomMixing,
     DynamicBipartiteExponential,
@@ -23,6 +24,7 @@ from gossip_topology import (
     simulate_push_pull,
     simulate_push_sum,
 )
+from gossip_topology._checks import check_int, check_unit_fraction
 
 
 @pytest.mark.parametrize("n", [0, -3])
@@ -150,3 +152,23 @@ def test_simulator_and_analysis_arguments() -> None:
         rounds_to_consensus(topo, 0.0)
     with pytest.raises(ValueError, match="curvature must have shape"):
         Quadratic(np.ones((4, 2)), np.ones((4, 3)))
+
+
+def test_shared_argument_checks() -> None:
+    """The private checks gossip-comm and gossip-nn import from ``gossip_topology._checks``."""
+    assert "check_int" not in gossip_topology.__all__
+    assert not hasattr(gossip_topology, "check_int")
+    value = check_int("steps", np.int64(3), minimum=0)
+    assert value == 3 and type(value) is int
+    with pytest.raises(TypeError, match="steps must be an int; got bool True"):
+        check_int("steps", True)
+    with pytest.raises(TypeError, match=r"steps must be an int; got float 1\.0"):
+        check_int("steps", 1.0)
+    with pytest.raises(ValueError, match="steps must be >= 0; got -1"):
+        check_int("steps", -1, minimum=0)
+    assert check_unit_fraction("fraction", 1) == 1.0
+    with pytest.raises(TypeError, match="fraction must be a real number; got bool"):
+        check_unit_fraction("fraction", True)
+    for bad in (0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+            check_unit_fraction("fraction", bad)

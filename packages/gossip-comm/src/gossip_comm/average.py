@@ -7,7 +7,8 @@ from torch.distributed import ProcessGroup
 
 from gossip_comm.config import GossipConfig
 from gossip_comm.push_sum import PushSum
-from gossip_topology import Mixing, Topology, check_int
+from gossip_topology import Mixing, Topology
+from gossip_topology._checks import check_int
 
 __all__ = ["gossip_average"]
 

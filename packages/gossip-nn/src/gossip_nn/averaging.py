@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gossip_topology import check_int
+from gossip_topology._checks import check_int
 
 __all__ = ["ExactAveragingSchedule"]
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 from torch.distributed.distributed_c10d import Store
 
-from gossip_topology import check_int
+from gossip_topology._checks import check_int
 
 __all__ = ["GlobalProgress"]
 

@@ -7,7 +7,6 @@ serves as the oracle for the communication and training packages. It never impor
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from gossip_topology._checks import check_int
 from gossip_topology.compress import (
     COMPRESSOR_NAMES,
     Cast,
@@ -112,7 +111,6 @@ __all__ = [
     "UniformMixing",
     "__version__",
     "check_doubly_stochastic",
-    "check_int",
     "consensus_curve",
     "consensus_error",
     "is_column_stochastic",

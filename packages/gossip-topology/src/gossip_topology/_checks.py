@@ -1,4 +1,9 @@
-"""Argument checks shared by the modules of gossip-topology (``check_int`` is public)."""
+"""Private: argument checks shared by gossip-topology's modules and its sibling packages.
+
+Not user API: nothing here is exported from ``gossip_topology``. gossip-comm and gossip-nn
+import ``check_int`` from this module, so that every integer-argument error in the gossip
+packages reads the same way; it keeps its name and signature for them.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,20 @@ def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
     if minimum is not None and result < minimum:
         raise ValueError(f"{name} must be >= {minimum}; got {result}")
     return result
+
+
+def check_unit_fraction(name: str, value: object) -> float:
+    """Return ``value`` as a ``float`` in ``(0, 1]``.
+
+    Raises:
+        TypeError: If ``value`` is not a real number (``bool`` is rejected).
+        ValueError: If ``value`` is outside ``(0, 1]``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
+    if not 0 < float(value) <= 1:
+        raise ValueError(f"{name} must be in (0, 1]; got {value}")
+    return float(value)
 
 
 def check_rank(rank: object, world_size: int) -> int:

@@ -32,6 +32,11 @@ def _orthonormalise(P: Array) -> None:
         col[(nrm == 0)[:, 0]] = 0.0
 
 
+def _shapes(layout: Layout | None, d: int) -> Layout:
+    """The segment shapes of a message: ``layout``, or one vector segment without one."""
+    return ((d,),) if layout is None else layout
+
+
 class LowRank(Compressor):
     r"""Rank-``R`` compression of each matrix segment by one warm-started power step.
 
@@ -67,9 +72,8 @@ class LowRank(Compressor):
 
     def segments(self, layout: Layout | None, d: int) -> list[tuple[int, int, int] | None]:
         """Per segment: ``(m, n, r)`` if it is compressed, else None (it travels raw)."""
-        shapes = ((d,),) if layout is None else layout
         plan: list[tuple[int, int, int] | None] = []
-        for s in shapes:
+        for s in _shapes(layout, d):
             m, n = (s[0], math.prod(s[1:])) if len(s) >= 2 else (0, 0)
             r = min(self.rank, m, n)
             plan.append((m, n, r) if len(s) >= 2 and (m + n) * r < m * n else None)
@@ -107,7 +111,7 @@ class LowRank(Compressor):
             )
         arrays: list[Array] = []
         off, k = 0, 0
-        for seg, shape in zip(plan, ((d,),) if layout is None else layout, strict=True):
+        for seg, shape in zip(plan, _shapes(layout, d), strict=True):
             numel = math.prod(shape)
             block = v[:, off : off + numel]
             off += numel
@@ -137,10 +141,9 @@ class LowRank(Compressor):
         return np.concatenate(parts, axis=1) if parts else np.zeros((E, d))
 
     def _payload_bytes(self, d: int, itemsize: int, layout: Layout | None) -> int:
-        shapes = ((d,),) if layout is None else layout
         return itemsize * sum(
             math.prod(s) if seg is None else (seg[0] + seg[1]) * seg[2]
-            for seg, s in zip(self.segments(layout, d), shapes, strict=True)
+            for seg, s in zip(self.segments(layout, d), _shapes(layout, d), strict=True)
         )
 
     def __repr__(self) -> str:

@@ -15,12 +15,11 @@ steps with a per-edge warm start; Vogels et al. 2019 and 2020).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
 
-from gossip_topology._checks import check_int
+from gossip_topology._checks import check_int, check_unit_fraction
 from gossip_topology._compressor import Array, Compressor, EdgeState, Layout, Payload
 from gossip_topology._lowrank import LowRank
 
@@ -181,12 +180,7 @@ class TopK(Compressor):
     """
 
     def __init__(self, fraction: float) -> None:
-        value: object = fraction
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"fraction must be a real number; got {type(value).__name__}")
-        if not 0 < float(value) <= 1:
-            raise ValueError(f"fraction must be in (0, 1]; got {value}")
-        self.fraction: float = float(value)
+        self.fraction: float = check_unit_fraction("fraction", fraction)
         self.name = f"topk:{self.fraction!r}"
 
     @property

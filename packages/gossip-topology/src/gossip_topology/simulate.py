@@ -13,6 +13,7 @@ $W$ and no weights: $x(t+1) = W(t)\,x(t) - \gamma \nabla f(x(t))$.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -55,9 +56,30 @@ class GossipTrace:
     debiased: Array
 
 
+@dataclass(frozen=True)
+class _Run:
+    """The checked arguments that every simulator shares."""
+
+    x: Array
+    squeeze: bool
+    steps: int
+    start: int
+    mixing: Mixing
+    record: str
+
+
 def _prepare(
-    topology: Topology, x0: ArrayLike, steps: int, lr: float, record: str
-) -> tuple[Array, bool, int]:
+    topology: Topology,
+    x0: ArrayLike,
+    steps: int,
+    mixing: Mixing | None,
+    objective: Quadratic | None,
+    lr: float,
+    record: str,
+    *,
+    start_step: int,
+) -> _Run:
+    """Check the shared arguments; ``x0`` becomes a float64 ``(n, d)`` copy."""
     x = np.array(x0, dtype=np.float64)
     squeeze = x.ndim == 1
     if squeeze:
@@ -71,28 +93,75 @@ def _prepare(
         raise ValueError(f"lr must be finite and >= 0; got {lr}")
     if record not in ("all", "last"):
         raise ValueError(f"record must be 'all' or 'last'; got {record!r}")
-    return x, squeeze, steps
-
-
-def _check_objective(objective: Quadratic | None, x: Array) -> None:
     if objective is not None and objective.shape != x.shape:
         raise ValueError(f"objective has shape {objective.shape} but x0 has shape {x.shape}")
+    return _Run(
+        x=x,
+        squeeze=squeeze,
+        steps=steps,
+        start=check_int("start_step", start_step, minimum=0),
+        mixing=UniformMixing() if mixing is None else mixing,
+        record=record,
+    )
 
 
-def _finish(x: Array, w: Array, squeeze: bool) -> GossipTrace:
+def _initial_weights(weights0: ArrayLike | None, n: int) -> Array:
+    """The push-sum weights at step 0: ``weights0`` checked, or all ones."""
+    w = np.ones(n) if weights0 is None else np.array(weights0, dtype=np.float64)
+    if w.shape != (n,) or not (w > 0).all():
+        raise ValueError(f"weights0 must have shape ({n},) and be positive; got {w.shape}")
+    return w
+
+
+def _finish(run: _Run, x: Array, weights: Array | None) -> GossipTrace:
+    """The trace of ``x``, as ``_evolve`` returns it, and of the weight history.
+
+    ``weights`` has shape ``(steps + 1, n)``; None means all ones (push-pull).
+    """
+    if weights is None:
+        w = np.ones(x.shape[:-1])
+    else:
+        w = weights if run.record == "all" else weights[-1]
     z = x / w[..., None]
-    if squeeze:
+    if run.squeeze:
         x, z = x[..., 0], z[..., 0]
     return GossipTrace(numerators=x, weights=w, debiased=z)
 
 
-def _run_mixing(plans: PlanCache, x: Array, start: int, steps: int, hist: Array | None) -> Array:
+def _history(x: Array, steps: int, record: str) -> Array | None:
+    """An array for every step's ``x`` (row 0 filled in), or None when only the last is kept."""
+    if record != "all":
+        return None
+    hist = np.empty((steps + 1, *x.shape))
+    hist[0] = x
+    return hist
+
+
+def _evolve(x: Array, steps: int, record: str, step: Callable[[int, Array], Array]) -> Array:
+    """Apply ``x <- step(t, x)`` for ``t = 0, ..., steps - 1``.
+
+    Returns:
+        Every state, shape ``(steps + 1, *x.shape)``, when ``record == "all"``; else the last.
+    """
+    hist = _history(x, steps, record)
+    for t in range(steps):
+        x = step(t, x)
+        if hist is not None:
+            hist[t + 1] = x
+    return x if hist is None else hist
+
+
+def _run_mixing(plans: PlanCache, x: Array, start: int, steps: int, record: str) -> Array:
     """Mix ``x`` for ``steps`` steps with no gradients, block by block of columns.
 
     Columns are independent under ``x <- W x``, so each cache-sized block runs through
     every step before the next; blocks are spread over threads (numpy releases the GIL).
+
+    Returns:
+        As ``_evolve``: every state when ``record == "all"``, else the last.
     """
     n, d = x.shape
+    hist = _history(x, steps, record)
     block = max(1, _BLOCK_BYTES // (8 * n))
     out = np.empty_like(x)
     for t in range(min(steps, plans.period)):
@@ -116,7 +185,7 @@ def _run_mixing(plans: PlanCache, x: Array, start: int, steps: int, hist: Array 
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(run_block, starts))
-    return out
+    return out if hist is None else hist
 
 
 def simulate_push_sum(
@@ -159,35 +228,24 @@ def simulate_push_sum(
         >>> trace.debiased[-1]
         array([1.5, 1.5, 1.5, 1.5])
     """
-    mixing = UniformMixing() if mixing is None else mixing
-    x, squeeze, steps = _prepare(topology, x0, steps, lr, record)
-    _check_objective(objective, x)
-    start = check_int("start_step", start_step, minimum=0)
-    n = topology.world_size
-    w = np.ones(n) if weights0 is None else np.array(weights0, dtype=np.float64)
-    if w.shape != (n,) or not (w > 0).all():
-        raise ValueError(f"weights0 must have shape ({n},) and be positive; got {w.shape}")
-    plans = PlanCache(topology, mixing)
-
-    w_hist = np.empty((steps + 1, n))
-    w_hist[0] = w
+    run = _prepare(topology, x0, steps, mixing, objective, lr, record, start_step=start_step)
+    steps, start = run.steps, run.start
+    plans = PlanCache(topology, run.mixing)
+    w_hist = np.empty((steps + 1, topology.world_size))
+    w_hist[0] = _initial_weights(weights0, topology.world_size)
     for t in range(steps):
         w_hist[t + 1] = plans[start + t].apply(w_hist[t][:, None])[:, 0]
 
-    x_hist = np.empty((steps + 1, *x.shape)) if record == "all" else None
-    if x_hist is not None:
-        x_hist[0] = x
     if objective is None:
-        x = _run_mixing(plans, x, start, steps, x_hist)
+        x = _run_mixing(plans, run.x, start, steps, run.record)
     else:
-        for t in range(steps):
-            x = x - lr * objective.gradient(x / w_hist[t][:, None])
-            x = plans[start + t].apply(x)
-            if x_hist is not None:
-                x_hist[t + 1] = x
-    if x_hist is not None:
-        return _finish(x_hist, w_hist, squeeze)
-    return _finish(x, w_hist[-1], squeeze)
+        gradient = objective.gradient
+
+        def sgp_step(t: int, x: Array) -> Array:
+            return plans[start + t].apply(x - lr * gradient(x / w_hist[t][:, None]))
+
+        x = _evolve(run.x, steps, run.record, sgp_step)
+    return _finish(run, x, w_hist)
 
 
 def simulate_push_pull(
@@ -222,23 +280,17 @@ def simulate_push_pull(
     Raises:
         ValueError: If some ``W(t)`` is not doubly stochastic, or on bad shapes.
     """
-    mixing = UniformMixing() if mixing is None else mixing
-    x, squeeze, steps = _prepare(topology, x0, steps, lr, record)
-    _check_objective(objective, x)
-    start = check_int("start_step", start_step, minimum=0)
-    check_doubly_stochastic(topology, mixing)
-    plans = PlanCache(topology, mixing)
-    n = topology.world_size
-    x_hist = np.empty((steps + 1, *x.shape)) if record == "all" else None
-    if x_hist is not None:
-        x_hist[0] = x
+    run = _prepare(topology, x0, steps, mixing, objective, lr, record, start_step=start_step)
+    check_doubly_stochastic(topology, run.mixing)
+    plans = PlanCache(topology, run.mixing)
     if objective is None:
-        x = _run_mixing(plans, x, start, steps, x_hist)
+        x = _run_mixing(plans, run.x, run.start, run.steps, run.record)
     else:
-        for t in range(steps):
-            grad = objective.gradient(x)
-            x = plans[start + t].apply(x) - lr * grad
-            if x_hist is not None:
-                x_hist[t + 1] = x
-    ones = np.ones((steps + 1, n)) if x_hist is not None else np.ones(n)
-    return _finish(x if x_hist is None else x_hist, ones, squeeze)
+        gradient = objective.gradient
+
+        def dpsgd_step(t: int, x: Array) -> Array:
+            grad = gradient(x)
+            return plans[run.start + t].apply(x) - lr * grad
+
+        x = _evolve(run.x, run.steps, run.record, dpsgd_step)
+    return _finish(run, x, None)

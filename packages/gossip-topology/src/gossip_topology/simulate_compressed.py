@@ -17,21 +17,27 @@ step is push-sum with the lazy matrix $(1 - \gamma) I + \gamma P$.
 
 from __future__ import annotations
 
-import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from gossip_topology._checks import check_int
+from gossip_topology._checks import check_int, check_unit_fraction
 from gossip_topology._compressor import Compressor, EdgeState, Layout, as_layout
 from gossip_topology.compress import parse_compressor
-from gossip_topology.mixing import Mixing, UniformMixing, check_doubly_stochastic, schedule_period
+from gossip_topology.mixing import Mixing, check_doubly_stochastic, schedule_period
 from gossip_topology.objectives import Quadratic
-from gossip_topology.simulate import GossipTrace, _check_objective, _finish, _prepare
+from gossip_topology.simulate import (
+    GossipTrace,
+    _evolve,
+    _finish,
+    _initial_weights,
+    _prepare,
+    _Run,
+)
 from gossip_topology.topology import Topology
 
 __all__ = ["CompressedTrace", "simulate_compressed_push_pull", "simulate_compressed_push_sum"]
@@ -150,17 +156,20 @@ class _EdgeCopies:
 
 def _setup(
     topology: Topology,
-    mixing: Mixing,
-    x: Array,
-    steps: int,
-    start: int,
+    run: _Run,
     *,
     compression: str | Compressor,
     consensus_step: float | None,
     reference: ArrayLike | None,
     layout: Sequence[Sequence[int]] | None,
     seed: int,
-) -> tuple[_EdgeCopies, dict[int, _Phase], tuple[tuple[int, int], ...]]:
+) -> tuple[_EdgeCopies, Callable[[int], _Phase], tuple[tuple[int, int], ...]]:
+    """Check the compression arguments and build the edges' state.
+
+    Returns:
+        The edges' public copies and state, the phase of each simulated step ``t``, and
+        every edge ``(src, dst)`` in id order.
+    """
     compressor = parse_compressor(compression)
     if compressor is None:
         raise ValueError(
@@ -168,12 +177,8 @@ def _setup(
             "use simulate_push_sum or simulate_push_pull"
         )
     gamma = compressor.default_consensus_step if consensus_step is None else consensus_step
-    value: object = gamma
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"consensus_step must be a real number; got {type(value).__name__}")
-    if not 0 < float(value) <= 1:
-        raise ValueError(f"consensus_step must be in (0, 1]; got {value}")
-    d = x.shape[1]
+    gamma = check_unit_fraction("consensus_step", gamma)
+    d = run.x.shape[1]
     shapes = as_layout(layout, d)
     if compressor.payload_bytes(d, itemsize=8, layout=shapes) >= 8 * d > 0:
         warnings.warn(
@@ -184,25 +189,29 @@ def _setup(
     ref = np.zeros(d) if reference is None else np.asarray(reference, dtype=np.float64)
     if ref.shape not in ((d,), ()):
         raise ValueError(f"reference must have shape ({d},) or be a scalar; got {ref.shape}")
-    period = schedule_period(topology, mixing)
-    needed = sorted({(start + t) % period for t in range(min(steps, period))})
-    phases, edges = _phases(topology, mixing, needed)
+    period = schedule_period(topology, run.mixing)
+    needed = sorted({(run.start + t) % period for t in range(min(run.steps, period))})
+    phases, edges = _phases(topology, run.mixing, needed)
     edge_state = _EdgeCopies(
         compressor=compressor,
-        gamma=float(value),
+        gamma=gamma,
         layout=shapes,
         rng=np.random.default_rng(check_int("seed", seed, minimum=0)),
         copies=np.array(np.broadcast_to(ref, (len(edges), d))),
         state=compressor.init_state(len(edges), d, shapes),
     )
-    return edge_state, phases, edges
+    return edge_state, lambda t: phases[(run.start + t) % period], edges
 
 
 def _finish_compressed(
-    x: Array, w: Array, squeeze: bool, edges: tuple[tuple[int, int], ...], es: _EdgeCopies
+    run: _Run,
+    x: Array,
+    weights: Array | None,
+    edges: tuple[tuple[int, int], ...],
+    es: _EdgeCopies,
 ) -> CompressedTrace:
-    base = _finish(x, w, squeeze)
-    copies = es.copies[:, 0] if squeeze else es.copies
+    base = _finish(run, x, weights)
+    copies = es.copies[:, 0] if run.squeeze else es.copies
     return CompressedTrace(
         numerators=base.numerators,
         weights=base.weights,
@@ -275,43 +284,32 @@ def simulate_compressed_push_sum(
         >>> bool(np.allclose(trace.debiased, 1.5, atol=1e-2))
         True
     """
-    mixing = UniformMixing() if mixing is None else mixing
-    x, squeeze, steps = _prepare(topology, x0, steps, lr, record)
-    _check_objective(objective, x)
-    start = check_int("start_step", start_step, minimum=0)
-    n = topology.world_size
-    w = np.ones(n) if weights0 is None else np.array(weights0, dtype=np.float64)
-    if w.shape != (n,) or not (w > 0).all():
-        raise ValueError(f"weights0 must have shape ({n},) and be positive; got {w.shape}")
-    es, phases, edges = _setup(
+    run = _prepare(topology, x0, steps, mixing, objective, lr, record, start_step=start_step)
+    w0 = _initial_weights(weights0, topology.world_size)
+    es, phase, edges = _setup(
         topology,
-        mixing,
-        x,
-        steps,
-        start,
+        run,
         compression=compression,
         consensus_step=consensus_step,
         reference=reference,
         layout=layout,
         seed=seed,
     )
-    period, gamma = schedule_period(topology, mixing), es.gamma
-    x_hist = np.empty((steps + 1, *x.shape)) if record == "all" else None
-    w_hist = np.empty((steps + 1, n)) if record == "all" else None
-    for t in range(steps + 1):
-        if x_hist is not None and w_hist is not None:
-            x_hist[t], w_hist[t] = x, w
-        if t == steps:
-            break
-        ph = phases[(start + t) % period]
-        if objective is not None:
-            x = x - lr * objective.gradient(x / w[:, None])
-        x = es.step(x, ph)
+
+    def weight_step(t: int, w: Array) -> Array:
+        ph = phase(t)
         w_in = ph.by_dst.sum(ph.weight * w[ph.src])
-        w = (1 - gamma * (1 - ph.self_weight)) * w + gamma * w_in
-    if x_hist is not None and w_hist is not None:
-        return _finish_compressed(x_hist, w_hist, squeeze, edges, es)
-    return _finish_compressed(x, w, squeeze, edges, es)
+        return (1 - es.gamma * (1 - ph.self_weight)) * w + es.gamma * w_in
+
+    w_hist = _evolve(w0, run.steps, "all", weight_step)
+
+    def sgp_step(t: int, x: Array) -> Array:
+        if objective is not None:
+            x = x - lr * objective.gradient(x / w_hist[t][:, None])
+        return es.step(x, phase(t))
+
+    x = _evolve(run.x, run.steps, run.record, sgp_step)
+    return _finish_compressed(run, x, w_hist, edges, es)
 
 
 def simulate_compressed_push_pull(
@@ -359,35 +357,23 @@ def simulate_compressed_push_pull(
         ValueError: If some ``W(t)`` is not doubly stochastic, or as
             [`simulate_compressed_push_sum`][gossip_topology.simulate_compressed_push_sum].
     """
-    mixing = UniformMixing() if mixing is None else mixing
-    x, squeeze, steps = _prepare(topology, x0, steps, lr, record)
-    _check_objective(objective, x)
-    start = check_int("start_step", start_step, minimum=0)
-    check_doubly_stochastic(topology, mixing)
-    es, phases, edges = _setup(
+    run = _prepare(topology, x0, steps, mixing, objective, lr, record, start_step=start_step)
+    check_doubly_stochastic(topology, run.mixing)
+    es, phase, edges = _setup(
         topology,
-        mixing,
-        x,
-        steps,
-        start,
+        run,
         compression=compression,
         consensus_step=consensus_step,
         reference=reference,
         layout=layout,
         seed=seed,
     )
-    period = schedule_period(topology, mixing)
-    x_hist = np.empty((steps + 1, *x.shape)) if record == "all" else None
-    for t in range(steps + 1):
-        if x_hist is not None:
-            x_hist[t] = x
-        if t == steps:
-            break
-        grad = objective.gradient(x) if objective is not None else None
-        x = es.step(x, phases[(start + t) % period])
-        if grad is not None:
-            x = x - lr * grad
-    n = topology.world_size
-    if x_hist is not None:
-        return _finish_compressed(x_hist, np.ones((steps + 1, n)), squeeze, edges, es)
-    return _finish_compressed(x, np.ones(n), squeeze, edges, es)
+
+    def dpsgd_step(t: int, x: Array) -> Array:
+        if objective is None:
+            return es.step(x, phase(t))
+        grad = objective.gradient(x)
+        return es.step(x, phase(t)) - lr * grad
+
+    x = _evolve(run.x, run.steps, run.record, dpsgd_step)
+    return _finish_compressed(run, x, None, edges, es)
