@@ -293,7 +293,7 @@ def check_pairwise(
             )
 
 
-def checked_step(state: dict[str, int]) -> int:
+def checked_step(state: Mapping[str, Any]) -> int:
     """The step counter in a gossiper's ``state_dict``, checked.
 
     Raises:

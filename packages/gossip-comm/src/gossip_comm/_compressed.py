@@ -21,42 +21,36 @@ are conserved to rounding whatever the compressor $C$. gossip-topology's
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 
-from gossip_comm._background import Worker
-from gossip_comm._channel import check_finite, checked_step, open_channel, parse_saved_round
-from gossip_comm._public import PublicCopies, compression_setup
+from gossip_comm._channel import Channel, check_finite, checked_step, parse_saved_round
+from gossip_comm._engine import Engine, Flight
+from gossip_comm._public import CompressionSetup, PublicCopies
 from gossip_comm._scratch import spans
-from gossip_comm._transport import Message, PendingExchange, post
+from gossip_comm._transport import Message, PendingExchange
 from gossip_comm.compression import Compressor, MessageSpec
-from gossip_comm.config import GossipConfig
 from gossip_comm.handle import GossipHandle
-from gossip_topology import RankSchedule, RankStep, Topology
+from gossip_topology import RankSchedule, RankStep
 
 __all__ = ["CompressedEngine", "CompressedFlight"]
 
 
 @dataclass(kw_only=True)
-class CompressedFlight:
-    """One posted compressed step: its payloads and the buffers it uses."""
+class CompressedFlight(Flight):
+    """One posted compressed step: its payloads and the buffers it uses.
 
-    pending: PendingExchange
-    info: RankStep
-    step: int
-    target: torch.Tensor  # the caller's tensor
-    buf: torch.Tensor  # its flat view on the comm device (or a host staging copy)
-    weight: float
-    kept_weight: float  # 1 - gamma (1 - P_ii): the share of the weight a rank keeps
-    in_weights: tuple[float, ...]  # gamma P_ik for each in-peer
+    It mixes with ``(1 - gamma) I + gamma P``: ``kept_weight`` is ``1 - gamma (1 - P_ii)``,
+    the share of the weight a rank keeps, and ``in_weights`` are ``gamma P_ik``.
+    """
+
+    gamma: float
     sends: list[list[torch.Tensor]]
     recvs: list[list[torch.Tensor]]
-    weight_recvs: list[torch.Tensor]
     kept: bool  # the sent copies are out (``post`` or ``keep``), not the fold's to take
     # overlap mode, until ``keep``: ``(into, base)`` -> into = base minus the sent shares
     take_out: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None
@@ -88,59 +82,43 @@ class CompressedFlight:
             return
         take_out(flat, self.buf)
 
+    def __post_init__(self) -> None:
+        self.kept_weight = 1.0 - self.gamma * (1.0 - self.info.self_weight)
+        self.in_weights = tuple(self.gamma * a for a in self.info.in_weights)
 
-class CompressedEngine:
+
+class CompressedEngine(Engine[CompressedFlight]):
     """Public copies, payload buffers and steps of compressed gossip of one tensor shape.
 
     Args:
-        topology: The graph.
-        like: A tensor shaped like what will be gossiped.
-        config: Its ``compression`` must be set.
-        carries_weight: Whether this is push-sum (``False``: push-pull, no weights).
-        owner: The gossiper's class name, for errors.
-        force_weight: Send the weight even where it provably stays equal.
-        layout: Shapes of the tensors ``like`` concatenates (for low-rank compression).
-        reference: A value every rank holds identically (the common initial model);
-            public copies start there instead of at zero.
+        channel: The gossiper's validated channel, agreed on with ``setup.agreement``.
+        schedule: This rank's rows and columns of ``W(t)``.
+        setup: The checked compressor, consensus step, layout and reference.
+        carries_weight: Whether the push-sum weight travels with each message.
 
     Raises:
-        ValueError: If ranks disagree on the compressor, the consensus step, the layout
-            or the reference (checked in the construction's one ``all_gather``).
+        ValueError: If the layout does not fit the compressor.
     """
 
     def __init__(
         self,
-        topology: Topology,
-        like: torch.Tensor,
+        channel: Channel,
+        schedule: RankSchedule,
+        setup: CompressionSetup,
         *,
-        config: GossipConfig,
         carries_weight: bool,
-        owner: str,
-        force_weight: bool = False,
-        layout: Sequence[torch.Size] | None = None,
-        reference: torch.Tensor | None = None,
     ) -> None:
-        setup = compression_setup(config, like, layout, reference, owner=owner)
-        assert setup is not None
+        ch = channel
         self.compressor: Compressor = setup.compressor
         self.gamma = setup.gamma
-        self.channel = open_channel(topology, like, config, owner=owner, extra=setup.agreement)
-        ch = self.channel
         self.spec = MessageSpec(
             numel=ch.numel, dtype=ch.dtype, device=ch.device, layout=setup.layout
         )
-        self.public = PublicCopies(self.compressor, self.spec, ch.rank, setup.reference, owner)
-        self.schedule = RankSchedule(topology, config.mixing, rank=ch.rank)
-        self.carries_weight = carries_weight and (
-            force_weight or not self.schedule.weight_is_constant
-        )
-        self.step = 0
-        self.bytes_sent = 0
-        self._pool: list[list[torch.Tensor]] = []
+        self.public = PublicCopies(self.compressor, self.spec, ch.rank, setup.reference, ch.owner)
+        super().__init__(channel, schedule, carries_weight=carries_weight)
         # a restored round's stand-in for the tensor it was sent from (only accumulated)
         self._nothing = torch.empty(0, dtype=ch.dtype, device=ch.device)
         self._keep_due: CompressedFlight | None = None
-        self._worker = Worker(f"gossip-rank{ch.rank}")
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -185,8 +163,7 @@ class CompressedEngine:
             )
         ch = self.channel
         ch.check(tensor)
-        info, step = self.schedule[self.step], self.step
-        self.step += 1
+        info, step = self._next()
         buf = tensor.view(-1)
         if tensor.device != ch.device:  # CUDA tensor over gloo: work in host memory
             buf = buf.to(ch.device)
@@ -210,19 +187,8 @@ class CompressedEngine:
             for q, payload in zip(info.in_peers, recvs, strict=True)
             for t in payload
         ]
-        weight_recvs: list[torch.Tensor] = []
-        if self.carries_weight:
-            weight_send = torch.tensor([weight], dtype=torch.float64, device=ch.device)
-            weight_recvs = [
-                torch.empty(1, dtype=torch.float64, device=ch.device) for _ in info.in_peers
-            ]
-            messages += [Message(p, weight_send, True) for p in info.out_peers]
-            messages += [
-                Message(q, w, False) for q, w in zip(info.in_peers, weight_recvs, strict=True)
-            ]
-        self.bytes_sent += sum(m.tensor.nbytes for m in messages if m.send)
-        chunks = [ch.chunk_to(m.peer) for m in messages]
-        pending = post(messages, ch.group, ch.rank, step, chunk_numel=chunks)
+        weight_recvs = self._weight_messages(info, weight, messages)
+        pending = self._send(messages, step)
         flight = CompressedFlight(
             pending=pending,
             info=info,
@@ -230,8 +196,7 @@ class CompressedEngine:
             target=tensor,
             buf=buf,
             weight=weight,
-            kept_weight=1.0 - self.gamma * (1.0 - info.self_weight),
-            in_weights=tuple(self.gamma * a for a in info.in_weights),
+            gamma=self.gamma,
             sends=sends,
             recvs=recvs,
             weight_recvs=weight_recvs,
@@ -308,28 +273,15 @@ class CompressedEngine:
             self.public.receive(q, payload)
         self._mix(flight.info, into, sent=not flight.kept, received=True, base=base)
 
-    def _weight_in(self, flight: CompressedFlight) -> float:
-        weights = [float(w.item()) for w in flight.weight_recvs]
-        return math.fsum(a * w for a, w in zip(flight.in_weights, weights, strict=True))
-
     def _release(self, flight: CompressedFlight) -> None:
         self._pool.extend(flight.sends)
         self._pool.extend(flight.recvs)
         flight.sends, flight.recvs = [], []
 
-    def finish(self, flight: CompressedFlight) -> tuple[torch.Tensor, float]:
-        """Wait for ``flight`` and fold its messages in; ``(tensor, weight)``."""
-        try:
-            self._wait(flight)
-            self._fold_in(flight, flight.buf)
-            weight = flight.weight
-            if self.carries_weight:
-                weight = flight.kept_weight * weight + self._weight_in(flight)
-            if flight.target.device != flight.buf.device:
-                flight.target.copy_(flight.buf.view(flight.target.shape))
-            return flight.target, weight
-        finally:
-            self._release(flight)
+    def _mix_in(self, flight: CompressedFlight) -> None:
+        """Wait for ``flight`` and fold its messages into ``flight.buf``."""
+        self._wait(flight)
+        self._fold_in(flight, flight.buf)
 
     def accumulate(
         self, flight: CompressedFlight, into: torch.Tensor, base: torch.Tensor | None = None
@@ -352,21 +304,15 @@ class CompressedEngine:
                 into.copy_(base)
                 base = None
             self._fold_in(flight, into.view(-1), None if base is None else base.view(-1))
-            if self.carries_weight:
-                return self._weight_in(flight)
-            return (1.0 - flight.kept_weight) * flight.weight
+            return self._weight_received(flight)
         finally:
             self._release(flight)
 
     def delivered(self, flight: CompressedFlight) -> dict[str, Any]:
         """Wait for ``flight``; its received payloads and weights as CPU data, unfolded."""
         self._wait(flight)
-        return {
-            "step": flight.step,
-            "weight": flight.weight,
-            "payloads": [[t.detach().to("cpu", copy=True) for t in p] for p in flight.recvs],
-            "weights": [float(w.item()) for w in flight.weight_recvs],
-        }
+        payloads = [[t.detach().to("cpu", copy=True) for t in p] for p in flight.recvs]
+        return self._saved(flight, "payloads", payloads)
 
     def restore(self, state: Mapping[str, Any]) -> CompressedFlight:
         """A flight whose payloads are in, from `delivered`'s output.
@@ -396,14 +342,13 @@ class CompressedEngine:
             for d, s in zip(dest, saved, strict=True):
                 d.copy_(s)
         return CompressedFlight(
-            pending=PendingExchange.delivered(ch.rank, step, 0, 0),
+            pending=PendingExchange.delivered(rank=ch.rank, step=step, numel=0, chunk_numel=0),
             info=info,
             step=step,
             target=self._nothing,
             buf=self._nothing,
             weight=weight,
-            kept_weight=1.0 - self.gamma * (1.0 - info.self_weight),
-            in_weights=tuple(self.gamma * a for a in info.in_weights),
+            gamma=self.gamma,
             sends=[],
             recvs=recvs,
             weight_recvs=[
@@ -416,15 +361,9 @@ class CompressedEngine:
         self, tensor: torch.Tensor, weight: float
     ) -> GossipHandle[tuple[torch.Tensor, float]]:
         """Post a step; the handle folds the messages in when they are there."""
-        flight = self.post(tensor, weight, sent_out="post")  # others may post meanwhile
-        if self.channel.device.type == "cpu":
-            return GossipHandle(future=self._worker.submit(lambda: self.finish(flight)))
-        return GossipHandle(poll=flight.pending.is_completed, finish=lambda: self.finish(flight))
+        # the sent shares leave at once: others may post meanwhile
+        return self._handle(self.post(tensor, weight, sent_out="post"))
 
     def mix(self, tensor: torch.Tensor, weight: float) -> tuple[torch.Tensor, float]:
         """Post a step and finish it in the calling thread."""
         return self.finish(self.post(tensor, weight, sent_out="finish"))
-
-    def close(self) -> None:
-        """Stop the background worker, if one was started."""
-        self._worker.close()

@@ -8,104 +8,57 @@ for one in-peer on a doubly-stochastic row).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from gossip_comm._background import Worker
-from gossip_comm._channel import (
-    Channel,
-    check_finite,
-    checked_step,
-    open_channel,
-    parse_saved_round,
-)
-from gossip_comm._transport import Message, PendingExchange, post
-from gossip_comm.config import GossipConfig
+from gossip_comm._channel import Channel, check_finite, checked_step, parse_saved_round
+from gossip_comm._engine import Engine, Flight
+from gossip_comm._transport import Message, PendingExchange
 from gossip_comm.handle import GossipHandle
-from gossip_topology import RankSchedule, RankStep, Topology
+from gossip_topology import RankSchedule, RankStep
 
 __all__ = ["ExchangeEngine", "InFlight"]
 
 
 @dataclass(kw_only=True)
-class InFlight:
-    """One posted step: its messages, the schedule entry and the buffers it uses.
+class InFlight(Flight):
+    """One posted step: its messages, the schedule entry and the buffers it uses."""
 
-    Keyword-only: several fields are tensors, and swapped positions would type-check.
-    """
-
-    pending: PendingExchange
-    info: RankStep
-    step: int
-    buf: torch.Tensor
-    target: torch.Tensor
-    weight: float
     recvs: list[torch.Tensor]
-    weight_recvs: list[torch.Tensor]
     staging: torch.Tensor | None  # host copy of a CUDA tensor gossiped over gloo
     wire: torch.Tensor | None  # the buffer cast to the wire dtype
 
-    @property
-    def kept_weight(self) -> float:
-        """``W[rank, rank]``: the share of its value and weight the sender keeps."""
-        return self.info.self_weight
-
     def keep(self, snapshot: torch.Tensor, out: torch.Tensor) -> None:
         """Overlap mode: ``out <- W[rank, rank] * snapshot``, what the sender keeps."""
-        torch.mul(snapshot, self.info.self_weight, out=out)
+        torch.mul(snapshot, self.kept_weight, out=out)
 
 
-class ExchangeEngine:
-    """Validated state and buffers for gossiping one tensor shape over one process group.
+class ExchangeEngine(Engine[InFlight]):
+    """Buffers and steps for gossiping one tensor shape's value over one channel.
 
-    Construction runs one small ``all_gather`` so that every rank learns whether all
-    ranks agree on the buffer size, dtype and topology; afterwards only point-to-point
-    messages are sent.
-
-    Raises:
-        TypeError: If ``like`` is not a floating-point tensor.
-        ValueError: On any inconsistency, on every rank at once.
-        RuntimeError: If ``torch.distributed`` is not initialised.
+    Args:
+        channel: The gossiper's validated channel.
+        schedule: This rank's rows and columns of ``W(t)``.
+        carries_weight: Whether the push-sum weight travels with each message.
     """
 
-    def __init__(
-        self,
-        topology: Topology,
-        like: torch.Tensor,
-        *,
-        config: GossipConfig,
-        carries_weight: bool,
-        owner: str,
-        force_weight: bool = False,
-    ) -> None:
-        self.channel: Channel = open_channel(topology, like, config, owner=owner)
-        self.topology = topology
-        self.schedule = RankSchedule(topology, config.mixing, rank=self.channel.rank)
-        self.carries_weight = carries_weight and (
-            force_weight or not self.schedule.weight_is_constant
-        )
-        self.step = 0
-        self.bytes_sent = 0  # payload and weights handed to the transport, all steps
-        # Buffers are borrowed by a step and returned when it finishes, so overlapped
-        # steps in flight at once (OSGP with synch_freq > 0) never share one.
-        self._pool: list[list[torch.Tensor]] = []
+    def __init__(self, channel: Channel, schedule: RankSchedule, *, carries_weight: bool) -> None:
+        super().__init__(channel, schedule, carries_weight=carries_weight)
         self._spare_staging: list[torch.Tensor] = []
         self._spare_wire: list[torch.Tensor] = []
         # a lower-precision wire: received chunks are widened into these before mixing
         # (a mixed-dtype add is several times slower than a cast and a lerp)
         self._spare_widen: list[list[torch.Tensor]] = []
-        self._worker = Worker(f"gossip-rank{self.channel.rank}")
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, Any]:
         """The step counter, so a restored run continues the same schedule."""
         return {"step": self.step}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the step counter.
 
         Raises:
@@ -124,8 +77,7 @@ class ExchangeEngine:
         """Post one step's sends and receives; ``tensor`` must not change until finished."""
         ch = self.channel
         ch.check(tensor)
-        info, step = self.schedule[self.step], self.step
-        self.step += 1
+        info, step = self._next()
         staging = wire = None
         if tensor.device != ch.device:  # CUDA tensor over gloo: stage through host memory
             if self._spare_staging:
@@ -145,17 +97,8 @@ class ExchangeEngine:
         recvs = self._recv_set(len(info.in_peers))
         messages = [Message(p, send, True) for p in info.out_peers]
         messages += [Message(q, recvs[i], False) for i, q in enumerate(info.in_peers)]
-        weight_recvs: list[torch.Tensor] = []
-        if self.carries_weight:
-            weight_send = torch.tensor([weight], dtype=torch.float64, device=ch.device)
-            weight_recvs = [
-                torch.empty(1, dtype=torch.float64, device=ch.device) for _ in info.in_peers
-            ]
-            messages += [Message(p, weight_send, True) for p in info.out_peers]
-            messages += [Message(q, weight_recvs[i], False) for i, q in enumerate(info.in_peers)]
-        self.bytes_sent += sum(m.tensor.nbytes for m in messages if m.send)
-        chunks = [ch.chunk_to(m.peer) for m in messages]
-        pending = post(messages, ch.group, ch.rank, step, chunk_numel=chunks)
+        weight_recvs = self._weight_messages(info, weight, messages)
+        pending = self._send(messages, step)
         return InFlight(
             pending=pending,
             info=info,
@@ -177,12 +120,7 @@ class ExchangeEngine:
         """
         flight.pending.wait(self.channel.timeout)
         recvs = flight.recvs[: len(flight.info.in_peers)]
-        return {
-            "step": flight.step,
-            "weight": flight.weight,
-            "messages": [r.detach().to("cpu", copy=True) for r in recvs],
-            "weights": [float(w.item()) for w in flight.weight_recvs],
-        }
+        return self._saved(flight, "messages", [r.detach().to("cpu", copy=True) for r in recvs])
 
     def restore(self, state: Mapping[str, Any]) -> InFlight:
         """A flight whose messages are already in, from `delivered`'s output.
@@ -219,7 +157,9 @@ class ExchangeEngine:
         for r, m in zip(recvs, messages, strict=False):
             r.copy_(m.reshape(-1))
         weight_recvs = [torch.tensor([w], dtype=torch.float64, device=ch.device) for w in weights]
-        pending = PendingExchange.delivered(ch.rank, step, ch.numel, ch.chunk_numel)
+        pending = PendingExchange.delivered(
+            rank=ch.rank, step=step, numel=ch.numel, chunk_numel=ch.chunk_numel
+        )
         # only ``finish`` reads ``buf``; a restored flight is only ever accumulated
         buf = torch.empty(0, dtype=ch.dtype, device=ch.device)
         return InFlight(
@@ -283,25 +223,11 @@ class ExchangeEngine:
                 parts = [w[: p.numel()].copy_(p) for w, p in zip(widen, parts, strict=False)]
             yield sl, parts
 
-    def _weight_in(self, flight: InFlight) -> float:
-        """``sum_q W[r, q] w_q`` over the weights received (only when they travel)."""
-        weights = [float(w.item()) for w in flight.weight_recvs]
-        return math.fsum(a * w for a, w in zip(flight.info.in_weights, weights, strict=True))
-
-    def finish(self, flight: InFlight) -> tuple[torch.Tensor, float]:
-        """Wait for ``flight``, mixing each chunk in place as it arrives; ``(tensor, weight)``."""
-        try:
-            info, buf = flight.info, flight.buf
-            for sl, parts in self._chunks(flight):
-                _mix_into(buf[sl], parts, info)
-            weight = flight.weight
-            if self.carries_weight:
-                weight = info.self_weight * weight + self._weight_in(flight)
-            if flight.target.device != buf.device:
-                flight.target.copy_(buf.view(flight.target.shape))
-            return flight.target, weight
-        finally:
-            self._release(flight)
+    def _mix_in(self, flight: InFlight) -> None:
+        """Mix each chunk into ``flight.buf`` in place as it arrives."""
+        info, buf = flight.info, flight.buf
+        for sl, parts in self._chunks(flight):
+            _mix_into(buf[sl], parts, info)
 
     def accumulate(
         self, flight: InFlight, into: torch.Tensor, base: torch.Tensor | None = None
@@ -337,33 +263,19 @@ class ExchangeEngine:
                 if first:  # no in-peers at this step
                     assert source is not None
                     dest.copy_(source[sl])
-            if self.carries_weight:
-                return self._weight_in(flight)
-            return (1.0 - info.self_weight) * flight.weight
+            return self._weight_received(flight)
         finally:
             self._release(flight)
 
     def start(
         self, tensor: torch.Tensor, weight: float
     ) -> GossipHandle[tuple[torch.Tensor, float]]:
-        """Post a step and return a handle; mixing happens when the messages are in.
-
-        On CPU the background worker blocks in the backend's own ``Work.wait`` and mixes,
-        so the handle completes without the caller waiting; on CUDA the works are polled
-        and the mixing runs on the caller's stream when it waits.
-        """
-        flight = self.post(tensor, weight)
-        if self.channel.device.type == "cpu":
-            return GossipHandle(future=self._worker.submit(lambda: self.finish(flight)))
-        return GossipHandle(poll=flight.pending.is_completed, finish=lambda: self.finish(flight))
+        """Post a step and return a handle; mixing happens when the messages are in."""
+        return self._handle(self.post(tensor, weight))
 
     def mix(self, tensor: torch.Tensor, weight: float) -> tuple[torch.Tensor, float]:
         """Post a step and finish it in the calling thread."""
         return self.finish(self.post(tensor, weight))
-
-    def close(self) -> None:
-        """Stop the background worker, if one was started."""
-        self._worker.close()
 
 
 def _mix_into(buf: torch.Tensor, recvs: list[torch.Tensor], info: RankStep) -> None:

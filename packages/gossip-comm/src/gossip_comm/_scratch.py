@@ -59,16 +59,11 @@ class Scratch:
         return self.get(size, dtype, device, slot)
 
     def chunks(
-        self,
-        numel: int,
-        dtype: torch.dtype,
-        device: torch.device,
-        step: int = CHUNK,
-        slot: int = 0,
+        self, numel: int, dtype: torch.dtype, device: torch.device, step: int = CHUNK
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """``(start, stop, work)`` over ``spans(numel, device, step)``, ``work`` this
-        thread's buffer cut to the span's length."""
-        work = self.for_spans(numel, dtype, device, step, slot)
+        thread's buffer number 0 cut to the span's length."""
+        work = self.for_spans(numel, dtype, device, step)
         for start, stop in spans(numel, device, step):
             yield start, stop, work[: stop - start]
 

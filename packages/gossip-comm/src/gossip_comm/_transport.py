@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from gossip_comm._backend import to_global_rank
-from gossip_comm.errors import GossipError, GossipTimeoutError, PeerLostError
+from gossip_comm.errors import GossipError, GossipPeerError, GossipTimeoutError, PeerLostError
 
 __all__ = ["Message", "PendingExchange", "post", "split"]
 
@@ -49,6 +49,7 @@ class PendingExchange:
         self,
         works: list[dist.Work],
         messages: list[Message],
+        *,
         rank: int,
         step: int,
         pieces: list[tuple[int, int]] | None = None,
@@ -65,14 +66,14 @@ class PendingExchange:
         self.done = False
 
     @classmethod
-    def delivered(cls, rank: int, step: int, numel: int, chunk_numel: int) -> PendingExchange:
+    def delivered(cls, *, rank: int, step: int, numel: int, chunk_numel: int) -> PendingExchange:
         """An exchange whose messages are already in (restored from a checkpoint).
 
         Its ``chunks`` yields the element ranges a live exchange of ``numel`` elements
         with the same ``chunk_numel`` would yield, without waiting for anything.
         """
         pieces = [(c, 0) for c in range(len(split(numel, chunk_numel)))]
-        pending = cls([], [], rank, step, pieces, chunk_numel)
+        pending = cls([], [], rank=rank, step=step, pieces=pieces, chunk_numel=chunk_numel)
         pending.coalesced, pending.done = False, True
         return pending
 
@@ -149,21 +150,20 @@ class PendingExchange:
             direction = "sending to" if msg.send else "receiving from"
         text = str(exc) if exc is not None else "wait() returned False"
         lowered = text.lower()
+        kind: type[GossipPeerError]
         if exc is None or "timed out" in lowered or "timeout" in lowered:
-            return GossipTimeoutError(
+            kind = GossipTimeoutError
+            message = (
                 f"rank {self.rank} timed out after {timeout:g}s {direction} {who} at gossip "
-                f"step {self.step}; is that process alive and gossiping? ({text})",
-                rank=self.rank,
-                peer=peer,
-                step=self.step,
+                f"step {self.step}; is that process alive and gossiping? ({text})"
             )
-        return PeerLostError(
-            f"rank {self.rank} lost {who} while {direction} it at gossip step {self.step}; "
-            f"the peer process most likely died ({text})",
-            rank=self.rank,
-            peer=peer,
-            step=self.step,
-        )
+        else:
+            kind = PeerLostError
+            message = (
+                f"rank {self.rank} lost {who} while {direction} it at gossip step {self.step}; "
+                f"the peer process most likely died ({text})"
+            )
+        return kind(message, rank=self.rank, peer=peer, step=self.step)
 
 
 def split(numel: int, chunk_numel: int) -> list[slice]:
@@ -194,7 +194,7 @@ def post(
     A sequence gives each message its own, either 0 or one common size.
     """
     if not messages:
-        return PendingExchange([], [], rank, step)
+        return PendingExchange([], [], rank=rank, step=step)
     tags = [0] * len(messages) if tags is None else tags
     sizes = [chunk_numel] * len(messages) if isinstance(chunk_numel, int) else list(chunk_numel)
     if len({s for s in sizes if s}) > 1:
@@ -217,4 +217,6 @@ def post(
     ]
     works = dist.batch_isend_irecv(ops)
     index = [(c, i) for c, i, _ in pieces]
-    return PendingExchange(list(works), messages, rank, step, index, max(sizes, default=0))
+    return PendingExchange(
+        list(works), messages, rank=rank, step=step, pieces=index, chunk_numel=max(sizes, default=0)
+    )

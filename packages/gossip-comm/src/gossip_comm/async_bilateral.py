@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from typing import Any
 
 import torch
@@ -238,15 +239,18 @@ class _Passive:
             raise RuntimeError("serve() was already called")
         if shared.device.type != "cpu" or not shared.is_contiguous():
             raise ValueError("shared must be a contiguous CPU tensor")
-        loop = self._loop if self.codec is None else self._loop_compressed
-        self._responder = self._worker.submit(lambda: loop(shared.view(-1)))
+        self._responder = self._worker.submit(lambda: self._loop(shared.view(-1)))
 
     def _loop(self, flat: torch.Tensor) -> None:
+        """Answer requests until every partner has said goodbye."""
         ch = self.channel
+        exchange: Callable[[int, torch.Tensor], int] = self._average_compressed
+        if self.codec is None:  # both buffers reused: one exchange at a time
+            exchange = partial(
+                self._average, incoming=torch.empty_like(flat), reply=torch.empty_like(flat)
+            )
         remaining = len(self.partners)
         header = torch.empty(2, dtype=torch.int64)
-        incoming = torch.empty_like(flat)
-        reply = torch.empty_like(flat)  # both reused: one exchange at a time
         active = -1
         try:
             while remaining:
@@ -257,30 +261,10 @@ class _Passive:
                 if kind == 0:
                     remaining -= 1
                     continue
-                # Reply with a snapshot while the request streams in (full duplex), then
-                # add half the difference chunk by chunk: x_p += (x_a - x_snapshot) / 2.
-                # Equal to the pairwise average when x_p did not move meanwhile; if the
-                # training thread updated x_p, its update is kept, and x_a + x_p is
-                # conserved either way.
-                with self.lock:
-                    reply.copy_(flat)
-                pending = post(
-                    [Message(active, incoming, False), Message(active, reply, True)],
-                    ch.group,
-                    ch.rank,
-                    self.served,
-                    tags=[_DATA, _DATA],
-                    chunk_numel=ch.chunk_to(active),
-                )
-                for sl in pending.chunks(ch.timeout):
-                    if ch.check_finite:
-                        check_finite(incoming[sl], rank=ch.rank, peer=active, step=self.served)
-                    diff = incoming[sl].sub_(reply[sl])  # scratch: x_a - x_snapshot
-                    with self.lock:
-                        flat[sl].add_(diff, alpha=0.5)
+                sent = exchange(active, flat)
                 with self.lock:
                     self.served += 1
-                    self.bytes_sent += reply.nbytes
+                    self.bytes_sent += sent
         except GossipPeerError:
             raise
         except Exception as exc:  # name who and when, whatever went wrong
@@ -292,60 +276,63 @@ class _Passive:
                 step=self.served,
             ) from exc
 
-    def _loop_compressed(self, flat: torch.Tensor) -> None:
-        """As ``_loop``, with compressed differences both ways (see ``_PairCodec``)."""
+    def _average(
+        self, active: int, flat: torch.Tensor, *, incoming: torch.Tensor, reply: torch.Tensor
+    ) -> int:
+        """One exchange with ``active``, uncompressed; the bytes sent."""
+        ch = self.channel
+        # Reply with a snapshot while the request streams in (full duplex), then add half
+        # the difference chunk by chunk: x_p += (x_a - x_snapshot) / 2. Equal to the
+        # pairwise average when x_p did not move meanwhile; if the training thread updated
+        # x_p, its update is kept, and x_a + x_p is conserved either way.
+        with self.lock:
+            reply.copy_(flat)
+        pending = post(
+            [Message(active, incoming, False), Message(active, reply, True)],
+            ch.group,
+            ch.rank,
+            self.served,
+            tags=[_DATA, _DATA],
+            chunk_numel=ch.chunk_to(active),
+        )
+        for sl in pending.chunks(ch.timeout):
+            if ch.check_finite:
+                check_finite(incoming[sl], rank=ch.rank, peer=active, step=self.served)
+            diff = incoming[sl].sub_(reply[sl])  # scratch: x_a - x_snapshot
+            with self.lock:
+                flat[sl].add_(diff, alpha=0.5)
+        return reply.nbytes
+
+    def _average_compressed(self, active: int, flat: torch.Tensor) -> int:
+        """As ``_average``, with compressed differences both ways (see ``_PairCodec``)."""
         ch, codec = self.channel, self.codec
         assert codec is not None
-        remaining = len(self.partners)
-        header = torch.empty(2, dtype=torch.int64)
         incoming = codec.incoming
-        active = -1
-        try:
-            while remaining:
-                work = dist.irecv(header, group=ch.group, tag=_HEADER)  # from any active
-                assert work is not None
-                work.wait()
-                active, kind = int(header[0]), int(header[1])
-                if kind == 0:
-                    remaining -= 1
-                    continue
-                # Encoding reads the shared value once, without its lock: a value the
-                # training thread is adding to meanwhile is still *a* value of this rank,
-                # and the pair's sum depends only on the copies, which both ends update
-                # with the same decoded bits.
-                with self.codec_lock:
-                    reply = codec.encode(active, flat)
-                messages = [Message(active, t, False) for t in incoming]
-                messages += [Message(active, t, True) for t in reply]
-                pending = post(
-                    messages,
-                    ch.group,
-                    ch.rank,
-                    self.served,
-                    tags=[_DATA] * len(messages),
-                    chunk_numel=ch.chunk_to(active),
-                )
-                pending.wait(ch.timeout)
-                if ch.check_finite:
-                    for t in incoming:
-                        if t.is_floating_point():
-                            check_finite(t, rank=ch.rank, peer=active, step=self.served)
-                with self.codec_lock:
-                    codec.receive(active)
-                    codec.move(active, flat, guard=self.lock)
-                with self.lock:
-                    self.served += 1
-                    self.bytes_sent += sum(t.nbytes for t in reply)
-        except GossipPeerError:
-            raise
-        except Exception as exc:  # name who and when, whatever went wrong
-            raise GossipPeerError(
-                f"rank {ch.rank}: the AD-PSGD responder failed serving rank {active} at "
-                f"exchange {self.served}: {exc}",
-                rank=ch.rank,
-                peer=active,
-                step=self.served,
-            ) from exc
+        # Encoding reads the shared value once, without its lock: a value the training
+        # thread is adding to meanwhile is still *a* value of this rank, and the pair's
+        # sum depends only on the copies, which both ends update with the same decoded
+        # bits.
+        with self.codec_lock:
+            reply = codec.encode(active, flat)
+        messages = [Message(active, t, False) for t in incoming]
+        messages += [Message(active, t, True) for t in reply]
+        pending = post(
+            messages,
+            ch.group,
+            ch.rank,
+            self.served,
+            tags=[_DATA] * len(messages),
+            chunk_numel=ch.chunk_to(active),
+        )
+        pending.wait(ch.timeout)
+        if ch.check_finite:
+            for t in incoming:
+                if t.is_floating_point():
+                    check_finite(t, rank=ch.rank, peer=active, step=self.served)
+        with self.codec_lock:
+            codec.receive(active)
+            codec.move(active, flat, guard=self.lock)
+        return sum(t.nbytes for t in reply)
 
     def check(self) -> None:
         if self._responder is not None and self._responder.done():

@@ -9,20 +9,18 @@ go in one ``batch_isend_irecv``, so no ordering can deadlock, at any world size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 
-from gossip_comm._engines import build_engine
+from gossip_comm._engines import EngineGossiper, build_engine
 from gossip_comm.config import GossipConfig
-from gossip_comm.handle import GossipHandle
 from gossip_topology import Topology, check_doubly_stochastic
 
 __all__ = ["PushPull"]
 
 
-class PushPull:
+class PushPull(EngineGossiper):
     """Doubly-stochastic gossip of one tensor shape, on gloo (CPU) or NCCL (CUDA).
 
     It has [`PushSum`][gossip_comm.PushSum]'s signature (the
@@ -71,43 +69,3 @@ class PushPull:
             layout=layout,
             reference=reference,
         )
-
-    @property
-    def bytes_sent(self) -> int:
-        """Bytes this rank has sent so far (messages and weights, on the wire)."""
-        return self._engine.bytes_sent
-
-    @property
-    def step(self) -> int:
-        """Number of steps posted so far."""
-        return self._engine.step
-
-    def mix(self, tensor: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, float]:
-        """One blocking push-pull step; ``tensor`` is updated in place.
-
-        Returns:
-            ``(tensor, weight)``, the weight unchanged.
-        """
-        return self._engine.mix(tensor, float(weight))
-
-    def start(
-        self, tensor: torch.Tensor, weight: float = 1.0
-    ) -> GossipHandle[tuple[torch.Tensor, float]]:
-        """Post one step; ``handle.wait()`` gives ``(tensor, weight)``, mixed in place."""
-        return self._engine.start(tensor, float(weight))
-
-    def state_dict(self) -> dict[str, Any]:
-        """The step counter; with compression also the public copies and codec states."""
-        return self._engine.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore `state_dict`'s output.
-
-        Raises:
-            ValueError: If the state does not fit this gossiper.
-        """
-        self._engine.load_state_dict(state)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        """Release the background thread used by ``start`` on CPU."""
-        self._engine.close()

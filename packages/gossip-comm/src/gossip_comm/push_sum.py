@@ -15,10 +15,9 @@ from typing import Any
 import torch
 
 from gossip_comm._compressed import CompressedFlight
-from gossip_comm._engines import build_engine
+from gossip_comm._engines import EngineGossiper, build_engine
 from gossip_comm._exchange import InFlight
 from gossip_comm.config import GossipConfig
-from gossip_comm.handle import GossipHandle
 from gossip_topology import Topology
 
 __all__ = ["OverlapRound", "PushSum"]
@@ -55,7 +54,7 @@ class OverlapRound:
         self._flight.keep(snapshot, out)
 
 
-class PushSum:
+class PushSum(EngineGossiper):
     """Push-sum gossip of one tensor shape, on gloo (CPU) or NCCL (CUDA).
 
     All traffic is point-to-point (``batch_isend_irecv``) on ``process_group``. When the
@@ -123,41 +122,9 @@ class PushSum:
         )
 
     @property
-    def bytes_sent(self) -> int:
-        """Bytes this rank has sent so far (messages and weights, on the wire)."""
-        return self._engine.bytes_sent
-
-    @property
-    def step(self) -> int:
-        """Number of steps posted so far (the schedule position)."""
-        return self._engine.step
-
-    @property
     def sends_weight(self) -> bool:
         """Whether the push-sum weight travels with each message."""
         return self._engine.carries_weight
-
-    def mix(self, tensor: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, float]:
-        """One blocking push-sum step; ``tensor`` is updated in place and returned.
-
-        Returns:
-            ``(tensor, new_weight)``; ``tensor / new_weight`` estimates the average.
-
-        Raises:
-            GossipTimeoutError: If a peer's message does not arrive within the timeout.
-            PeerLostError: If a peer's process died.
-            NonFiniteError: With ``check_finite``, if a peer sent NaN or Inf.
-        """
-        return self._engine.mix(tensor, float(weight))
-
-    def start(
-        self, tensor: torch.Tensor, weight: float = 1.0
-    ) -> GossipHandle[tuple[torch.Tensor, float]]:
-        """Post one step and return at once; ``handle.wait()`` gives ``(tensor, weight)``.
-
-        ``tensor`` is updated in place when the step finishes; do not modify it before.
-        """
-        return self._engine.start(tensor, float(weight))
 
     def send(self, tensor: torch.Tensor, weight: float) -> OverlapRound:
         """Overlap mode: post one step's messages carrying ``tensor`` and return at once.
@@ -189,7 +156,7 @@ class PushSum:
         if base is not None:
             self._engine.channel.check(base)
         self._engine.channel.check(into)
-        return self._engine.accumulate(round_._flight, into, base)  # type: ignore[arg-type]
+        return self._engine.accumulate(round_._flight, into, base)
 
     def round_state(self, round_: OverlapRound) -> dict[str, Any]:
         """Overlap mode: wait for ``round_``'s messages and return them without folding.
@@ -206,7 +173,7 @@ class PushSum:
         Raises:
             GossipTimeoutError: If a peer's message does not arrive within the timeout.
         """
-        return self._engine.delivered(round_._flight)  # type: ignore[arg-type]
+        return self._engine.delivered(round_._flight)
 
     def restore_round(self, state: Mapping[str, Any]) -> OverlapRound:
         """Overlap mode: a round whose messages are in, from `round_state`'s output.
@@ -219,20 +186,3 @@ class PushSum:
                 buffer size or wire dtype).
         """
         return OverlapRound(self._engine.restore(state))
-
-    def state_dict(self) -> dict[str, Any]:
-        """The step counter; with compression also the public copies and codec states."""
-        return self._engine.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore `state_dict`'s output.
-
-        Raises:
-            ValueError: If the step is not an int >= 0, or the state does not fit (saved
-                without the compression this gossiper uses, or for another buffer size).
-        """
-        self._engine.load_state_dict(state)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        """Release the background thread used by ``start`` on CPU."""
-        self._engine.close()
