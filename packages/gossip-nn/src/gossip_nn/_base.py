@@ -22,12 +22,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.hooks import RemovableHandle
 
 from gossip_comm import FlatBuffer
+from gossip_nn._buffers import restored_on_exit
+from gossip_nn.averaging import ExactAveragingSchedule
+from gossip_nn.slowmo import SlowMo
+from gossip_topology import Topology
 
 __all__ = [
     "DataParallelModule",
     "bind_flat",
+    "load_outer_state",
     "make_ddp",
     "network_average",
+    "save_outer_state",
 ]
 
 
@@ -73,6 +79,37 @@ class DataParallelModule(nn.Module, ABC):
     def ps_weight(self) -> float:
         """This rank's push-sum weight (1 for algorithms without one)."""
         return 1.0
+
+    @property
+    def synchronous(self) -> bool:
+        """Whether every rank takes part in every step (all but AD-PSGD).
+
+        A synchronous algorithm can run a collective at any iteration boundary (agree on
+        a preemption, save a checkpoint); an asynchronous one's ranks run at their own
+        pace, so a loop should agree on such things less often, through a store.
+        """
+        return True
+
+    @property
+    @abstractmethod
+    def bytes_sent(self) -> int:
+        """Bytes this process has sent to train so far (see each wrapper for what counts)."""
+
+    def set_topology(
+        self, topology: Topology | str | int | None = None, *, peers_per_itr: int | None = None
+    ) -> None:
+        """Gossip on another graph, or with another number of peers, from the next step on.
+
+        A collective at an iteration boundary; see
+        [`GossipDataParallel.set_topology`][gossip_nn.GossipDataParallel.set_topology].
+
+        Raises:
+            RuntimeError: If the algorithm has no graph it can change while training.
+        """
+        raise RuntimeError(self._fixed_topology_reason())
+
+    def _fixed_topology_reason(self) -> str:
+        return f"algorithm {self.algorithm!r} cannot change its topology"
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped module."""
@@ -188,6 +225,20 @@ class DataParallelModule(nn.Module, ABC):
         """Make the state saveable; by default, finish in-flight gossip."""
         self.finish_gossip()
 
+    def _hold_ddp(self, ddp: DistributedDataParallel | None) -> None:
+        """Hold ``ddp`` (over ``self.module``, or ``None``) as the submodule ``_ddp``.
+
+        Registered, so ``train()``/``eval()`` and ``to()`` reach it; its keys
+        (``_ddp.module.*``, the same tensors as ``module.*``) are left out of
+        ``state_dict`` and not expected by ``load_state_dict``, so checkpoints keep the
+        plain ``module.*`` layout whatever the algorithm.
+        """
+        self.register_module("_ddp", ddp)
+        if ddp is None:
+            return
+        ddp.register_state_dict_post_hook(_drop_own_keys)  # type: ignore[no-untyped-call]
+        self.register_load_state_dict_post_hook(_ddp_keys_not_missing)  # type: ignore[no-untyped-call]
+
     def get_extra_state(self) -> dict[str, Any]:
         """The algorithm, the push-sum weight and the gossipers' step counters."""
         return {"algorithm": self.algorithm, **self._gossip_state()}
@@ -204,6 +255,44 @@ class DataParallelModule(nn.Module, ABC):
                 f"checkpoint is from algorithm {found!r}, this wrapper runs {self.algorithm!r}"
             )
         self._load_gossip_state(state)
+
+
+def _drop_own_keys(
+    module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    for key in [k for k in state if k.startswith(prefix)]:
+        del state[key]
+
+
+def _ddp_keys_not_missing(module: nn.Module, incompatible: Any) -> None:
+    incompatible.missing_keys[:] = [
+        k for k in incompatible.missing_keys if not k.startswith("_ddp.")
+    ]
+
+
+def save_outer_state(
+    state: dict[str, Any], exact: ExactAveragingSchedule, slowmo: SlowMo | None
+) -> None:
+    """Add the exact-averaging schedule's and SlowMo's counters to a gossip state."""
+    state["exact_averaging"] = exact.state_dict()
+    if slowmo is not None:
+        state["slowmo"] = slowmo.state_dict()
+
+
+def load_outer_state(
+    state: dict[str, Any], exact: ExactAveragingSchedule, slowmo: SlowMo | None
+) -> None:
+    """Restore what `save_outer_state` saved.
+
+    Raises:
+        ValueError: If this wrapper runs SlowMo and the checkpoint has no SlowMo state.
+    """
+    if "exact_averaging" in state:  # checkpoints from before the schedule had a state
+        exact.load_state_dict(state["exact_averaging"])
+    if slowmo is not None:
+        if "slowmo" not in state:
+            raise ValueError("checkpoint has no SlowMo state, but this wrapper runs SlowMo")
+        slowmo.load_state_dict(state["slowmo"])
 
 
 def bind_flat(params: Sequence[torch.Tensor]) -> FlatBuffer:
@@ -230,17 +319,12 @@ def network_average(
     weight $w_i$ (1 without push-sum, which gives the plain mean). One all-reduce per
     buffer and one for the weights: every rank must enter.
     """
-    saved = [buf.clone() for buf in buffers]
-    with torch.no_grad():
-        total = torch.tensor([weight], dtype=torch.float64, device=buffers[0].device)
-        dist.all_reduce(total, group=group)
-        for buf in buffers:
-            buf.mul_(weight)
-            dist.all_reduce(buf, group=group)
-            buf.div_(float(total.item()))
-    try:
-        yield
-    finally:
+    with restored_on_exit(buffers):
         with torch.no_grad():
-            for buf, old in zip(buffers, saved, strict=True):
-                buf.copy_(old)
+            total = torch.tensor([weight], dtype=torch.float64, device=buffers[0].device)
+            dist.all_reduce(total, group=group)
+            for buf in buffers:
+                buf.mul_(weight)
+                dist.all_reduce(buf, group=group)
+                buf.div_(float(total.item()))
+        yield

@@ -18,7 +18,19 @@ from torch.distributed import ProcessGroup
 
 from gossip_comm import FlatBuffer
 
-__all__ = ["BufferSync", "floating_buffers"]
+__all__ = ["BufferSync", "floating_buffers", "restored_on_exit"]
+
+
+@contextmanager
+def restored_on_exit(tensors: list[torch.Tensor]) -> Iterator[None]:
+    """Inside the block ``tensors`` may change; on exit they hold their values from before."""
+    saved = [t.detach().clone() for t in tensors]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, old in zip(tensors, saved, strict=True):
+                t.copy_(old)
 
 
 def floating_buffers(module: nn.Module) -> list[torch.Tensor]:
@@ -82,12 +94,6 @@ class BufferSync:
         if self.flat is None or (self.mode == "average" and not gossiped_too):
             yield
             return
-        bufs = self.flat.buffers
-        saved = [b.clone() for b in bufs]
-        self.average_in_place()
-        try:
+        with restored_on_exit(self.flat.buffers):
+            self.average_in_place()
             yield
-        finally:
-            with torch.no_grad():
-                for b, old in zip(bufs, saved, strict=True):
-                    b.copy_(old)

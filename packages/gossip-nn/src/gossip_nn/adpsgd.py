@@ -31,7 +31,13 @@ from torch import nn
 
 from gossip_comm import AsyncBilateral, GossipHandle, common_references
 from gossip_nn._async_exact import ExchangeLedger
-from gossip_nn._base import DataParallelModule, bind_flat, network_average
+from gossip_nn._base import (
+    DataParallelModule,
+    bind_flat,
+    load_outer_state,
+    network_average,
+    save_outer_state,
+)
 from gossip_nn._buffers import BufferSync, floating_buffers
 from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.options import GossipOptions
@@ -235,6 +241,17 @@ class BilateralGossipDataParallel(DataParallelModule):
         return "adpsgd"
 
     @property
+    def synchronous(self) -> bool:
+        """``False``: each rank steps at its own pace; no step is global."""
+        return False
+
+    def _fixed_topology_reason(self) -> str:
+        return (
+            "AD-PSGD's pairs are fixed when the wrapper is built (a bipartite graph, one "
+            "peer per step); build a new wrapper to gossip on another graph"
+        )
+
+    @property
     def bytes_sent(self) -> int:
         """Bytes this rank has sent in pairwise exchanges so far (requests or replies)."""
         return self._pairs.bytes_sent
@@ -258,6 +275,20 @@ class BilateralGossipDataParallel(DataParallelModule):
     @torch.no_grad()
     def finish_gossip(self) -> None:
         """Adopt every average completed so far (an active waits for its open request)."""
+        self._role.sync()
+
+    @torch.no_grad()
+    def _settle_for_checkpoint(self) -> None:
+        """Bring every pairwise exchange home on both ends before the state is read.
+
+        A collective, at the same local iteration of every rank (as every checkpoint of
+        every rank's own state is): an active adopts its open exchange and a passive
+        waits until its responder has applied every request sent to it, so the saved
+        models hold each exchange on both ends or on neither, and their sum is exactly
+        the sum of the models trained. After `close`, nothing is in flight.
+        """
+        if not self._closed:
+            self._ledger.drain()
         self._role.sync()
 
     @property
@@ -319,10 +350,8 @@ class BilateralGossipDataParallel(DataParallelModule):
             "ps_weight": 1.0,
             "gossip": [self._pairs.state_dict()],
             "progress": self._progress.state_dict(),
-            "exact_averaging": self._exact.state_dict(),
         }
-        if self._slowmo is not None:
-            state["slowmo"] = self._slowmo.state_dict()
+        save_outer_state(state, self._exact, self._slowmo)
         return state
 
     @torch.no_grad()
@@ -332,9 +361,4 @@ class BilateralGossipDataParallel(DataParallelModule):
         self._role.restored()
         if "progress" in state:
             self._progress.load_state_dict(state["progress"])
-        if "exact_averaging" in state:
-            self._exact.load_state_dict(state["exact_averaging"])
-        if self._slowmo is not None:
-            if "slowmo" not in state:
-                raise ValueError("checkpoint has no SlowMo state, but this wrapper runs SlowMo")
-            self._slowmo.load_state_dict(state["slowmo"])
+        load_outer_state(state, self._exact, self._slowmo)

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -40,6 +41,8 @@ class AllReduceDataParallel(DataParallelModule):
         ValueError: If the model differs across ranks or the optimizer does not own it.
     """
 
+    _ddp: DistributedDataParallel
+
     def __init__(
         self,
         module: nn.Module,
@@ -52,18 +55,43 @@ class AllReduceDataParallel(DataParallelModule):
         group, _ = checked_parameters(module, optimizer, self.options.process_group)
         self.module = module
         self.options.warn_ignored("ar")
-        # Not registered as a submodule, so checkpoints keep the plain ``module.*`` keys.
-        self._ddp: DistributedDataParallel
         self._buffer_sync = BufferSync(module, self.options.buffers, group)
-        self.__dict__["_ddp"] = make_ddp(
-            module, self.options.process_group, sync_buffers=self.options.buffers == "broadcast"
+        self._hold_ddp(
+            make_ddp(
+                module, self.options.process_group, sync_buffers=self.options.buffers == "broadcast"
+            )
         )
+        n = dist.get_world_size(group)
+        averaged = self._buffer_sync.gossiped if self.options.buffers == "average" else []
+        reduced = sum(t.numel() * t.element_size() for t in [*self._trainable(), *averaged])
+        self._ring_bytes = 2 * (n - 1) * reduced // n  # per step, for bytes_sent
+        self._steps = 0
         self._hook(optimizer)
+
+    def _trainable(self) -> list[torch.Tensor]:
+        return [p for p in self.module.parameters() if p.requires_grad]
 
     @property
     def algorithm(self) -> str:
         """``"ar"``."""
         return "ar"
+
+    @property
+    def bytes_sent(self) -> int:
+        r"""What a ring all-reduce sends from each rank for the steps taken so far.
+
+        Computed, not counted (DDP's collectives are torch's): per optimizer step,
+        $2(n-1)/n$ times the bytes of the gradients (and, with ``buffers="average"``,
+        of the floating buffers), the traffic of a bandwidth-optimal all-reduce. Skipped
+        mixed-precision steps count, since their gradients were all-reduced too.
+        """
+        return self._steps * self._ring_bytes
+
+    def _fixed_topology_reason(self) -> str:
+        return (
+            "AR-SGD all-reduces over every rank and has no gossip topology to set; "
+            "set_topology applies to the gossip algorithms (sgp, osgp, dpsgd)"
+        )
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the module through DDP, which all-reduces gradients in backward."""
@@ -71,8 +99,10 @@ class AllReduceDataParallel(DataParallelModule):
 
     def _skipped_update(self, optimizer: torch.optim.Optimizer) -> None:
         """Every rank skipped together (the gradients were all-reduced): nothing to do."""
+        self._steps += 1
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._steps += 1
         if self._buffer_sync.mode == "average":
             self._buffer_sync.average_in_place()  # one all-reduce of the buffers a step
 

@@ -23,8 +23,10 @@ from gossip_comm import comm_device_for, common_references
 from gossip_nn._base import (
     DataParallelModule,
     bind_flat,
+    load_outer_state,
     make_ddp,
     network_average,
+    save_outer_state,
 )
 from gossip_nn._buffers import BufferSync
 from gossip_nn._steps import Compression, GossipStep, build_step
@@ -70,6 +72,8 @@ class GossipDataParallel(DataParallelModule):
         ```
     """
 
+    _ddp: DistributedDataParallel | None
+
     def __init__(
         self,
         module: nn.Module,
@@ -92,12 +96,13 @@ class GossipDataParallel(DataParallelModule):
         self._flat = bind_flat(self._params)
         self._buffer_sync = BufferSync(module, options.buffers, self._group)
         self._shards = Shards(self._flat.buffers + self._buffer_sync.gossiped, self._hierarchy)
-        self._ddp: DistributedDataParallel | None = None
-        if self._hierarchy is not None:
-            # DDP averages gradients inside the node, overlapping backward. Not a
-            # registered submodule, so checkpoints keep the plain ``module.*`` keys.
-            self.__dict__["_ddp"] = make_ddp(module, self._hierarchy.node_group, sync_buffers=False)
+        self._hold_ddp(  # DDP averages gradients inside the node
+            make_ddp(module, self._hierarchy.node_group, sync_buffers=False)
+            if self._hierarchy is not None
+            else None
+        )
         self._compression = self._plan_compression()
+        self._sent_before = 0  # bytes sent by the steps that set_topology replaced
         self._step = self._build_step(algorithm, self.topology)
         self._exact = ExactAveragingSchedule(
             every=options.global_average_every, warmup_steps=options.allreduce_warmup_steps
@@ -163,8 +168,8 @@ class GossipDataParallel(DataParallelModule):
     @property
     def bytes_sent(self) -> int:
         """Bytes this process has sent in gossip messages so far (exact averages and
-        in-node traffic not included)."""
-        return self._step.bytes_sent
+        in-node traffic not included), over every topology it has gossiped on."""
+        return self._sent_before + self._step.bytes_sent
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the module (through DDP over the node, with ``nprocs_per_node > 1``)."""
@@ -210,7 +215,7 @@ class GossipDataParallel(DataParallelModule):
 
     @torch.no_grad()
     def set_topology(
-        self, topology: Topology | str | int, *, peers_per_itr: int | None = None
+        self, topology: Topology | str | int | None = None, *, peers_per_itr: int | None = None
     ) -> None:
         """Gossip on another graph from the next step on (the 2019 peers-per-iteration schedule).
 
@@ -222,7 +227,8 @@ class GossipDataParallel(DataParallelModule):
 
         Args:
             topology: A `gossip_topology.Topology` for the gossip participants, a
-                registry name or a 2019 graph id.
+                registry name or a 2019 graph id; ``None`` keeps the graph in
+                ``options.topology`` (to change only ``peers_per_itr``).
             peers_per_itr: Out-peers per step for a name or id; the current value when
                 ``None``.
 
@@ -239,6 +245,8 @@ class GossipDataParallel(DataParallelModule):
                 f"peers_per_itr={peers_per_itr} disagrees with the given topology's "
                 f"peers_per_itr={topology.peers_per_itr}; pass one or the other"
             )
+        if topology is None:
+            topology = self.options.topology
         k = self.options.peers_per_itr if peers_per_itr is None else peers_per_itr
         if isinstance(topology, Topology):
             k = topology.peers_per_itr
@@ -256,15 +264,14 @@ class GossipDataParallel(DataParallelModule):
             self.options = dataclasses.replace(options, topology=self.topology)
             raise
         self._step.load_state_dict(carried)
+        self._sent_before += old.bytes_sent
         old.close()
         self.topology = new_topology
 
     def _gossip_state(self) -> dict[str, Any]:
         state = self._step.state_dict()
         state["weights_travel"] = self._weights_travel
-        state["exact_averaging"] = self._exact.state_dict()
-        if self._slowmo is not None:
-            state["slowmo"] = self._slowmo.state_dict()
+        save_outer_state(state, self._exact, self._slowmo)
         return state
 
     def _load_gossip_state(self, state: dict[str, Any]) -> None:
@@ -273,14 +280,10 @@ class GossipDataParallel(DataParallelModule):
             # them (every rank loads the same flag, so every rank rebuilds)
             old = self._step
             self._step = self._build_step(old.algorithm, self.topology, True)
+            self._sent_before += old.bytes_sent
             old.close()
         self._step.load_state_dict(state)
-        if "exact_averaging" in state:
-            self._exact.load_state_dict(state["exact_averaging"])
-        if self._slowmo is not None:
-            if "slowmo" not in state:
-                raise ValueError("checkpoint has no SlowMo state, but this wrapper runs SlowMo")
-            self._slowmo.load_state_dict(state["slowmo"])
+        load_outer_state(state, self._exact, self._slowmo)
 
     def close(self) -> None:
         """Finish gossip, remove the optimizer hooks and release gossip threads."""

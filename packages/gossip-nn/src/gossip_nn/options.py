@@ -10,7 +10,8 @@ from torch.distributed import ProcessGroup
 
 from gossip_comm import Compressor, GossipConfig
 from gossip_nn.slowmo import SlowMoOptions
-from gossip_topology import Mixing, Topology, check_int, make_topology
+from gossip_topology import Mixing, Topology, make_topology
+from gossip_topology._checks import check_int
 
 __all__ = ["BUFFER_MODES", "DPSGD_ORDERS", "GossipOptions"]
 
@@ -26,6 +27,7 @@ _COMMON = {"process_group", "buffers"}
 _GOSSIP = _COMMON | {
     "topology",
     "peers_per_itr",
+    "legacy_phone_book",
     "mixing",
     "wire_dtype",
     "nprocs_per_node",
@@ -43,21 +45,8 @@ _USED_BY: dict[str, frozenset[str]] = {
     "sgp": frozenset(_GOSSIP),
     "osgp": frozenset(_GOSSIP | {"synch_freq"}),
     "dpsgd": frozenset(_GOSSIP | {"dpsgd_order"}),
-    "adpsgd": frozenset(
-        _COMMON
-        | {
-            "topology",
-            "peers_per_itr",
-            "timeout",
-            "chunk_bytes",
-            "check_finite",
-            "global_average_every",
-            "allreduce_warmup_steps",
-            "slowmo",
-            "compression",
-            "consensus_step",
-        }
-    ),
+    # asynchronous pairs: no overlap bound, no hierarchy, and a plain average of each pair
+    "adpsgd": frozenset(_GOSSIP - {"mixing", "wire_dtype", "nprocs_per_node"}),
 }
 
 
@@ -68,6 +57,8 @@ class GossipOptions:
     Attributes:
         topology: A `gossip_topology.Topology`, a registry name, or a 2019 graph id.
         peers_per_itr: Out-peers per step when ``topology`` is a name or id.
+        legacy_phone_book: With a 2019 graph id (0-5) as ``topology``: build the phone
+            books exactly as the 2019 code did (see `gossip_topology.make_topology`).
         mixing: Mixing rule; uniform when ``None``.
         synch_freq: OSGP only: at most this many further steps may pass before a step's
             messages are folded in; 0 folds them at the next step.
@@ -118,6 +109,7 @@ class GossipOptions:
 
     topology: Topology | str | int = "npeer-dynamic-directed-exponential"
     peers_per_itr: int = 1
+    legacy_phone_book: bool = False
     mixing: Mixing | None = None
     synch_freq: int = 0
     wire_dtype: torch.dtype | None = None
@@ -140,6 +132,10 @@ class GossipOptions:
         check_int("synch_freq", self.synch_freq, minimum=0)
         check_int("global_average_every", self.global_average_every, minimum=0)
         check_int("allreduce_warmup_steps", self.allreduce_warmup_steps, minimum=0)
+        if not isinstance(self.legacy_phone_book, bool):
+            raise TypeError(
+                f"legacy_phone_book must be a bool; got {type(self.legacy_phone_book).__name__}"
+            )
         if self.slowmo is not None and not isinstance(self.slowmo, SlowMoOptions):
             raise TypeError(
                 f"slowmo must be a SlowMoOptions or None; got {type(self.slowmo).__name__}"
@@ -206,4 +202,9 @@ class GossipOptions:
                     f"{world_size} participants gossip; build it for {world_size}"
                 )
             return self.topology
-        return make_topology(self.topology, world_size, self.peers_per_itr)
+        return make_topology(
+            self.topology,
+            world_size,
+            self.peers_per_itr,
+            legacy_phone_book=self.legacy_phone_book,
+        )

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from gossip_topology import check_int
+from gossip_topology._checks import check_int
 
 __all__ = ["SlowMo", "SlowMoOptions"]
 

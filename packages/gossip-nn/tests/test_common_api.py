@@ -1,0 +1,168 @@
+"""What every wrapper answers the same way: synchronous, set_topology, bytes_sent, DDP."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gossip_comm.testing import run_distributed
+from gossip_nn import ALGORITHMS, GossipOptions, make_data_parallel
+from gossip_topology import make_topology
+from nn_oracles import D, loss, model, problem
+
+
+def _answers(rank: int, n: int) -> dict[str, Any]:
+    X, y, theta0 = problem(n)
+    out: dict[str, Any] = {}
+    for algorithm in ALGORITHMS:
+        net = model(theta0)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        dp = make_data_parallel(algorithm, net, opt)
+        loss(dp, X[rank], y[rank]).backward()
+        opt.step()
+        opt.zero_grad()
+        try:
+            dp.set_topology(peers_per_itr=1)
+            error = ""
+        except RuntimeError as exc:
+            error = str(exc)
+        out[algorithm] = (dp.synchronous, error, dp.bytes_sent)
+        dp.close()
+    return out
+
+
+def test_every_wrapper_answers_synchronous_set_topology_and_bytes_sent() -> None:
+    n = 2
+    answers = run_distributed(_answers, n)
+    for rank, got in enumerate(answers):
+        assert set(got) == set(ALGORITHMS)
+        for algorithm, (synchronous, error, sent) in got.items():
+            assert synchronous == (algorithm != "adpsgd"), algorithm
+            if algorithm == "ar":
+                assert "AR-SGD all-reduces over every rank" in error
+            elif algorithm == "adpsgd":
+                assert "AD-PSGD's pairs are fixed" in error
+            else:
+                assert error == "", (algorithm, error)
+            # one step of the float64 linear model: D values of 8 bytes
+            if algorithm == "ar":  # a ring all-reduce's 2 (n - 1) / n of the gradient
+                assert sent == 2 * (n - 1) * D * 8 // n
+            elif algorithm in ("sgp", "osgp", "dpsgd"):  # one peer, one message a step
+                assert sent >= D * 8, (algorithm, sent)
+            else:  # one request (a 16-byte header and the model) or at most one reply
+                assert sent in (0, D * 8, 16 + D * 8), (rank, sent)
+
+
+def _peers_only(rank: int, n: int) -> tuple[int, list[list[int]]]:
+    theta0 = problem(n)[2]
+    net = model(theta0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    dp = make_data_parallel("sgp", net, opt, topology="ring")
+    dp.set_topology(peers_per_itr=2)  # the graph stays a ring
+    topology = dp.topology  # type: ignore[attr-defined]
+    dp.close()
+    return topology.peers_per_itr, [topology.out_peers(r, 0) for r in range(n)]
+
+
+def test_set_topology_with_peers_only_keeps_the_graph() -> None:
+    n = 4
+    expected = make_topology("ring", n, peers_per_itr=2)
+    for k, peers in run_distributed(_peers_only, n):
+        assert k == 2
+        assert peers == [expected.out_peers(r, 0) for r in range(n)]
+
+
+class _BN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(D, 3)
+        self.bn = nn.BatchNorm1d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.bn(self.fc(x))
+        return out
+
+
+def _ddp_held(rank: int, n: int, algorithm: str) -> tuple[list[str], bool, bool, str]:
+    torch.manual_seed(0)
+    net = _BN()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    options = {"nprocs_per_node": 2} if algorithm == "sgp" else {}
+    dp = make_data_parallel(algorithm, net, opt, **options)
+    children = dict(dp.named_children())
+    assert children["_ddp"] is not None and children["_ddp"].module is net
+    dp.eval()
+    trained_flag_off = not children["_ddp"].training
+    dp.train()
+    state = dp.state_dict()
+    torch.manual_seed(1)
+    other = _BN()
+    opt2 = torch.optim.SGD(other.parameters(), lr=0.1)
+    dp2 = make_data_parallel(algorithm, other, opt2, **options)
+    result = dp2.load_state_dict(state)  # strict: no key missing, none unexpected
+    same = all(torch.equal(a, b) for a, b in zip(net.parameters(), other.parameters(), strict=True))
+    dp.close()
+    dp2.close()
+    return sorted(state), trained_flag_off, same, str(result)
+
+
+@pytest.mark.parametrize("algorithm", ["ar", "sgp"])
+def test_ddp_is_a_registered_submodule_outside_the_checkpoint(algorithm: str) -> None:
+    n = 4 if algorithm == "sgp" else 2  # sgp: two nodes of two processes, DDP in a node
+    for keys, eval_reached_ddp, restored, result in run_distributed(_ddp_held, n, (algorithm,)):
+        assert eval_reached_ddp
+        assert restored, result
+        assert "All keys matched" in result
+        assert all(k.startswith("module.") or k == "_extra_state" for k in keys), keys
+        assert "module.bn.running_mean" in keys and "module.fc.weight" in keys
+
+
+def _settled(rank: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    X, y, theta0 = problem(n)
+    net = model(theta0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    dp = make_data_parallel("adpsgd", net, opt)
+    with torch.no_grad():
+        net.weight.add_(float(rank))  # different models: averaging moves them
+    start = net.weight.detach()[0].clone().numpy()
+    rng = np.random.default_rng(rank)
+    for _ in range(6):
+        loss(dp, X[rank], y[rank]).backward()
+        time.sleep(float(rng.uniform(0, 0.01)))  # ranks drift apart, exchanges in flight
+        opt.step()
+        opt.zero_grad()
+    saved = dp.state_dict()["module.weight"][0].clone().numpy()  # no close() first
+    for _ in range(2):  # training goes on after the checkpoint
+        loss(dp, X[rank], y[rank]).backward()
+        opt.step()
+        opt.zero_grad()
+    dp.close()
+    return start, saved
+
+
+def test_adpsgd_checkpoint_settles_every_exchange_on_both_ends() -> None:
+    # lr 0: only exchanges move the models, and each keeps the pair's sum; a checkpoint
+    # taken while exchanges are in flight must hold each on both ends or on neither
+    n = 4
+    res = run_distributed(_settled, n)
+    starts = np.stack([s for s, _ in res])
+    saved = np.stack([m for _, m in res])
+    np.testing.assert_allclose(saved.sum(axis=0), starts.sum(axis=0), rtol=0, atol=1e-12)
+    assert not np.allclose(saved, starts)  # exchanges did happen before the checkpoint
+
+
+def test_legacy_phone_book_is_a_gossip_option() -> None:
+    n = 8
+    options = GossipOptions(topology=0, legacy_phone_book=True)
+    built = options.build_topology(n)
+    expected = make_topology(0, n, legacy_phone_book=True)
+    assert [built.out_peers(0, s) for s in range(6)] == [expected.out_peers(0, s) for s in range(6)]
+    assert options.ignored_by("ar") == ["topology", "legacy_phone_book"]
+    assert options.ignored_by("sgp") == []
+    with pytest.raises(TypeError, match="legacy_phone_book must be a bool"):
+        GossipOptions(legacy_phone_book=1)  # type: ignore[arg-type]
