@@ -146,7 +146,19 @@ def typecheck(session: nox.Session) -> None:
     session.run(python, "-m", "mypy", "--strict", *srcs, external=True)
 
 
-@nox.session
+def _docs_python(session: nox.Session, *extra: str) -> str:
+    """``.nox/dev`` with the docs tools added: the site documents the installed packages
+    (the ``sgp-imagenet`` command's page is generated from its real parser, whose
+    choices come from gossip-nn and torch-using modules)."""
+    python = _dev_python(session)
+    session.run(
+        python, "-m", "pip", "install", "--disable-pip-version-check", "-q", "-c",
+        str(CONSTRAINTS), *DOCS_TOOLS, *extra, external=True,
+    )  # fmt: skip
+    return python
+
+
+@nox.session(venv_backend="none")
 def docs(session: nox.Session) -> None:
     """Build the documentation site into ``site/`` with mkdocs --strict.
 
@@ -154,14 +166,17 @@ def docs(session: nox.Session) -> None:
     page. MathJax is fetched once from the npm registry (pinned, digest-checked) into
     ``.cache/`` and shipped with the site. ``nox -s docs -- serve`` serves it instead.
     """
-    session.install("-c", str(CONSTRAINTS), *DOCS_TOOLS)
+    python = _docs_python(session)
     if session.posargs[:1] == ["serve"]:
-        session.run("mkdocs", "serve", *session.posargs[1:])
+        session.run(python, "-m", "mkdocs", "serve", *session.posargs[1:], external=True)
         return
-    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
+    session.run(
+        python, "-m", "mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"),
+        external=True,
+    )  # fmt: skip
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def docs_browser(session: nox.Session) -> None:
     """Build the site, serve it on 127.0.0.1 and check it in headless Chromium.
 
@@ -171,12 +186,12 @@ def docs_browser(session: nox.Session) -> None:
     and 390 px: headings, typeset math, the search box, the 404 page, console errors.
     Screenshots and ``report.json`` go to ``site-check/``.
     """
-    session.install("-c", str(CONSTRAINTS), *DOCS_TOOLS, *BROWSER_TOOLS)
+    python = _docs_python(session, *BROWSER_TOOLS)
     site = ROOT / "site"
-    session.run("mkdocs", "build", "--strict", "--site-dir", str(site))
+    session.run(python, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site), external=True)
     session.run(
-        "python", str(ROOT / "docs" / "check" / "site_check.py"), "--site", str(site),
-        "--out", str(ROOT / "site-check"),
+        python, str(ROOT / "docs" / "check" / "site_check.py"), "--site", str(site),
+        "--out", str(ROOT / "site-check"), external=True,
     )  # fmt: skip
 
 

@@ -28,6 +28,8 @@ class DemoSettings:
         warmup_epochs: Linear warm-up.
         decay: ``--lr-schedule``.
         osgp_synch_freq: OSGP's staleness bound.
+        precise_bn: ``--precise-bn``: batches of training images that re-estimate the
+            BatchNorm statistics of each model evaluated (0: the running statistics).
     """
 
     ranks: int = 4
@@ -37,6 +39,7 @@ class DemoSettings:
     warmup_epochs: float = 1.0
     decay: str = "6:0.1"
     osgp_synch_freq: int = 0
+    precise_bn: int = 20
 
 
 #: The settings ``nox -s demo`` runs.
@@ -59,7 +62,8 @@ def train_command(
         "--algorithm", algorithm, "--dataset", "digits", "--arch", "small-cnn",
         "--epochs", str(settings.epochs), "--batch-size", str(settings.batch),
         "--lr", f"{settings.lr:g}", "--warmup-epochs", f"{settings.warmup_epochs:g}",
-        "--lr-schedule", settings.decay, "--workers", "0", "--print-freq", "20",
+        "--lr-schedule", settings.decay, "--precise-bn", str(settings.precise_bn),
+        "--workers", "0", "--print-freq", "20",
         "--log-dir", str(run_dir), "--checkpoint-dir", str(run_dir / "checkpoints"),
         *synch, *extra,
     ]  # fmt: skip

@@ -18,10 +18,11 @@ def test_largest_drop_counts_falls_after_the_warm_up_only() -> None:
     assert bench_demo.largest_drop([95.0, 96.0], after=0) == 0.0
 
 
-def _run(algorithm: str, final: float, drop: float, synch: int | None = None) -> dict:
+def _run(algorithm: str, final: float, drop: float, synch: int | None = None, bn: int = 0) -> dict:
     return {
         "algorithm": algorithm,
         "lr": 0.4,
+        "precise_bn": bn,
         "synch_freq": synch,
         "final_top1": final,
         "largest_drop": drop,
@@ -42,3 +43,15 @@ def test_verdicts_need_every_algorithm_within_a_point_and_no_large_drop() -> Non
     runs[3]["largest_drop"] = 4.0
     by_synch = {v["osgp_synch_freq"]: v for v in bench_demo.verdicts(runs)}
     assert by_synch[1]["met"] and by_synch[1]["worst_gap_to_ar"] == -0.5
+
+
+def test_verdicts_compare_each_setting_with_its_own_ar_run() -> None:
+    runs = [
+        _run("ar", 97.0, 1.0),
+        _run("osgp", 96.5, 1.0, synch=0),
+        _run("ar", 98.0, 1.0, bn=20),  # precise BN: a higher AR-SGD to compare with
+        _run("osgp", 96.5, 1.0, synch=0, bn=20),
+    ]
+    by_bn = {v["precise_bn"]: v for v in bench_demo.verdicts(runs)}
+    assert by_bn[0]["worst_gap_to_ar"] == -0.5 and by_bn[0]["met"]
+    assert by_bn[20]["worst_gap_to_ar"] == -1.5 and not by_bn[20]["met"]

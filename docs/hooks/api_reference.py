@@ -1,7 +1,7 @@
 """mkdocs hook: the API reference's summary tables, and a build that fails on undocumented names.
 
 Registered under ``hooks:`` in ``mkdocs.yml``. It reads the packages' sources with griffe,
-as mkdocstrings does, and imports none of them (the docs environment has no torch); the
+as mkdocstrings does, and imports none of them (statically, as the site documents them); the
 load is shared with ``external_links`` through ``api_packages``.
 
 - A package's overview page asks for its summary with a marker comment on a line of its

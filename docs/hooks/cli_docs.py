@@ -8,9 +8,10 @@ marker comment on a line of its own:
 - ``<!-- cli-docs: legacy-flags -->``: the 2019 flag mapping, ``sgp_imagenet.legacy.LEGACY_FLAGS``;
 - ``<!-- cli-docs: translate-example -->``: ``translate_2019`` run on a 2019 job's command.
 
-The docs environment has no torch and may not have the packages installed, so the hook
-puts ``packages/sgp-imagenet/src`` on ``sys.path``; both modules it reads need only the
-standard library. It imports no mkdocs module, so tests can load it by path.
+``nox -s docs`` builds the site in the development environment, where the packages and
+torch are installed (the parser's choices come from gossip-nn and the modules that own
+them); the hook also puts ``packages/sgp-imagenet/src`` on ``sys.path``, so the page always
+shows this checkout's parser. It imports no mkdocs module, so tests can load it by path.
 """
 
 from __future__ import annotations

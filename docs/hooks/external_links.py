@@ -56,15 +56,16 @@ def _python(names: str, page: str, *, anchor: bool = True) -> dict[str, str]:
 
 EXTERNAL_URLS: dict[str, str] = {
     # built-in types and exceptions, on the pages Python's own objects.inv puts them
-    **_python("bool float int object", "functions.html"),
+    **_python("bool float int", "functions.html"),
     **_python("dict list set str tuple", "stdtypes.html"),
-    **_python("ImportError RuntimeError TypeError ValueError", "exceptions.html"),
+    **_python("Exception ImportError RuntimeError TypeError ValueError", "exceptions.html"),
     # standard-library modules (their pages) and classes
     **_python("abc.ABC", "abc.html"),
     **_python("argparse", "argparse.html", anchor=False),
     **_python("argparse.ArgumentParser argparse.Namespace", "argparse.html"),
     **_python(
-        "collections.abc.Callable collections.abc.Iterator collections.abc.Mapping "
+        "collections.abc.Callable collections.abc.Iterable collections.abc.Iterator "
+        "collections.abc.Mapping "
         "collections.abc.Sequence",
         "collections.abc.html",
     ),

@@ -89,28 +89,48 @@ def test_four_ranks_osgp_on_digits(tmp_path: Path) -> None:
     assert "epoch 0 [6/6]" in out
 
 
+DIGITS = ["train", "--dataset", "digits"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["train", "--dataset", "digits", "--batch-size", "0"], "--batch-size must be >= 1"),
         (["train"], "give --data DIR"),
-        (["train", "--dataset", "digits", "--synch-freq", "2"], "--synch-freq applies to"),
+        (
+            ["train", "--dataset", "digits", "--synch-freq", "2"],
+            "--synch-freq does not apply to --algorithm sgp",
+        ),
+        # which flag applies to which algorithm is gossip-nn's answer, asked at the command line
+        (
+            [*DIGITS, "--algorithm", "ar", "--topology", "ring", "--synch-freq", "1"],
+            "--topology, --synch-freq do not apply to --algorithm ar",
+        ),
+        (
+            ["train", "--dataset", "digits", "--algorithm", "adpsgd", "--wire-dtype", "bf16"],
+            "--wire-dtype does not apply to --algorithm adpsgd",
+        ),
+        (
+            [*DIGITS, "--algorithm", "ar", "--peers-per-itr-schedule", "0:1 5:2"],
+            "--peers-per-itr-schedule does not apply to --algorithm ar",
+        ),
+        (["train", "--dataset", "digits", "--precise-bn", "-1"], "--precise-bn must be >= 0"),
         (["train", "--dataset", "digits", "--lr", "-1"], "--lr must be positive"),
         (["train", "--data", "/nonexistent/imagenet"], "/nonexistent/imagenet"),
         (["train", "--dataset", "digits", "--resume", "/nonexistent/ckpt.pt"], "--resume"),
         (["train", "--dataset", "digits", "--lr-schedule", "30-0.1"], "--lr-schedule"),
-        (["train", "--dataset", "digits", "--compression", "top5"], "--compression/"),
+        (["train", "--dataset", "digits", "--compression", "top5"], "--compression: "),
         (
             ["train", "--dataset", "digits", "--compression", "topk:2"],
             "fraction must be in (0, 1]",
         ),
         (
             ["train", "--dataset", "digits", "--algorithm", "ar", "--compression", "int8"],
-            "--compression applies to the gossip algorithms, not --algorithm ar",
+            "--compression does not apply to --algorithm ar",
         ),
         (
             ["train", "--dataset", "digits", "--compression", "int8", "--wire-dtype", "bf16"],
-            "--wire-dtype and --compression",
+            "--wire-dtype, --compression: wire_dtype and compression are both set",
         ),
         (["train", "--dataset", "digits", "--consensus-step", "0.5"], "only applies with"),
     ],

@@ -1,6 +1,7 @@
-"""The job scripts in ``job_scripts/``: shell syntax, ``#SBATCH`` headers, network settings,
-and every ``sgp-imagenet train`` command checked by the real argument parser, both read
-statically and captured from a dry run of the script with ``srun``/``torchrun`` stubs.
+"""The job scripts in ``job_scripts/``: the SLURM template ``slurm_train.sh``, dry-run for
+every algorithm (``ALGO``) and network (``NET``) with ``srun``/``sgp-imagenet`` stubs, and
+``torchrun_example.sh``. Each ``sgp-imagenet train`` command is checked by the real
+argument parser against the 2019 recipe.
 
 No SLURM, GPU or network is needed. Where ``job_scripts/`` is not next to ``tests/``
 (tests run from an installed wheel) every test here skips.
@@ -15,32 +16,71 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gossip_nn import ALGORITHMS
 from sgp_imagenet.cli import build_parser
 
 JOB_SCRIPTS = Path(__file__).resolve().parents[1] / "job_scripts"
-ALGORITHMS = ("ar", "sgp", "osgp", "dpsgd", "adpsgd")
-NETWORKS = ("ethernet", "infiniband")
-GOSSIP = ("sgp", "osgp", "dpsgd", "adpsgd")
-SLURM_SCRIPTS = [f"slurm_{a}_{n}.sh" for a in ALGORITHMS for n in NETWORKS]
+TEMPLATE = "slurm_train.sh"
 TORCHRUN = "torchrun_example.sh"
-ALL_SCRIPTS = [*SLURM_SCRIPTS, TORCHRUN]
+SCRIPTS = (TEMPLATE, TORCHRUN)
+
+# The networks the template knows, and what each must export to the tasks; None: left
+# unset, to NCCL's and gloo's own choice.
+NETWORK_ENV: dict[str, dict[str, str | None]] = {
+    "ethernet": {
+        "NCCL_IB_DISABLE": "1",
+        "NCCL_SOCKET_IFNAME": "eth0",
+        "GLOO_SOCKET_IFNAME": "eth0",
+    },
+    "infiniband": {"NCCL_IB_DISABLE": "0", "NCCL_SOCKET_IFNAME": None, "GLOO_SOCKET_IFNAME": None},
+}
+NETWORKS = tuple(NETWORK_ENV)
+DEFAULT_NETWORK = "ethernet"  # the paper's setting
+COMBINATIONS = [(algorithm, network) for algorithm in ALGORITHMS for network in NETWORKS]
+
+# The paper's ResNet-50 settings, the same in every script and for every algorithm.
+RECIPE: dict[str, Any] = {
+    "arch": "resnet50",
+    "batch_size": 32,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 1e-4,
+    "epochs": 90,
+    "lr_schedule": "30:0.1 60:0.1 80:0.1",
+    "warmup_epochs": 5.0,
+    "amp": "bf16",
+    "channels_last": True,
+    "workers": 8,
+    "checkpoint_every": 1000,
+    "resume": "auto",
+    "print_freq": 100,
+    "progress": "lines",
+}
+DIRECTED = {"topology": "npeer-dynamic-directed-exponential", "peers_per_itr_schedule": "0:1"}
 
 _SBATCH_LINE = re.compile(r"#SBATCH --([a-z][a-z-]*)(?:=(\S+))?")
-_VARIABLE = re.compile(r'"\$@"|\$\{(\w+)[^}]*\}|\$(\w+)')
-_LITERAL_DEFAULT = re.compile(r"^(\w+)=\$\{\1:-([^${}\s]*)\}$", re.MULTILINE)
 _BASH = shutil.which("bash")
 needs_bash = pytest.mark.skipif(_BASH is None, reason="needs bash")
 
 
-def _algorithm(name: str) -> str:
-    return name.split("_")[1]
-
-
-def _network(name: str) -> str:
-    return name.removesuffix(".sh").split("_")[2]
+def _algorithm_settings(algorithm: str) -> dict[str, Any]:
+    """What the 2019 recipe sets for ``algorithm``, as parsed ``train`` attributes."""
+    settings: dict[str, Any] = {
+        "algorithm": algorithm,
+        "topology": None,
+        "synch_freq": 1 if algorithm == "osgp" else 0,  # OSGP's one-iteration staleness
+        "checkpoint_all": algorithm != "ar",  # only AR-SGD's ranks hold the same model
+        "nprocs_per_node": 1,
+        "requeue": True,
+    }
+    if algorithm not in ("ar", "adpsgd"):  # AR-SGD has no graph; AD-PSGD keeps its own
+        settings.update(DIRECTED)
+    return settings
 
 
 def _read(name: str) -> str:
@@ -61,50 +101,39 @@ def _code_lines(text: str) -> list[str]:
     return [ln for ln in _logical_lines(text) if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def _substitute(line: str, text: str) -> str:
-    """Replace ``"$@"`` by nothing, a variable with a literal default (``X=${X:-sgp}``) by
-    that default, and any other variable by ``__NAME__``."""
-    defaults: dict[str, str] = dict(_LITERAL_DEFAULT.findall(text))
-
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        if name is None:
-            return ""
-        return defaults.get(name, f"__{name}__")
-
-    return _VARIABLE.sub(value, line)
-
-
-def _train_invocations(text: str) -> list[list[str]]:
-    """The arguments after ``sgp-imagenet`` of each ``sgp-imagenet train`` command."""
-    found = []
-    for line in _code_lines(text):
-        if "sgp-imagenet" not in line:
-            continue
-        tokens = shlex.split(_substitute(line, text), comments=True)
-        for i in range(len(tokens) - 1):
-            if tokens[i : i + 2] == ["sgp-imagenet", "train"]:
-                found.append(tokens[i + 1 :])
-    return found
+def _case_labels(text: str, variable: str) -> list[str]:
+    """The patterns of the ``case "$VARIABLE" in ... esac`` block, in order."""
+    block = re.search(rf'^case "\${variable}" in\n(.*?)^esac$', text, re.MULTILINE | re.DOTALL)
+    assert block, f'{TEMPLATE}: no case "${variable}" in ... esac block'
+    return re.findall(r"^    (\S+)\)$", block.group(1), re.MULTILINE)
 
 
 def _parse(argv: list[str], where: str) -> argparse.Namespace:
+    known = _train_options()
+    for token in argv:
+        if token.startswith("--"):  # whole names only: argparse would accept abbreviations
+            assert token.split("=")[0] in known, f"{where}: {token} is not a train option"
     try:
         return build_parser().parse_args(argv)
     except SystemExit:
         pytest.fail(f"{where}: build_parser() rejects {shlex.join(argv)} (see stderr)")
 
 
+def _train_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser: argparse.ArgumentParser = sub.choices["train"]
+    return parser
+
+
 def _train_options() -> set[str]:
     """Every option string of the ``train`` subcommand (argparse keeps them private)."""
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return set(sub.choices["train"]._option_string_actions)
+    return set(_train_parser()._option_string_actions)
 
 
 # -- files ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ALL_SCRIPTS)
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_script_is_executable_bash(name: str) -> None:
     text = _read(name)
     path = JOB_SCRIPTS / name
@@ -118,110 +147,69 @@ def test_script_is_executable_bash(name: str) -> None:
 
 def test_no_unexpected_scripts_and_readme_lists_all() -> None:
     readme = _read("README.md")
-    assert sorted(p.name for p in JOB_SCRIPTS.glob("*.sh")) == sorted(ALL_SCRIPTS)
-    for name in ALL_SCRIPTS:
+    assert sorted(p.name for p in JOB_SCRIPTS.glob("*.sh")) == sorted(SCRIPTS)
+    for name in SCRIPTS:
         assert f"`{name}`" in readme, f"README.md does not mention {name}"
 
 
-# -- SLURM headers -------------------------------------------------------------------
+def test_readme_shows_a_submit_line_per_algorithm_and_network() -> None:
+    submit_lines = [ln for ln in _read("README.md").splitlines() if f"sbatch {TEMPLATE}" in ln]
+    for variable, values in (("ALGO", ALGORITHMS), ("NET", NETWORKS)):
+        for value in values:
+            assert any(re.search(rf"\b{variable}={value}\s", ln) for ln in submit_lines), (
+                f"README.md: no 'sbatch {TEMPLATE}' line with {variable}={value}"
+            )
+        assert f"| `{variable}` |" in _read("README.md"), f"README.md: no row for {variable}"
 
 
-@pytest.mark.parametrize("name", SLURM_SCRIPTS)
-def test_sbatch_header(name: str) -> None:
-    lines = _read(name).splitlines()
+def test_template_cases_cover_every_algorithm_and_network() -> None:
+    text = _read(TEMPLATE)
+    # one branch per name, in gossip_nn's order, and a last one that rejects the rest
+    assert _case_labels(text, "ALGO") == [*ALGORITHMS, "*"]
+    assert _case_labels(text, "NET") == [*NETWORKS, "*"]
+
+
+# -- SLURM header ----------------------------------------------------------------------
+
+
+def test_sbatch_header() -> None:
+    lines = _read(TEMPLATE).splitlines()
     options: dict[str, str | None] = {}
     first_command = next(
         i for i, ln in enumerate(lines) if ln.strip() and not ln.lstrip().startswith("#")
     )
     for i, line in enumerate(lines):
         if not line.startswith("#SBATCH"):
-            assert "#SBATCH" not in line.lstrip()[:8], f"{name}:{i + 1}: indented #SBATCH"
+            assert "#SBATCH" not in line.lstrip()[:8], f"{TEMPLATE}:{i + 1}: indented #SBATCH"
             continue
         # sbatch stops reading #SBATCH lines at the first command
-        assert i < first_command, f"{name}:{i + 1}: #SBATCH after the first command"
+        assert i < first_command, f"{TEMPLATE}:{i + 1}: #SBATCH after the first command"
         match = _SBATCH_LINE.fullmatch(line)
-        assert match, f"{name}:{i + 1}: malformed (want '#SBATCH --option[=value]'): {line!r}"
-        assert match.group(1) not in options, f"{name}: --{match.group(1)} given twice"
+        assert match, f"{TEMPLATE}:{i + 1}: malformed (want '#SBATCH --option[=value]')"
+        assert match.group(1) not in options, f"{TEMPLATE}: --{match.group(1)} given twice"
         options[match.group(1)] = match.group(2)
     for required in ("job-name", "nodes", "ntasks-per-node", "gres", "cpus-per-task", "time"):
-        assert options.get(required), f"{name}: no '#SBATCH --{required}=...'"
-    assert "requeue" in options and options["requeue"] is None, f"{name}: no #SBATCH --requeue"
+        assert options.get(required), f"{TEMPLATE}: no '#SBATCH --{required}=...'"
+    assert "requeue" in options and options["requeue"] is None, "no #SBATCH --requeue"
     assert "no-requeue" not in options
     # no "B:": the signal must reach the srun tasks, which checkpoint; not the batch shell
     assert re.fullmatch(r"USR1@\d+", options.get("signal") or ""), (
-        f"{name}: want '#SBATCH --signal=USR1@SECONDS', got {options.get('signal')!r}"
+        f"want '#SBATCH --signal=USR1@SECONDS', got {options.get('signal')!r}"
     )
-    assert options.get("open-mode") == "append", f"{name}: a requeue would truncate the log"
-    assert options.get("output"), f"{name}: no #SBATCH --output"
+    assert options.get("open-mode") == "append", "a requeue would truncate the log"
+    assert options.get("output"), "no #SBATCH --output"
     gpus = re.fullmatch(r"gpu(?::[\w-]+)?:(\d+)", options["gres"] or "")
-    assert gpus, f"{name}: --gres={options['gres']} is not gpu:N"
-    assert gpus.group(1) == options["ntasks-per-node"], f"{name}: one task per GPU"
-    assert options["job-name"] == f"{_algorithm(name)}-{_network(name)}"
+    assert gpus, f"--gres={options['gres']} is not gpu:N"
+    assert gpus.group(1) == options["ntasks-per-node"], "one task per GPU"
 
 
-@pytest.mark.parametrize("name", SLURM_SCRIPTS)
-def test_network_settings(name: str) -> None:
-    code = _code_lines(_read(name))
-    exports = "\n".join(ln for ln in code if ln.lstrip().startswith("export"))
-    if _network(name) == "ethernet":
-        assert re.search(r"^export NCCL_IB_DISABLE=1$", exports, re.MULTILINE), name
-        assert "NCCL_SOCKET_IFNAME=" in exports and "GLOO_SOCKET_IFNAME=" in exports, name
-    else:
-        assert re.search(r"^export NCCL_IB_DISABLE=0$", exports, re.MULTILINE), name
-        assert not any("NCCL_IB_DISABLE=1" in ln for ln in code), f"{name} disables IB"
-        assert "NCCL_IB_HCA" in _read(name), f"{name}: no NCCL_IB_HCA example"
-
-
-@pytest.mark.parametrize("name", ALL_SCRIPTS)
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_script_never_requeues_itself(name: str) -> None:
     # the application runs `scontrol requeue` after its checkpoint; twice would be wrong
     assert not any("scontrol" in ln for ln in _code_lines(_read(name))), name
 
 
-# -- the training command, read statically -------------------------------------------
-
-
-@pytest.mark.parametrize("name", ALL_SCRIPTS)
-def test_train_command_parses(name: str) -> None:
-    text = _read(name)
-    invocations = _train_invocations(text)
-    assert len(invocations) == 1, f"{name}: want one 'sgp-imagenet train', got {invocations}"
-    argv = invocations[0]
-    known = _train_options()
-    for token in argv:
-        if token.startswith("--"):  # whole names only: argparse would accept abbreviations
-            assert token.split("=")[0] in known, f"{name}: {token} is not a train option"
-    args = _parse(argv, name)
-    assert args.command == "train"
-    # paths are parameters: they come from shell variables, never literals
-    assert args.data == "__DATA__", f"{name}: --data {args.data}"
-    assert args.checkpoint_dir == "__CKPT__", f"{name}: --checkpoint-dir {args.checkpoint_dir}"
-    assert args.log_dir == "__LOG_DIR__", f"{name}: --log-dir {args.log_dir}"
-    assert args.resume == "auto"
-    assert args.checkpoint_every > 0
-    # the paper's ResNet-50 settings
-    assert (args.arch, args.batch_size, args.lr, args.epochs) == ("resnet50", 32, 0.1, 90)
-    assert (args.momentum, args.nesterov, args.weight_decay) == (0.9, True, 1e-4)
-    assert (args.lr_schedule, args.warmup_epochs) == ("30:0.1 60:0.1 80:0.1", 5.0)
-    assert (args.amp, args.channels_last) == ("bf16", True)
-    if name == TORCHRUN:
-        assert args.algorithm == "sgp"  # ALGORITHM's default
-        assert args.requeue is False  # no SLURM job to requeue
-        return
-    algorithm = _algorithm(name)
-    assert args.algorithm == algorithm, f"{name} runs --algorithm {args.algorithm}"
-    assert args.requeue is True
-    assert args.checkpoint_all is (algorithm in GOSSIP)
-    assert args.synch_freq == (1 if algorithm == "osgp" else 0)
-    assert args.nprocs_per_node == 1
-    if algorithm in ("sgp", "osgp", "dpsgd"):
-        assert args.topology == "npeer-dynamic-directed-exponential"
-        assert args.peers_per_itr_schedule == "0:1"
-    else:
-        assert args.topology is None  # AR has none; AD-PSGD keeps its bipartite default
-
-
-@pytest.mark.parametrize("name", ALL_SCRIPTS)
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_paths_are_parameters(name: str) -> None:
     text = _read(name)
     assert re.search(r"^DATA=\$\{DATA:\?", text, re.MULTILINE), f"{name}: DATA must be required"
@@ -235,7 +223,7 @@ def test_paths_are_parameters(name: str) -> None:
         assert not absolute, f"{name}: hard-coded path {absolute} in {line.strip()!r}"
 
 
-# -- the training command, from a dry run ----------------------------------------------
+# -- dry runs ----------------------------------------------------------------------------
 
 
 def _stubs(tmp_path: Path) -> Path:
@@ -279,44 +267,108 @@ def _dry_run(
     return result, argv, recorded
 
 
-def _slurm_env(tmp_path: Path, name: str) -> dict[str, str]:
+def _slurm_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     return {
         "DATA": str(tmp_path / "imagenet"),
         "SLURM_JOB_ID": "4242",
-        "SLURM_JOB_NAME": f"{_algorithm(name)}-{_network(name)}",
+        "SLURM_JOB_NAME": "sgp-imagenet",
         "SLURM_SUBMIT_DIR": str(tmp_path),
         "SLURM_CPUS_PER_TASK": "10",
         "SLURM_JOB_NUM_NODES": "4",
         "SLURM_NTASKS": "32",
         "SLURM_JOB_NODELIST": "gpu[01-04]",
+        **settings,
     }
 
 
-@needs_bash
-@pytest.mark.parametrize("name", SLURM_SCRIPTS)
-def test_slurm_dry_run(name: str, tmp_path: Path) -> None:
-    result, argv, env = _dry_run(name, tmp_path, _slurm_env(tmp_path, name), "--epochs", "1")
-    assert result.returncode == 0, result.stderr
+def _srun_train_args(argv: list[str], where: str) -> argparse.Namespace:
+    """The ``sgp-imagenet train`` arguments that ``srun`` received, parsed."""
+    assert "sgp-imagenet" in argv, f"{where}: srun was not called with sgp-imagenet: {argv}"
     assert argv[: argv.index("sgp-imagenet")] == ["--kill-on-bad-exit=1"]
-    args = _parse(argv[argv.index("sgp-imagenet") + 1 :], name)
-    assert args.algorithm == _algorithm(name)
-    assert args.epochs == 1  # the script's own arguments are appended
-    assert args.data == str(tmp_path / "imagenet")
-    # keyed on the job id, which a requeued job keeps: it finds its checkpoints again
-    run = f"{_algorithm(name)}-{_network(name)}-4242"
-    assert args.checkpoint_dir == str(tmp_path / "checkpoints" / run)
-    assert args.log_dir == str(tmp_path / "logs" / run)
-    assert Path(args.checkpoint_dir).is_dir() and Path(args.log_dir).is_dir()
-    assert env["SRUN_CPUS_PER_TASK"] == "10"
-    assert env["NCCL_IB_DISABLE"] == ("1" if _network(name) == "ethernet" else "0")
-    if _network(name) == "ethernet":
-        assert env["NCCL_SOCKET_IFNAME"] == env["GLOO_SOCKET_IFNAME"] == "eth0"
+    return _parse(argv[argv.index("sgp-imagenet") + 1 :], where)
 
 
 @needs_bash
-@pytest.mark.parametrize("name", [SLURM_SCRIPTS[0], TORCHRUN])
+@pytest.mark.parametrize(("algorithm", "network"), COMBINATIONS)
+def test_template_dry_run(algorithm: str, network: str, tmp_path: Path) -> None:
+    env = _slurm_env(tmp_path, ALGO=algorithm, NET=network)
+    result, argv, task_env = _dry_run(TEMPLATE, tmp_path, env, "--epochs", "1")
+    assert result.returncode == 0, result.stderr
+    args = _srun_train_args(argv, f"ALGO={algorithm} NET={network}")
+    # keyed on the job id, which a requeued job keeps: it finds its checkpoints again
+    run = f"{algorithm}-{network}-4242"
+    expected = {
+        **vars(_train_parser().parse_args([])),
+        **RECIPE,
+        **_algorithm_settings(algorithm),
+        "command": "train",
+        "data": str(tmp_path / "imagenet"),
+        "checkpoint_dir": str(tmp_path / "checkpoints" / run),
+        "log_dir": str(tmp_path / "logs" / run),
+        "epochs": 1,  # the script's own arguments are appended, and win
+    }
+    assert vars(args) == expected
+    assert Path(args.checkpoint_dir).is_dir() and Path(args.log_dir).is_dir()
+    assert f"{algorithm} on {network}" in result.stdout
+    for variable, value in NETWORK_ENV[network].items():
+        assert task_env.get(variable) == value, f"NET={network}: {variable}"
+    assert task_env["SRUN_CPUS_PER_TASK"] == "10"
+    assert task_env["OMP_NUM_THREADS"] == "1"
+    assert task_env["NCCL_DEBUG"] == "WARN"
+
+
+@needs_bash
+def test_template_defaults(tmp_path: Path) -> None:
+    result, argv, task_env = _dry_run(TEMPLATE, tmp_path, _slurm_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    args = _srun_train_args(argv, "no ALGO or NET")
+    assert args.algorithm == _train_parser().get_default("algorithm")  # the CLI's default
+    assert vars(args).items() >= _algorithm_settings(args.algorithm).items()
+    assert Path(args.checkpoint_dir).name == f"{args.algorithm}-{DEFAULT_NETWORK}-4242"
+    for variable, value in NETWORK_ENV[DEFAULT_NETWORK].items():
+        assert task_env.get(variable) == value, variable
+
+
+_ALLOWED = {"ALGO": ALGORITHMS, "NET": NETWORKS}
+
+
+@needs_bash
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        (variable, value)
+        for variable, allowed in _ALLOWED.items()
+        # a typo, a right name in the wrong case, one with a stray space: no guessing
+        for value in ("bogus", allowed[-1].upper(), f"{allowed[0]} ")
+    ],
+)
+def test_template_rejects_an_unknown_value(variable: str, value: str, tmp_path: Path) -> None:
+    allowed = _ALLOWED[variable]
+    # without DATA, too: the bad setting is named first, before the job would need data
+    env = _slurm_env(tmp_path, **{variable: value})
+    env.pop("DATA")
+    result, argv, _ = _dry_run(TEMPLATE, tmp_path, env)
+    assert result.returncode == 2
+    assert argv == [], "srun ran"
+    message = result.stderr.strip()
+    assert message == f"{variable} must be one of {', '.join(allowed)}; got '{value}'"
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "logs").exists()
+
+
+@needs_bash
+def test_template_outside_sbatch_stops_after_the_checks(tmp_path: Path) -> None:
+    # what the README suggests on a login node: valid settings reach the SLURM check
+    env = _slurm_env(tmp_path, ALGO="osgp", NET="infiniband")
+    env.pop("SLURM_JOB_ID")
+    result, argv, _ = _dry_run(TEMPLATE, tmp_path, env)
+    assert result.returncode != 0 and argv == []
+    assert "submit this script with sbatch" in result.stderr
+
+
+@needs_bash
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_dry_run_without_data_fails_before_launching(name: str, tmp_path: Path) -> None:
-    env = _slurm_env(tmp_path, name) if name != TORCHRUN else {}
+    env = _slurm_env(tmp_path) if name == TEMPLATE else {}
     env.pop("DATA", None)
     result, argv, _ = _dry_run(name, tmp_path, env)
     assert result.returncode != 0
@@ -325,12 +377,41 @@ def test_dry_run_without_data_fails_before_launching(name: str, tmp_path: Path) 
 
 
 @needs_bash
-def test_slurm_dry_run_honours_ckpt(tmp_path: Path) -> None:
-    name = "slurm_sgp_infiniband.sh"
-    env = {**_slurm_env(tmp_path, name), "CKPT": str(tmp_path / "mine")}
-    result, argv, _ = _dry_run(name, tmp_path, env)
+def test_template_honours_ckpt_log_dir_and_interfaces(tmp_path: Path) -> None:
+    env = _slurm_env(
+        tmp_path,
+        NET="ethernet",
+        CKPT=str(tmp_path / "mine"),
+        LOG_DIR=str(tmp_path / "my-logs"),
+        NCCL_SOCKET_IFNAME="ens5",
+        GLOO_SOCKET_IFNAME="ens5",
+    )
+    result, argv, task_env = _dry_run(TEMPLATE, tmp_path, env)
     assert result.returncode == 0, result.stderr
-    assert _parse(argv[argv.index("sgp-imagenet") + 1 :], name).checkpoint_dir == env["CKPT"]
+    args = _srun_train_args(argv, "CKPT, LOG_DIR")
+    assert (args.checkpoint_dir, args.log_dir) == (env["CKPT"], env["LOG_DIR"])
+    assert task_env["NCCL_SOCKET_IFNAME"] == task_env["GLOO_SOCKET_IFNAME"] == "ens5"
+
+
+@needs_bash
+def test_torchrun_dry_run_defaults(tmp_path: Path) -> None:
+    env = {"DATA": str(tmp_path / "imagenet"), "NODE_RANK": "0", "MASTER_ADDR": "node0"}
+    result, argv, _ = _dry_run(TORCHRUN, tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert argv[argv.index("--no-python") + 1] == "sgp-imagenet"
+    args = _parse(argv[argv.index("--no-python") + 2 :], TORCHRUN)
+    expected = {
+        **vars(_train_parser().parse_args([])),
+        **RECIPE,
+        "command": "train",
+        "algorithm": "sgp",  # ALGORITHM's default
+        "checkpoint_all": True,  # any ALGORITHM may run, gossip included
+        "requeue": False,  # no SLURM job to requeue
+        "data": env["DATA"],
+        "checkpoint_dir": str(tmp_path / "checkpoints" / "sgp-imagenet-sgp"),
+        "log_dir": str(tmp_path / "logs" / "sgp-imagenet-sgp"),
+    }
+    assert vars(args) == expected
 
 
 @needs_bash

@@ -10,15 +10,22 @@ import re
 
 import pytest
 
-from gossip_topology import PhoneBookTopology, make_topology
+from gossip_nn import GossipOptions
+from gossip_topology import PhoneBookTopology, Topology, make_topology
 from sgp_imagenet.cli import build_parser
-from sgp_imagenet.train import _topology
+from sgp_imagenet.options import wrapper_options
 
 
 def _args(graph: int, k: int, legacy: bool) -> object:
     argv = ["train", "--dataset", "digits", "--algorithm", "sgp", "--topology", str(graph),
             "--peers-per-itr-schedule", f"0:{k}"]  # fmt: skip
     return build_parser().parse_args(argv + (["--legacy-schedule"] if legacy else []))
+
+
+def _topology(args: object, n: int, k: int) -> Topology:
+    """The graph the ranks build from the command line: flags -> options -> gossip-nn."""
+    options = GossipOptions(**wrapper_options(args, peers_per_itr=k))
+    return options.build_topology(n)
 
 
 def _books(topo: object, n: int) -> list[list[int]]:
@@ -36,9 +43,9 @@ def test_the_flag_selects_the_2019_books_for_every_graph_and_size(graph: int, k:
                 expected = make_topology(graph, n, k, legacy_phone_book=legacy)
             except ValueError as exc:
                 with pytest.raises(ValueError, match=re.escape(str(exc))):
-                    _topology(_args(graph, k, legacy), n, k)  # type: ignore[arg-type]
+                    _topology(_args(graph, k, legacy), n, k)
                 continue
-            got = _topology(_args(graph, k, legacy), n, k)  # type: ignore[arg-type]
+            got = _topology(_args(graph, k, legacy), n, k)
             assert _books(got, n) == _books(expected, n), (graph, n, k, legacy)
             assert got.period == expected.period
             if legacy:
@@ -52,7 +59,7 @@ def test_the_flag_selects_the_2019_books_for_every_graph_and_size(graph: int, k:
 
 
 def test_the_float_logarithm_of_2019_at_244_ranks() -> None:
-    legacy = _topology(_args(5, 2, True), 244, 2)  # type: ignore[arg-type]
-    exact = _topology(_args(5, 2, False), 244, 2)  # type: ignore[arg-type]
+    legacy = _topology(_args(5, 2, True), 244, 2)
+    exact = _topology(_args(5, 2, False), 244, 2)
     assert len(_books(legacy, 244)[0]) == 2 * 5  # levels 0..4 of base 3, two peers each
     assert len(_books(exact, 244)[0]) == 2 * 6  # the exact floor(log3(243)) = 5

@@ -12,9 +12,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["build_parser", "main"]
+from gossip_nn import ALGORITHMS
+from sgp_imagenet.data import DATASETS
+from sgp_imagenet.launch import BACKENDS
+from sgp_imagenet.options import WIRE_DTYPES, check_gossip_flags
 
-ALGORITHMS = ("ar", "sgp", "osgp", "dpsgd", "adpsgd")
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--synch-freq", type=int, default=0, help="osgp's staleness bound")
     g.add_argument(
         "--wire-dtype",
-        choices=("fp32", "bf16", "fp16"),
+        choices=tuple(WIRE_DTYPES),
         default="fp32",
         help="precision of gossip messages (not adpsgd)",
     )
@@ -84,11 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--lr-schedule", default="30:0.1 60:0.1 80:0.1", help="EPOCH:FACTOR pairs")
     m.add_argument("--warmup-epochs", type=float, default=5.0, help="linear warm-up, per iteration")
     m.add_argument("--label-smoothing", type=float, default=0.0, help="in [0, 1)")
+    m.add_argument(
+        "--precise-bn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="before each validation, re-estimate BatchNorm statistics for the weights "
+        "being evaluated over N batches of training images (0: the running statistics)",
+    )
     d = train.add_argument_group("data")
     d.add_argument("--data", default=None, help="ImageFolder root with train/ and val/")
     d.add_argument(
         "--dataset",
-        choices=("imagefolder", "synthetic", "digits"),
+        choices=DATASETS,
         default=None,
         help="imagefolder with --data; synthetic or digits need no files",
     )
@@ -114,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--backend",
-        choices=("auto", "nccl", "gloo"),
+        choices=BACKENDS,
         default="auto",
         help="auto: nccl with CUDA, gloo otherwise",
     )
@@ -209,6 +220,7 @@ def _validate(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
     for flag in (
         "synch_freq", "workers", "checkpoint_every", "max_iters_per_epoch", "preempt_check_every",
+        "precise_bn",
     ):  # fmt: skip
         if getattr(args, flag) < 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 0; got {getattr(args, flag)}")
@@ -220,24 +232,7 @@ def _validate(args: argparse.Namespace) -> None:
         args.dataset = "imagefolder" if args.data else None
         if args.dataset is None:
             raise ValueError("give --data DIR (an ImageFolder root) or --dataset synthetic|digits")
-    if args.synch_freq and args.algorithm != "osgp":
-        raise ValueError(f"--synch-freq applies to --algorithm osgp only; got {args.algorithm}")
-    if args.compression is not None or args.consensus_step is not None:
-        from gossip_nn import GossipOptions
-
-        try:
-            opts = GossipOptions(compression=args.compression, consensus_step=args.consensus_step)
-        except ValueError as exc:
-            raise ValueError(f"--compression/--consensus-step: {exc}") from None
-        if opts.ignored_by(args.algorithm):
-            raise ValueError(
-                f"--compression applies to the gossip algorithms, not --algorithm {args.algorithm}"
-            )
-        if args.wire_dtype != "fp32":
-            raise ValueError(
-                "--wire-dtype and --compression are both set; pick one (--compression bf16 "
-                "sends 16-bit differences and keeps the average exact)"
-            )
+    check_gossip_flags(args)  # gossip-nn knows which option applies to which algorithm
 
 
 def main(argv: Sequence[str] | None = None) -> int:

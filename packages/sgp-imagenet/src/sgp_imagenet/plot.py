@@ -1,14 +1,15 @@
 """``sgp-imagenet plot``: the paper's figures from training logs, and a summary table.
 
 Each log directory holds the ``summary.json`` that ``sgp-imagenet train --log-dir``
-writes. The figure has three panels: top-1 validation error of the network-average model
-against wall-clock time and against epochs, one line per run, and the time per
-iteration against the number of ranks, one line per algorithm.
+writes. The figure has four panels: top-1 validation error of the network-average model
+against wall-clock time and against epochs, one line per run, then what each iteration
+cost each run: seconds, and megabytes that one rank sent.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,23 +44,31 @@ def _label(run: dict[str, Any]) -> str:
     return f"{run['algorithm']} ({run['world_size']} ranks)"
 
 
+def _megabytes(run: dict[str, Any]) -> float:
+    """Megabytes one rank sent per iteration (NaN for summaries written before it was)."""
+    return float(run.get("bytes_per_iter", math.nan)) / 1e6
+
+
 def summary_table(runs: Sequence[dict[str, Any]]) -> str:
-    """A markdown table: final accuracy (network average and own models), time."""
+    """A markdown table: final accuracy (network average and own models), time, traffic."""
     lines = [
-        "| run | epochs | network-average top-1 | ranks' own models top-1 | wall (s) | s/iter |",
-        "|---|---|---|---|---|---|",
+        "| run | epochs | network-average top-1 | ranks' own models top-1 | wall (s) | s/iter "
+        "| MB sent/iter |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         last = run["epochs"][-1]
+        sent = _megabytes(run)
         lines.append(
             f"| {_label(run)} | {len(run['epochs'])} | {last['average_top1']:.2f}% | "
-            f"{last['own_top1']:.2f}% | {run['wall_s']:.1f} | {run['s_per_iter']:.4f} |"
+            f"{last['own_top1']:.2f}% | {run['wall_s']:.1f} | {run['s_per_iter']:.4f} | "
+            f"{'n/a' if math.isnan(sent) else f'{sent:.3f}'} |"
         )
     return "\n".join(lines)
 
 
 def plot_runs(runs: Sequence[dict[str, Any]], out: str | Path) -> Path:
-    """Draw the three panels into ``out`` (PNG).
+    """Draw the four panels into ``out`` (PNG).
 
     Raises:
         ValueError: If matplotlib is missing.
@@ -71,7 +80,7 @@ def plot_runs(runs: Sequence[dict[str, Any]], out: str | Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ValueError("sgp-imagenet plot needs matplotlib: pip install matplotlib") from exc
-    fig, (by_time, by_epoch, speed) = plt.subplots(1, 3, figsize=(14, 4))
+    fig, (by_time, by_epoch, speed, traffic) = plt.subplots(1, 4, figsize=(18, 4.2))
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     order = list(dict.fromkeys(run["algorithm"] for run in runs))
     colour = {a: palette[i % len(palette)] for i, a in enumerate(order)}
@@ -82,19 +91,21 @@ def plot_runs(runs: Sequence[dict[str, Any]], out: str | Path) -> Path:
         c = colour[run["algorithm"]]
         by_time.plot(elapsed, error, marker="o", color=c, label=_label(run))
         by_epoch.plot(epochs, error, marker="o", color=c, label=_label(run))
-    by_algorithm: dict[str, list[tuple[int, float]]] = {}
-    for run in runs:
-        by_algorithm.setdefault(run["algorithm"], []).append((run["world_size"], run["s_per_iter"]))
-    for algorithm, points in by_algorithm.items():
-        points.sort()
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        speed.plot(xs, ys, marker="o", color=colour[algorithm], label=algorithm)
+    labels = [_label(run) for run in runs]
+    colours = [colour[run["algorithm"]] for run in runs]
+    speed.barh(labels, [run["s_per_iter"] for run in runs], color=colours)
+    traffic.barh(labels, [_megabytes(run) for run in runs], color=colours)
+    for ax in (speed, traffic):
+        ax.invert_yaxis()  # the runs in the order given, top to bottom
+        ax.tick_params(axis="y", labelsize=8)
     by_time.set(xlabel="wall-clock time (s)", ylabel="top-1 error (%), network average")
     by_epoch.set(xlabel="epoch", ylabel="top-1 error (%), network average")
-    speed.set(xlabel="ranks", ylabel="seconds per iteration")
-    for ax in (by_time, by_epoch, speed):
-        ax.grid(alpha=0.3)
+    speed.set(xlabel="seconds per iteration", title="time per iteration")
+    traffic.set(xlabel="MB sent per iteration by one rank", title="bytes sent per iteration")
+    for ax in (by_time, by_epoch):
         ax.legend(fontsize=8)
+    for ax in (by_time, by_epoch, speed, traffic):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,98 @@
+"""The command line's gossip flags as gossip-nn options, checked by gossip-nn.
+
+The application passes every gossip flag through; gossip-nn's
+[`GossipOptions`][gossip_nn.GossipOptions] knows which option applies to which algorithm
+and checks the values. The command asks it before any process starts, so a flag that the
+chosen algorithm would ignore is an error at the command line rather than a warning
+in every rank's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from gossip_nn import GossipOptions
+from sgp_imagenet.schedule import PeersSchedule
+
+__all__ = ["FLAGS", "WIRE_DTYPES", "check_gossip_flags", "wrapper_options"]
+
+WIRE_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+"""``--wire-dtype`` choices and the dtype gossip messages travel in (``None``: fp32)."""
+
+FLAGS: dict[str, str] = {
+    "topology": "--topology",
+    "peers_per_itr": "--peers-per-itr-schedule",
+    "legacy_phone_book": "--legacy-schedule",
+    "wire_dtype": "--wire-dtype",
+    "compression": "--compression",
+    "consensus_step": "--consensus-step",
+    "nprocs_per_node": "--nprocs-per-node",
+    "synch_freq": "--synch-freq",
+}
+"""The `GossipOptions` field each gossip flag sets."""
+
+
+def _graph(text: str) -> str | int:
+    """A ``--topology`` value: a 2019 graph id (``"0"``-``"5"``) as an int, else the name."""
+    return int(text) if text.isdigit() else text
+
+
+def wrapper_options(args: argparse.Namespace, *, peers_per_itr: int = 1) -> dict[str, Any]:
+    """The keyword options of ``make_data_parallel`` that the gossip flags set.
+
+    Only what the user chose: a flag left at its default gives the option's default, so
+    gossip-nn supplies each algorithm's own defaults (AD-PSGD's bipartite graph).
+
+    Args:
+        args: The parsed ``sgp-imagenet train`` arguments.
+        peers_per_itr: Out-peers per step at the epoch the run starts in (from
+            ``--peers-per-itr-schedule``).
+
+    Returns:
+        ``{option: value}`` for every gossip option set away from its default.
+    """
+    chosen: dict[str, Any] = {
+        "peers_per_itr": peers_per_itr,
+        "legacy_phone_book": args.legacy_schedule,
+        "wire_dtype": WIRE_DTYPES[args.wire_dtype],
+        "compression": args.compression,
+        "consensus_step": args.consensus_step,
+        "nprocs_per_node": args.nprocs_per_node,
+        "synch_freq": args.synch_freq,
+    }
+    if args.topology is not None:
+        chosen["topology"] = _graph(args.topology)
+    defaults = GossipOptions()
+    return {k: v for k, v in chosen.items() if k == "topology" or getattr(defaults, k) != v}
+
+
+def check_gossip_flags(args: argparse.Namespace) -> None:
+    """Check the gossip flags with gossip-nn, as the ranks will use them.
+
+    Every peer count in ``--peers-per-itr-schedule`` is checked, not only the first.
+
+    Raises:
+        ValueError: Naming the flag, if a value is invalid or if ``--algorithm`` ignores
+            a flag that was set.
+    """
+    schedule = PeersSchedule.parse(args.peers_per_itr_schedule)
+    for peers in sorted({1, *schedule.milestones.values()}):
+        try:
+            options = GossipOptions(**wrapper_options(args, peers_per_itr=peers))
+        except (TypeError, ValueError) as exc:
+            named = [flag for name, flag in FLAGS.items() if name in str(exc)]
+            raise ValueError(f"{', '.join(named) or 'gossip flags'}: {exc}") from None
+        ignored = [FLAGS[name] for name in options.ignored_by(args.algorithm)]
+        if ignored:
+            raise ValueError(
+                f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply to "
+                f"--algorithm {args.algorithm}; leave {'it' if len(ignored) == 1 else 'them'} "
+                "unset"
+            )

@@ -1,0 +1,422 @@
+"""One rank's training run, as an object: build, restore, train epochs, validate, save.
+
+`TrainingRun` is built from the parsed arguments inside an initialised process group. It
+owns the loaders, the model and its data-parallel wrapper, the optimizer, the gradient
+scaler and the run's log, and closes them as a context manager. Each step of a run is a
+method a test can call alone: `TrainingRun.restore`, `TrainingRun.train_epoch`,
+`TrainingRun.validate`, `TrainingRun.save`, `TrainingRun.check_preemption`.
+
+What differs between algorithms is asked of the wrapper (gossip-nn's
+[`DataParallelModule`][gossip_nn.DataParallelModule]): whether it is synchronous, how to
+change its graph, what it must settle before a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gossip_nn import make_data_parallel
+from sgp_imagenet.checkpoint import Resume, checkpoint_path, save_atomic
+from sgp_imagenet.data import DataBundle, ResumableSampler, check_classes, make_loader
+from sgp_imagenet.evaluate import accuracy, kept_buffers, validate
+from sgp_imagenet.models import build_model, param_groups
+from sgp_imagenet.options import wrapper_options
+from sgp_imagenet.precise_bn import recompute_bn_stats
+from sgp_imagenet.preempt import Preemption
+from sgp_imagenet.run_log import IterationTimes, RunLog
+from sgp_imagenet.schedule import LRSchedule, PeersSchedule, parse_epoch_pairs
+
+__all__ = ["SIGNAL_HOOK", "Position", "Preempted", "TrainingRun"]
+
+SIGNAL_HOOK = "SGP_IMAGENET_TEST_SIGNAL"
+"""Testing aid: ``RANK:GLOBAL_ITR:SIGNAL`` makes that rank signal itself after that
+iteration, so tests can preempt a run at an exact, reproducible point."""
+
+
+class Preempted(Exception):  # noqa: N818 - control flow, not an error
+    """Raised out of the training loop once the preemption checkpoint is written."""
+
+
+@dataclass
+class Position:
+    """Where a run stands: the next iteration to run.
+
+    Attributes:
+        epoch: The epoch, from 0.
+        itr: Iterations of ``epoch`` already run.
+        global_itr: Iterations run since the job began (over every epoch and restart).
+    """
+
+    epoch: int = 0
+    itr: int = 0
+    global_itr: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        """The checkpoint's ``progress`` entry."""
+        return {"epoch": self.epoch, "itr": self.itr, "global_itr": self.global_itr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved."""
+        self.epoch, self.itr = int(state["epoch"]), int(state["itr"])
+        self.global_itr = int(state["global_itr"])
+
+
+def injected_signal(text: str | None) -> tuple[int, int, signal.Signals] | None:
+    """Parse `SIGNAL_HOOK`'s value: ``(rank, global iteration, signal)`` or ``None``.
+
+    Raises:
+        ValueError: If ``text`` is not ``RANK:GLOBAL_ITR:SIGNAME``.
+    """
+    if not text:
+        return None
+    try:
+        rank, itr, name = text.split(":")
+        return int(rank), int(itr), signal.Signals[name]
+    except (ValueError, KeyError):
+        raise ValueError(
+            f"{SIGNAL_HOOK} must be RANK:GLOBAL_ITR:SIGNAME (e.g. 1:5:SIGTERM); got {text!r}"
+        ) from None
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TrainingRun:
+    """One rank's share of a training job (call inside an initialised process group).
+
+    Args:
+        args: The parsed ``sgp-imagenet train`` arguments.
+        bundle: The training and validation sets.
+        device: Where the model computes.
+        comm_device: Where collectives' tensors live (the device with NCCL, else CPU).
+        preempt: The installed preemption handler the ranks agree through.
+
+    Attributes:
+        position: The next iteration to run.
+        model: The model, built identically on every rank (``--arch``).
+        optimizer: SGD over the model's parameter groups.
+        dp: The data-parallel wrapper (gossip-nn) around ``model``.
+        forward: What the training step calls: ``dp``, or ``dp`` compiled
+            (``--compile``).
+        scaler: The gradient scaler (enabled with ``--amp fp16``).
+        criterion: The training loss (cross-entropy, ``--label-smoothing``).
+        train_loader: This rank's shard of the training set.
+        sampler: ``train_loader``'s sampler, which resumes mid-epoch.
+        val_loader: This rank's shard of the validation set.
+        stats_loader: This rank's shard of the training images, as validation sees them,
+            for ``--precise-bn`` (``None`` without it).
+        per_epoch: Iterations per epoch.
+        lr: The learning-rate schedule.
+        peers: The peers-per-iteration schedule.
+        check_every: Iterations between two preemption agreements.
+        injected: The testing aid `SIGNAL_HOOK` parsed: ``(rank, global iteration,
+            signal)``, or ``None``.
+        log: The run's progress, CSV, TensorBoard and summary output.
+    """
+
+    def __init__(
+        self, args: argparse.Namespace, bundle: DataBundle, *, device: torch.device,
+        comm_device: torch.device, preempt: Preemption,
+    ) -> None:  # fmt: skip
+        self.args, self.bundle, self.preempt = args, bundle, preempt
+        self.device, self.comm_device = device, comm_device
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.train_loader, self.val_loader, self.stats_loader = self._loaders()
+        sampler = self.train_loader.sampler
+        assert isinstance(sampler, ResumableSampler)
+        self.sampler = sampler
+        self.per_epoch = self._iterations_per_epoch()
+        self.model, self.optimizer = self._model()
+        self.lr = LRSchedule(
+            reference_lr=args.lr,
+            global_batch=args.batch_size * self.world,
+            warmup_epochs=args.warmup_epochs,
+            decays=parse_epoch_pairs(args.lr_schedule, flag="--lr-schedule", value=float),
+        )
+        self.peers = PeersSchedule.parse(args.peers_per_itr_schedule)
+        self._peers = self.peers.peers_at(0)
+        self.dp = make_data_parallel(
+            args.algorithm, self.model, self.optimizer,
+            **wrapper_options(args, peers_per_itr=self._peers),
+        )  # fmt: skip
+        if any(self.peers.changes_at(epoch) for epoch in self.peers.milestones):
+            try:  # an algorithm whose graph cannot change fails now, not at the change
+                self.dp.set_topology(peers_per_itr=self._peers)
+            except Exception:
+                self.dp.close()
+                raise
+        self.forward: Any = (
+            torch.compile(self.dp, backend=args.compile) if args.compile else self.dp
+        )
+        if args.compile and self.rank == 0:
+            print(f"forward compiled by torch.compile (backend {args.compile})", flush=True)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+        self.log = RunLog(args, self.rank, self.world)
+        self.position = Position()
+        self.check_every = args.preempt_check_every or (1 if self.dp.synchronous else 20)
+        self.injected = injected_signal(os.environ.get(SIGNAL_HOOK))
+        self._closed = False
+
+    # ------------------------------------------------------------------ building
+    def _loaders(self) -> tuple[Any, Any, Any]:
+        """Training, validation, and the training images as validation sees them (for
+        re-estimating BatchNorm statistics)."""
+        a, b = self.args, self.bundle
+        common = {"batch_size": a.batch_size, "rank": self.rank, "world_size": self.world,
+                  "seed": a.seed, "workers": a.workers}  # fmt: skip
+        return (
+            make_loader(b.train, train=True, **common),
+            make_loader(b.val, train=False, **common),
+            make_loader(b.train, train=False, **common) if a.precise_bn else None,
+        )
+
+    def _iterations_per_epoch(self) -> int:
+        per_epoch = len(self.train_loader)
+        if self.sampler.num_samples % self.args.batch_size == 1:
+            per_epoch -= 1  # a last batch of one image: BatchNorm cannot train on it
+        if self.args.max_iters_per_epoch:
+            per_epoch = min(per_epoch, self.args.max_iters_per_epoch)
+        return per_epoch
+
+    def _model(self) -> tuple[nn.Module, torch.optim.Optimizer]:
+        a = self.args
+        torch.manual_seed(a.seed)  # every rank builds the same model
+        model = build_model(a.arch, self.bundle.num_classes).to(self.device)
+        if a.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(
+            param_groups(model, a.weight_decay), lr=a.lr, momentum=a.momentum,
+            nesterov=a.nesterov and a.momentum > 0,
+        )  # fmt: skip
+        return model, optimizer
+
+    # ------------------------------------------------------------------- context
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Finish gossip, release the wrapper's hooks and threads, close the log files."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.dp.close()
+        finally:
+            self.log.close()
+
+    # ------------------------------------------------------------------- restore
+    def restore(self, resume: Resume | None) -> None:
+        """Continue from a checkpoint: the ranks' own states, or the network average.
+
+        Raises:
+            ValueError: If the checkpoint's class count differs from the data's.
+        """
+        if resume is None:
+            return
+        state = resume.state
+        fc = [p for p in self.model.parameters() if p.ndim == 2][-1]
+        saved = int(state.get("num_classes", fc.shape[0]))
+        check_classes(self.bundle.num_classes, saved, where=str(resume.path))
+        self.position.load_state_dict(state["progress"])
+        self._use_peers_of(self.position.epoch)
+        if state["kind"] == "rank":
+            self.dp.load_state_dict(state["model"])
+            if "rng" in state:
+                _set_rng_state(state["rng"])
+        else:  # the network average: every rank starts from it, with weight 1
+            self.dp.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.rank == 0:
+            where = "own checkpoints" if state["kind"] == "rank" else "network average"
+            print(
+                f"resuming from the ranks' {where} ({resume.path.name}): epoch "
+                f"{self.position.epoch}, iteration {self.position.itr}",
+                flush=True,
+            )
+
+    def _use_peers_of(self, epoch: int) -> None:
+        """Gossip with ``epoch``'s number of peers (a collective when it changes)."""
+        peers = self.peers.peers_at(epoch)
+        if peers != self._peers:
+            self.dp.set_topology(peers_per_itr=peers)
+            self._peers = peers
+
+    # --------------------------------------------------------------------- train
+    def run(self) -> None:
+        """Train from `position` to the last epoch, validating (and saving) after each.
+
+        Raises:
+            Preempted: Once a preemption checkpoint is written.
+        """
+        while self.position.epoch < self.args.epochs:
+            epoch = self.position.epoch
+            self.train_epoch()
+            self.log.validation(epoch, self.validate())
+            self.position = Position(epoch=epoch + 1, global_itr=self.position.global_itr)
+            if self.args.checkpoint_dir:
+                self.save()
+            self.check_preemption()
+        self.log.write_summary(bytes_sent=self.dp.bytes_sent)
+
+    def train_epoch(self) -> None:
+        """Run the rest of `position`'s epoch, checking for preemption as it goes.
+
+        Raises:
+            Preempted: Once a preemption checkpoint is written.
+        """
+        pos, per_epoch = self.position, self.per_epoch
+        self._use_peers_of(pos.epoch)
+        pos.itr = min(pos.itr, per_epoch)
+        self.sampler.set_epoch(pos.epoch)
+        self.sampler.start_at(pos.itr * self.args.batch_size)
+        self.dp.train()
+        self.log.start_epoch(pos.epoch, per_epoch, pos.itr)
+        start = time.perf_counter()
+        for x, y in self.train_loader if pos.itr < per_epoch else ():
+            if pos.itr >= per_epoch:
+                break
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.args.channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            loaded = time.perf_counter()
+            lr = self.lr.lr_at(pos.epoch, pos.itr / per_epoch)
+            loss, output, stepping = self.train_step(x, y, lr)
+            times = IterationTimes(
+                start=start, loaded=loaded, stepping=stepping, done=time.perf_counter()
+            )
+            t1, t5 = accuracy(output, y)
+            pos.itr, pos.global_itr = pos.itr + 1, pos.global_itr + 1
+            self.log.iteration(
+                pos.epoch, pos.itr - 1, pos.global_itr, times=times, loss=loss,
+                top1=100.0 * t1 / len(y), top5=100.0 * t5 / len(y), lr=lr, batch=len(y),
+            )  # fmt: skip
+            self._after_iteration()
+            start = time.perf_counter()
+        self.log.end_epoch()
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, lr: float
+    ) -> tuple[float, torch.Tensor, float]:
+        """One update at learning rate ``lr``; gossip runs in the optimizer's hooks.
+
+        Returns:
+            ``(loss, logits, time when the forward pass ended)``.
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        a = self.args
+        dtype = torch.bfloat16 if a.amp == "bf16" else torch.float16
+        with torch.autocast(self.device.type, dtype=dtype, enabled=a.amp != "off"):
+            output = self.forward(x)
+            loss = self.criterion(output.float(), y)
+        stepping = time.perf_counter()
+        if a.amp == "fp16":
+            self.scaler.scale(loss).backward()
+            self.dp.scaler_step(self.scaler)  # gossip runs even when the update is skipped
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach()), output.detach().float(), stepping
+
+    def _after_iteration(self) -> None:
+        pos = self.position
+        if self.injected is not None and self.injected[:2] == (self.rank, pos.global_itr):
+            os.kill(os.getpid(), self.injected[2])  # a real signal, through the real handler
+        if self.args.checkpoint_every and pos.global_itr % self.args.checkpoint_every == 0:
+            self.save()
+        self.check_preemption()
+
+    # -------------------------------------------------------- validate and save
+    def validate(self) -> dict[str, float]:
+        """Top-1 of the ranks' own models and top-1, top-5 and loss of the network average.
+
+        A collective; see `sgp_imagenet.evaluate.validate`.
+        """
+        return validate(
+            self.dp, self.val_loader, device=self.device, comm_device=self.comm_device,
+            stats_loader=self.stats_loader, stats_batches=self.args.precise_bn,
+        )  # fmt: skip
+
+    def save(self, *, own: bool = False) -> None:
+        """Checkpoint at `position`.
+
+        ``own`` (always on preemption) or ``--checkpoint-all``: every rank writes its own
+        state, for an exact resume. Otherwise rank 0 writes the network average (a
+        collective), with ``--precise-bn``'s BatchNorm statistics for it.
+        """
+        a = self.args
+        common = {"progress": self.position.state_dict(),
+                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                  "num_classes": self.bundle.num_classes, "args": vars(a)}  # fmt: skip
+        if own or a.checkpoint_all:
+            model = self.dp.state_dict()  # the wrapper settles what is in flight first
+            state = {"kind": "rank", "model": model, "rng": _rng_state(), **common}
+            save_atomic(state, checkpoint_path(a.checkpoint_dir, self.rank))
+            return
+        with self.dp.average_for_eval(), kept_buffers(self.dp.module):
+            if self.stats_loader is not None:  # the average's own BatchNorm statistics
+                recompute_bn_stats(
+                    self.dp.module, self.stats_loader, num_batches=a.precise_bn, distributed=True
+                )
+            if self.rank == 0:
+                state = {"kind": "average", "model": self.dp.module.state_dict(), **common}
+                save_atomic(state, checkpoint_path(a.checkpoint_dir, None))
+
+    def check_preemption(self) -> None:
+        """If the ranks agree that a preemption signal arrived: checkpoint and stop.
+
+        Synchronous algorithms agree every ``check_every`` iterations with a collective;
+        asynchronous ones (AD-PSGD) through the store, at the same local iteration.
+
+        Raises:
+            Preempted: Once every rank's checkpoint is complete.
+        """
+        pos = self.position
+        if pos.itr % self.check_every and pos.itr != 0:
+            return
+        if self.dp.synchronous:
+            stop = self.preempt.agreed(self.comm_device)
+        else:
+            stop = self.preempt.agreed_in_store(f"epoch{pos.epoch}/itr{pos.itr}")
+        if not stop:
+            return
+        self.log.end_epoch()
+        if not self.args.checkpoint_dir:
+            if self.rank == 0:
+                print("sgp-imagenet: preempted, but no --checkpoint-dir: nothing saved")
+            raise Preempted
+        self.save(own=True)
+        dist.barrier()  # every rank's file is complete before anyone requeues
+        if self.rank == 0:
+            print(
+                f"sgp-imagenet: preemption checkpoint at epoch {pos.epoch}, iteration "
+                f"{pos.itr} in {self.args.checkpoint_dir}",
+                flush=True,
+            )
+        raise Preempted
