@@ -25,7 +25,8 @@ class DemoSettings:
         epochs: Epochs per algorithm.
         batch: Images per rank and iteration.
         lr: ``--lr``, the rate for 256 images (scaled to the global batch).
-        warmup_epochs: Linear warm-up.
+        warmup_epochs: Linear warm-up (none: it applies only above a global batch of
+            256, and the demo's is 64).
         decay: ``--lr-schedule``.
         osgp_synch_freq: OSGP's staleness bound.
         precise_bn: ``--precise-bn``: batches of training images that re-estimate the
@@ -33,11 +34,11 @@ class DemoSettings:
     """
 
     ranks: int = 4
-    epochs: int = 8
+    epochs: int = 10
     batch: int = 16
     lr: float = 0.8
-    warmup_epochs: float = 1.0
-    decay: str = "6:0.1"
+    warmup_epochs: float = 0.0
+    decay: str = "8:0.1"
     osgp_synch_freq: int = 0
     precise_bn: int = 20
 

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from _results import RESULTS, write_results
+from gossip_nn import ALGORITHMS
 
-ALGORITHMS = ("sgp", "osgp", "dpsgd", "adpsgd", "ar")
 RUNS, QUICK_RUNS = 100, 10
 TIMEOUT = 300.0  # seconds for one run; a hang counts as a failure, not an abort
 

@@ -46,10 +46,12 @@ import torchvision
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.nn.parallel import DistributedDataParallel
 
-from gossip_nn import make_data_parallel
+from gossip_nn import ALGORITHMS as WRAPPED
+from gossip_nn import GossipOptions, make_data_parallel
 
-ALGORITHMS = ("compute", "ar", "sgp", "osgp", "dpsgd", "adpsgd")
-GOSSIP = ("sgp", "osgp", "dpsgd", "adpsgd")
+ALGORITHMS = ("compute", *WRAPPED)
+#: The algorithms that compress, as gossip-nn answers it.
+GOSSIP = tuple(a for a in WRAPPED if not GossipOptions(compression="int8").ignored_by(a))
 DDP_HOOKS = ("none", "bf16", "powersgd")
 #: PowerSGD's plain all-reduce iterations before it compresses (the hook needs >= 2).
 POWERSGD_START = 2

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from gossip_comm.testing import run_distributed
-from gossip_nn import ALGORITHMS, GossipOptions, make_data_parallel
+from gossip_nn import ALGORITHMS, SET_TOPOLOGY_ALGORITHMS, GossipOptions, make_data_parallel
 from gossip_topology import make_topology
 from nn_oracles import D, loss, model, problem
 
@@ -43,12 +43,11 @@ def test_every_wrapper_answers_synchronous_set_topology_and_bytes_sent() -> None
         assert set(got) == set(ALGORITHMS)
         for algorithm, (synchronous, error, sent) in got.items():
             assert synchronous == (algorithm != "adpsgd"), algorithm
+            assert (error == "") == (algorithm in SET_TOPOLOGY_ALGORITHMS), (algorithm, error)
             if algorithm == "ar":
                 assert "AR-SGD all-reduces over every rank" in error
             elif algorithm == "adpsgd":
                 assert "AD-PSGD's pairs are fixed" in error
-            else:
-                assert error == "", (algorithm, error)
             # one step of the float64 linear model: D values of 8 bytes
             if algorithm == "ar":  # a ring all-reduce's 2 (n - 1) / n of the gradient
                 assert sent == 2 * (n - 1) * D * 8 // n
@@ -75,6 +74,26 @@ def test_set_topology_with_peers_only_keeps_the_graph() -> None:
     for k, peers in run_distributed(_peers_only, n):
         assert k == 2
         assert peers == [expected.out_peers(r, 0) for r in range(n)]
+
+
+def _built_graph(rank: int, n: int) -> str:
+    theta0 = problem(n)[2]
+    net = model(theta0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    dp = make_data_parallel("sgp", net, opt, topology=make_topology("ring", n))
+    try:
+        dp.set_topology(peers_per_itr=2)  # a built Topology cannot change its peers
+    except ValueError as exc:
+        return str(exc)
+    finally:
+        dp.close()
+    return ""
+
+
+def test_peers_only_on_a_built_topology_is_refused_not_ignored() -> None:
+    for message in run_distributed(_built_graph, 2):
+        assert "disagrees with the current topology's peers_per_itr=1" in message
+        assert "pass a registry name or id" in message
 
 
 class _BN(nn.Module):
@@ -106,9 +125,15 @@ def _ddp_held(rank: int, n: int, algorithm: str) -> tuple[list[str], bool, bool,
     dp2 = make_data_parallel(algorithm, other, opt2, **options)
     result = dp2.load_state_dict(state)  # strict: no key missing, none unexpected
     same = all(torch.equal(a, b) for a, b in zip(net.parameters(), other.parameters(), strict=True))
+    # nested in another module, the wrapper still loads strictly
+    outer, outer2 = nn.ModuleDict({"model": dp}), nn.ModuleDict({"model": dp2})
+    nested = str(outer2.load_state_dict(outer.state_dict()))
+    visits: list[nn.Module] = []
+    dp.apply(visits.append)  # each layer once, though DDP wraps the model again
+    once = len(visits) == len({id(m) for m in visits}) and net.fc in visits
     dp.close()
     dp2.close()
-    return sorted(state), trained_flag_off, same, str(result)
+    return sorted(state), trained_flag_off and once, same, str(result) + nested
 
 
 @pytest.mark.parametrize("algorithm", ["ar", "sgp"])
@@ -117,7 +142,7 @@ def test_ddp_is_a_registered_submodule_outside_the_checkpoint(algorithm: str) ->
     for keys, eval_reached_ddp, restored, result in run_distributed(_ddp_held, n, (algorithm,)):
         assert eval_reached_ddp
         assert restored, result
-        assert "All keys matched" in result
+        assert result.count("All keys matched") == 2, result
         assert all(k.startswith("module.") or k == "_extra_state" for k in keys), keys
         assert "module.bn.running_mean" in keys and "module.fc.weight" in keys
 

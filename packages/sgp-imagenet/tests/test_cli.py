@@ -111,8 +111,12 @@ DIGITS = ["train", "--dataset", "digits"]
             "--wire-dtype does not apply to --algorithm adpsgd",
         ),
         (
-            [*DIGITS, "--algorithm", "ar", "--peers-per-itr-schedule", "0:1 5:2"],
+            [*DIGITS, "--algorithm", "ar", "--peers-per-itr-schedule", "0:2"],
             "--peers-per-itr-schedule does not apply to --algorithm ar",
+        ),
+        (
+            [*DIGITS, "--algorithm", "adpsgd", "--peers-per-itr-schedule", "0:1 5:2"],
+            "changes the peers at epoch 5, which --algorithm adpsgd cannot do",
         ),
         (["train", "--dataset", "digits", "--precise-bn", "-1"], "--precise-bn must be >= 0"),
         (["train", "--dataset", "digits", "--lr", "-1"], "--lr must be positive"),

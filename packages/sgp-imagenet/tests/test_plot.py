@@ -46,3 +46,13 @@ def test_plot_names_a_directory_without_a_summary(
 ) -> None:
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     assert f"{tmp_path}: no summary.json" in capsys.readouterr().err
+
+
+def test_runs_of_one_algorithm_and_size_get_their_own_bars(tmp_path: Path) -> None:
+    from sgp_imagenet.plot import _bar_labels, load_runs
+
+    a = _summary(tmp_path / "eth", "sgp", 4, [90.0])
+    b = _summary(tmp_path / "ib", "sgp", 4, [91.0])
+    c = _summary(tmp_path / "ar", "ar", 4, [92.0])
+    labels = _bar_labels(load_runs([a, b, c]))
+    assert labels == ["sgp (4 ranks) eth", "sgp (4 ranks) ib", "ar (4 ranks)"]

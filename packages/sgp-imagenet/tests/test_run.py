@@ -107,7 +107,7 @@ def test_validate_matches_a_plain_evaluation_and_leaves_the_buffers(
         with kept_buffers(run.model):
             from sgp_imagenet.precise_bn import recompute_bn_stats
 
-            recompute_bn_stats(run.model, run.stats_loader, num_batches=3)
+            recompute_bn_stats(run.model, run.stats_batches(), num_batches=3)
             run.model.eval()
             sums = evaluate_shard(run.model, run.val_loader, torch.device("cpu"))
         assert row["average_top1"] == pytest.approx(100.0 * float(sums[1] / sums[3]), abs=1e-9)
@@ -176,7 +176,7 @@ def test_the_average_checkpoint_holds_precise_statistics(one_rank: None, tmp_pat
         for before, after in zip(buffers, run.model.buffers(), strict=True):
             assert torch.equal(before, after)  # training goes on with its own statistics
         with kept_buffers(run.model):
-            recompute_bn_stats(run.model, run.stats_loader, num_batches=2)
+            recompute_bn_stats(run.model, run.stats_batches(), num_batches=2)
             expected = {k: v.clone() for k, v in run.model.state_dict().items()}
         assert state["kind"] == "average"
         means = [k for k in expected if k.endswith("running_mean")]

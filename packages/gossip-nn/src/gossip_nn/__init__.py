@@ -15,7 +15,7 @@ from gossip_nn._base import DataParallelModule
 from gossip_nn.adpsgd import ADPSGD_TOPOLOGY, BilateralGossipDataParallel
 from gossip_nn.allreduce import AllReduceDataParallel
 from gossip_nn.averaging import ExactAveragingSchedule
-from gossip_nn.factory import ALGORITHMS, make_data_parallel
+from gossip_nn.factory import ALGORITHMS, SET_TOPOLOGY_ALGORITHMS, make_data_parallel
 from gossip_nn.gossip import GossipDataParallel
 from gossip_nn.options import BUFFER_MODES, DPSGD_ORDERS, GossipOptions
 from gossip_nn.progress import GlobalProgress
@@ -32,6 +32,7 @@ __all__ = [
     "ALGORITHMS",
     "BUFFER_MODES",
     "DPSGD_ORDERS",
+    "SET_TOPOLOGY_ALGORITHMS",
     "AllReduceDataParallel",
     "BilateralGossipDataParallel",
     "DataParallelModule",

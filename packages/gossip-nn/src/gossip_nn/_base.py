@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -225,6 +225,18 @@ class DataParallelModule(nn.Module, ABC):
         """Make the state saveable; by default, finish in-flight gossip."""
         self.finish_gossip()
 
+    def apply(self, fn: Callable[[nn.Module], None]) -> DataParallelModule:
+        """``fn`` on every submodule once, then on the wrapper (as ``nn.Module.apply``).
+
+        The DDP submodule wraps ``module`` again; it is skipped, so that ``fn`` (an
+        initialisation, say) reaches each layer of the model once, not twice.
+        """
+        for name, child in self.named_children():
+            if name != "_ddp":
+                child.apply(fn)
+        fn(self)
+        return self
+
     def _hold_ddp(self, ddp: DistributedDataParallel | None) -> None:
         """Hold ``ddp`` (over ``self.module``, or ``None``) as the submodule ``_ddp``.
 
@@ -265,8 +277,9 @@ def _drop_own_keys(
 
 
 def _ddp_keys_not_missing(module: nn.Module, incompatible: Any) -> None:
+    """Drop ``_ddp.*`` from the missing keys, also when the wrapper is itself nested."""
     incompatible.missing_keys[:] = [
-        k for k in incompatible.missing_keys if not k.startswith("_ddp.")
+        k for k in incompatible.missing_keys if not ("." + k).count("._ddp.")
     ]
 
 

@@ -19,6 +19,11 @@ from gossip_nn.validate import checked_parameters
 __all__ = ["AllReduceDataParallel"]
 
 
+def _ring_bytes(tensors: list[torch.Tensor], n: int) -> int:
+    """What each rank sends in a ring all-reduce of ``tensors`` over ``n`` ranks."""
+    return 2 * (n - 1) * sum(t.numel() * t.element_size() for t in tensors) // n
+
+
 class AllReduceDataParallel(DataParallelModule):
     """AR-SGD: gradients are all-reduced by `DistributedDataParallel` during backward.
 
@@ -63,9 +68,11 @@ class AllReduceDataParallel(DataParallelModule):
         )
         n = dist.get_world_size(group)
         averaged = self._buffer_sync.gossiped if self.options.buffers == "average" else []
-        reduced = sum(t.numel() * t.element_size() for t in [*self._trainable(), *averaged])
-        self._ring_bytes = 2 * (n - 1) * reduced // n  # per step, for bytes_sent
-        self._steps = 0
+        # what a ring all-reduce sends per step, for bytes_sent: the gradients in every
+        # step, the averaged buffers in every step that is not skipped
+        self._ring_grads = _ring_bytes(self._trainable(), n)
+        self._ring_buffers = _ring_bytes(averaged, n)
+        self._sent = 0
         self._hook(optimizer)
 
     def _trainable(self) -> list[torch.Tensor]:
@@ -82,10 +89,10 @@ class AllReduceDataParallel(DataParallelModule):
 
         Computed, not counted (DDP's collectives are torch's): per optimizer step,
         $2(n-1)/n$ times the bytes of the gradients (and, with ``buffers="average"``,
-        of the floating buffers), the traffic of a bandwidth-optimal all-reduce. Skipped
-        mixed-precision steps count, since their gradients were all-reduced too.
+        of the floating buffers), the traffic of a bandwidth-optimal all-reduce. A
+        skipped mixed-precision step counts its gradients, which were all-reduced too.
         """
-        return self._steps * self._ring_bytes
+        return self._sent
 
     def _fixed_topology_reason(self) -> str:
         return (
@@ -99,10 +106,10 @@ class AllReduceDataParallel(DataParallelModule):
 
     def _skipped_update(self, optimizer: torch.optim.Optimizer) -> None:
         """Every rank skipped together (the gradients were all-reduced): nothing to do."""
-        self._steps += 1
+        self._sent += self._ring_grads
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._steps += 1
+        self._sent += self._ring_grads + self._ring_buffers
         if self._buffer_sync.mode == "average":
             self._buffer_sync.average_in_place()  # one all-reduce of the buffers a step
 

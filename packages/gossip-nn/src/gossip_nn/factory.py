@@ -14,10 +14,14 @@ from gossip_nn.allreduce import AllReduceDataParallel
 from gossip_nn.gossip import GossipDataParallel
 from gossip_nn.options import GossipOptions
 
-__all__ = ["ALGORITHMS", "make_data_parallel"]
+__all__ = ["ALGORITHMS", "SET_TOPOLOGY_ALGORITHMS", "make_data_parallel"]
 
 ALGORITHMS: tuple[str, ...] = ("ar", *GOSSIP_ALGORITHMS, "adpsgd")
 """The algorithms `make_data_parallel` builds."""
+
+SET_TOPOLOGY_ALGORITHMS: tuple[str, ...] = GOSSIP_ALGORITHMS
+"""The algorithms whose wrapper can change its graph or peer count while training
+([`set_topology`][gossip_nn.DataParallelModule.set_topology]); the others raise."""
 
 
 def make_data_parallel(

@@ -234,19 +234,27 @@ class GossipDataParallel(DataParallelModule):
 
         Raises:
             ValueError: If the graph does not suit the algorithm or the group, or
-                ``peers_per_itr`` disagrees with a given `Topology`.
+                ``peers_per_itr`` disagrees with a given `Topology` (or, without
+                ``topology``, with the built `Topology` the wrapper gossips on).
         """
+        kept = topology is None
+        if topology is None:
+            topology = self.options.topology
         if (
             isinstance(topology, Topology)
             and peers_per_itr is not None
             and peers_per_itr != topology.peers_per_itr
         ):
             raise ValueError(
-                f"peers_per_itr={peers_per_itr} disagrees with the given topology's "
-                f"peers_per_itr={topology.peers_per_itr}; pass one or the other"
+                f"peers_per_itr={peers_per_itr} disagrees with the "
+                f"{'current' if kept else 'given'} topology's "
+                f"peers_per_itr={topology.peers_per_itr}; "
+                + (
+                    "a built Topology has its peers: pass a registry name or id to change them"
+                    if kept
+                    else "pass one or the other"
+                )
             )
-        if topology is None:
-            topology = self.options.topology
         k = self.options.peers_per_itr if peers_per_itr is None else peers_per_itr
         if isinstance(topology, Topology):
             k = topology.peers_per_itr

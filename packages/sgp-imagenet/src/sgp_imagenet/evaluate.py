@@ -65,8 +65,10 @@ def _sharded(
 ) -> torch.Tensor:  # fmt: skip
     """Evaluate the model ``dp`` holds now, summed over every rank (a collective).
 
-    ``dp`` is in evaluation mode already, so nothing is in flight: the buffers put back
-    afterwards are exactly the ones training left.
+    ``dp`` is in evaluation mode already, so every gossip message for this rank's own
+    copy has been folded in (an AD-PSGD passive's responder goes on serving, but into its
+    shared copy, not these buffers): the buffers put back afterwards are exactly the ones
+    training left.
     """
     with kept_buffers(dp.module):
         if stats is not None:
@@ -89,8 +91,8 @@ def validate(
         loader: This rank's shard of the validation set.
         device: Where the model computes.
         comm_device: Where the all-reduce's tensor lives.
-        stats_loader: Training images for precise BatchNorm (``None``: keep the running
-            statistics).
+        stats_loader: Training batches for precise BatchNorm, augmented as in training and
+            drawn from every class (``None``: keep the running statistics).
         stats_batches: How many of its batches re-estimate the statistics (0: none).
 
     Returns:

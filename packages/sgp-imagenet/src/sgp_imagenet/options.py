@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from gossip_nn import GossipOptions
+from gossip_nn import SET_TOPOLOGY_ALGORITHMS, GossipOptions
 from sgp_imagenet.schedule import PeersSchedule
 
 __all__ = ["FLAGS", "WIRE_DTYPES", "check_gossip_flags", "wrapper_options"]
@@ -83,6 +83,13 @@ def check_gossip_flags(args: argparse.Namespace) -> None:
             a flag that was set.
     """
     schedule = PeersSchedule.parse(args.peers_per_itr_schedule)
+    changes = [epoch for epoch in schedule.milestones if schedule.changes_at(epoch) and epoch]
+    if changes and args.algorithm not in SET_TOPOLOGY_ALGORITHMS:
+        raise ValueError(
+            f"--peers-per-itr-schedule changes the peers at epoch {changes[0]}, which "
+            f"--algorithm {args.algorithm} cannot do while training (it can: "
+            f"{', '.join(SET_TOPOLOGY_ALGORITHMS)})"
+        )
     for peers in sorted({1, *schedule.milestones.values()}):
         try:
             options = GossipOptions(**wrapper_options(args, peers_per_itr=peers))

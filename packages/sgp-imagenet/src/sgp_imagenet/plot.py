@@ -49,6 +49,15 @@ def _megabytes(run: dict[str, Any]) -> float:
     return float(run.get("bytes_per_iter", math.nan)) / 1e6
 
 
+def _bar_labels(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """One label per run; runs that share algorithm and size add their log directory."""
+    labels = [_label(run) for run in runs]
+    return [
+        f"{label} {Path(run['dir']).name}" if labels.count(label) > 1 else label
+        for label, run in zip(labels, runs, strict=True)
+    ]
+
+
 def summary_table(runs: Sequence[dict[str, Any]]) -> str:
     """A markdown table: final accuracy (network average and own models), time, traffic."""
     lines = [
@@ -91,13 +100,14 @@ def plot_runs(runs: Sequence[dict[str, Any]], out: str | Path) -> Path:
         c = colour[run["algorithm"]]
         by_time.plot(elapsed, error, marker="o", color=c, label=_label(run))
         by_epoch.plot(epochs, error, marker="o", color=c, label=_label(run))
-    labels = [_label(run) for run in runs]
+    labels = _bar_labels(runs)
     colours = [colour[run["algorithm"]] for run in runs]
-    speed.barh(labels, [run["s_per_iter"] for run in runs], color=colours)
-    traffic.barh(labels, [_megabytes(run) for run in runs], color=colours)
+    rows = range(len(runs))
+    speed.barh(rows, [run["s_per_iter"] for run in runs], color=colours)
+    traffic.barh(rows, [_megabytes(run) for run in runs], color=colours)
     for ax in (speed, traffic):
+        ax.set_yticks(rows, labels, fontsize=8)
         ax.invert_yaxis()  # the runs in the order given, top to bottom
-        ax.tick_params(axis="y", labelsize=8)
     by_time.set(xlabel="wall-clock time (s)", ylabel="top-1 error (%), network average")
     by_epoch.set(xlabel="epoch", ylabel="top-1 error (%), network average")
     speed.set(xlabel="seconds per iteration", title="time per iteration")

@@ -24,9 +24,8 @@ the batch means, $\frac{1}{K}\sum_b (\mu_b - \hat\mu)^2$, is deliberately left o
 between the batches of one rank and between ranks: the result then equals, to rounding,
 what a single process computes over the union of every rank's batches, however they are
 split. The term is small whenever a batch holds many values per channel (images times
-spatial positions): for ``small-cnn`` after the demo's 8 epochs on digits (one process,
-batch 64), it measured below 0.1% of $\hat\sigma^2$ in every layer, at 16 or 64 images
-per batch.
+spatial positions): for ``small-cnn`` trained 8 epochs on digits (one process, batch 64),
+it measured below 0.1% of $\hat\sigma^2$ in every layer, at 16 or 64 images per batch.
 """
 
 from __future__ import annotations

@@ -122,8 +122,9 @@ class TrainingRun:
         train_loader: This rank's shard of the training set.
         sampler: ``train_loader``'s sampler, which resumes mid-epoch.
         val_loader: This rank's shard of the validation set.
-        stats_loader: This rank's shard of the training images, as validation sees them,
-            for ``--precise-bn`` (``None`` without it).
+        stats_loader: Training images for ``--precise-bn`` (``None`` without it): this
+            rank's shard, shuffled and augmented as training does, in an order fixed by
+            the epoch (see `stats_batches`).
         per_epoch: Iterations per epoch.
         lr: The learning-rate schedule.
         peers: The peers-per-iteration schedule.
@@ -154,40 +155,47 @@ class TrainingRun:
         )
         self.peers = PeersSchedule.parse(args.peers_per_itr_schedule)
         self._peers = self.peers.peers_at(0)
-        self.dp = make_data_parallel(
-            args.algorithm, self.model, self.optimizer,
-            **wrapper_options(args, peers_per_itr=self._peers),
-        )  # fmt: skip
-        if any(self.peers.changes_at(epoch) for epoch in self.peers.milestones):
-            try:  # an algorithm whose graph cannot change fails now, not at the change
-                self.dp.set_topology(peers_per_itr=self._peers)
-            except Exception:
-                self.dp.close()
-                raise
-        self.forward: Any = (
-            torch.compile(self.dp, backend=args.compile) if args.compile else self.dp
-        )
-        if args.compile and self.rank == 0:
-            print(f"forward compiled by torch.compile (backend {args.compile})", flush=True)
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-        self.log = RunLog(args, self.rank, self.world)
         self.position = Position()
-        self.check_every = args.preempt_check_every or (1 if self.dp.synchronous else 20)
         self.injected = injected_signal(os.environ.get(SIGNAL_HOOK))
+        self.log = RunLog(args, self.rank, self.world)
+        try:
+            self.dp = make_data_parallel(
+                args.algorithm, self.model, self.optimizer,
+                **wrapper_options(args, peers_per_itr=self._peers),
+            )  # fmt: skip
+        except BaseException:
+            self.log.close()
+            raise
         self._closed = False
+        try:  # from here on, a failure closes the wrapper (its threads) and the log
+            self._finish_building()
+        except BaseException:
+            self.close()
+            raise
+
+    def _finish_building(self) -> None:
+        a = self.args
+        if any(self.peers.changes_at(epoch) for epoch in self.peers.milestones):
+            # an algorithm whose graph cannot change fails now, not at the change
+            self.dp.set_topology(peers_per_itr=self._peers)
+        self.check_every = a.preempt_check_every or (1 if self.dp.synchronous else 20)
+        self.forward: Any = torch.compile(self.dp, backend=a.compile) if a.compile else self.dp
+        if a.compile and self.rank == 0:
+            print(f"forward compiled by torch.compile (backend {a.compile})", flush=True)
 
     # ------------------------------------------------------------------ building
     def _loaders(self) -> tuple[Any, Any, Any]:
-        """Training, validation, and the training images as validation sees them (for
-        re-estimating BatchNorm statistics)."""
+        """Training, validation, and a second pass over the training images (shuffled,
+        augmented as in training) that re-estimates BatchNorm statistics."""
         a, b = self.args, self.bundle
         common = {"batch_size": a.batch_size, "rank": self.rank, "world_size": self.world,
                   "seed": a.seed, "workers": a.workers}  # fmt: skip
         return (
             make_loader(b.train, train=True, **common),
             make_loader(b.val, train=False, **common),
-            make_loader(b.train, train=False, **common) if a.precise_bn else None,
+            make_loader(b.train, train=True, **common) if a.precise_bn else None,
         )
 
     def _iterations_per_epoch(self) -> int:
@@ -272,6 +280,7 @@ class TrainingRun:
         Raises:
             Preempted: Once a preemption checkpoint is written.
         """
+        self.log.started = time.perf_counter()  # elapsed times count training, not set-up
         while self.position.epoch < self.args.epochs:
             epoch = self.position.epoch
             self.train_epoch()
@@ -353,6 +362,17 @@ class TrainingRun:
         self.check_preemption()
 
     # -------------------------------------------------------- validate and save
+    def stats_batches(self) -> Any:
+        """``stats_loader`` at the start of `position`'s epoch's order (``None`` without
+        ``--precise-bn``): a sample of every class, the same on a resumed run."""
+        if self.stats_loader is None:
+            return None
+        sampler = self.stats_loader.sampler
+        assert isinstance(sampler, ResumableSampler)
+        sampler.set_epoch(self.position.epoch)
+        sampler.start_at(0)
+        return self.stats_loader
+
     def validate(self) -> dict[str, float]:
         """Top-1 of the ranks' own models and top-1, top-5 and loss of the network average.
 
@@ -360,7 +380,7 @@ class TrainingRun:
         """
         return validate(
             self.dp, self.val_loader, device=self.device, comm_device=self.comm_device,
-            stats_loader=self.stats_loader, stats_batches=self.args.precise_bn,
+            stats_loader=self.stats_batches(), stats_batches=self.args.precise_bn,
         )  # fmt: skip
 
     def save(self, *, own: bool = False) -> None:
@@ -380,9 +400,10 @@ class TrainingRun:
             save_atomic(state, checkpoint_path(a.checkpoint_dir, self.rank))
             return
         with self.dp.average_for_eval(), kept_buffers(self.dp.module):
-            if self.stats_loader is not None:  # the average's own BatchNorm statistics
+            stats = self.stats_batches()
+            if stats is not None:  # the average's own BatchNorm statistics
                 recompute_bn_stats(
-                    self.dp.module, self.stats_loader, num_batches=a.precise_bn, distributed=True
+                    self.dp.module, stats, num_batches=a.precise_bn, distributed=True
                 )
             if self.rank == 0:
                 state = {"kind": "average", "model": self.dp.module.state_dict(), **common}
