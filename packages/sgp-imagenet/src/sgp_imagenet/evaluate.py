@@ -10,7 +10,7 @@ training goes on with.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -62,6 +62,7 @@ def kept_buffers(model: nn.Module) -> Iterator[None]:
 def _sharded(
     dp: DataParallelModule, loader: Iterable[Any], device: torch.device,
     comm_device: torch.device, stats: tuple[Iterable[Any], int] | None, *, average: bool,
+    then: Callable[[], None] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Evaluate the model ``dp`` holds now, summed over every rank (a collective).
 
@@ -75,6 +76,8 @@ def _sharded(
             batches, n = stats
             recompute_bn_stats(dp.module, batches, num_batches=n, distributed=average)
         sums = evaluate_shard(dp, loader, device).to(comm_device)
+        if then is not None:
+            then()
     dist.all_reduce(sums)
     return sums.cpu()
 
@@ -82,7 +85,7 @@ def _sharded(
 def validate(
     dp: DataParallelModule, loader: Iterable[Any], *, device: torch.device,
     comm_device: torch.device, stats_loader: Iterable[Any] | None = None,
-    stats_batches: int = 0,
+    stats_batches: int = 0, inside_average: Callable[[], None] | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Validate the ranks' own models and the network average (a collective).
 
@@ -94,6 +97,8 @@ def validate(
         stats_loader: Training batches for precise BatchNorm, augmented as in training and
             drawn from every class (``None``: keep the running statistics).
         stats_batches: How many of its batches re-estimate the statistics (0: none).
+        inside_average: Called while ``dp`` holds the network average (with its
+            re-estimated statistics), after its evaluation: for example to save it.
 
     Returns:
         ``own_top1`` (the ranks' own models, each on its shard), and the network
@@ -103,7 +108,7 @@ def validate(
     dp.eval()  # folds in whatever gossip is in flight
     own = _sharded(dp, loader, device, comm_device, stats, average=False)
     with dp.average_for_eval():
-        avg = _sharded(dp, loader, device, comm_device, stats, average=True)
+        avg = _sharded(dp, loader, device, comm_device, stats, average=True, then=inside_average)
     return {
         "own_top1": 100.0 * float(own[1] / own[3]),
         "average_top1": 100.0 * float(avg[1] / avg[3]),

@@ -281,12 +281,15 @@ class TrainingRun:
             Preempted: Once a preemption checkpoint is written.
         """
         self.log.started = time.perf_counter()  # elapsed times count training, not set-up
-        while self.position.epoch < self.args.epochs:
+        a = self.args
+        while self.position.epoch < a.epochs:
             epoch = self.position.epoch
             self.train_epoch()
-            self.log.validation(epoch, self.validate())
-            self.position = Position(epoch=epoch + 1, global_itr=self.position.global_itr)
-            if self.args.checkpoint_dir:
+            done = Position(epoch=epoch + 1, global_itr=self.position.global_itr)
+            average = bool(a.checkpoint_dir) and not a.checkpoint_all
+            self.log.validation(epoch, self.validate(save_average_at=done if average else None))
+            self.position = done
+            if a.checkpoint_dir and a.checkpoint_all:
                 self.save()
             self.check_preemption()
         self.log.write_summary(bytes_sent=self.dp.bytes_sent)
@@ -373,14 +376,18 @@ class TrainingRun:
         sampler.start_at(0)
         return self.stats_loader
 
-    def validate(self) -> dict[str, float]:
+    def validate(self, *, save_average_at: Position | None = None) -> dict[str, float]:
         """Top-1 of the ranks' own models and top-1, top-5 and loss of the network average.
 
-        A collective; see `sgp_imagenet.evaluate.validate`.
+        A collective; see `sgp_imagenet.evaluate.validate`. ``save_average_at``: also
+        checkpoint the network average, as of that position, from inside the
+        validation's average, so its precise BatchNorm statistics are computed once.
         """
+        at = save_average_at
         return validate(
             self.dp, self.val_loader, device=self.device, comm_device=self.comm_device,
             stats_loader=self.stats_batches(), stats_batches=self.args.precise_bn,
+            inside_average=None if at is None else lambda: self._write_average(at),
         )  # fmt: skip
 
     def save(self, *, own: bool = False) -> None:
@@ -391,11 +398,9 @@ class TrainingRun:
         collective), with ``--precise-bn``'s BatchNorm statistics for it.
         """
         a = self.args
-        common = {"progress": self.position.state_dict(),
-                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                  "num_classes": self.bundle.num_classes, "args": vars(a)}  # fmt: skip
         if own or a.checkpoint_all:
             model = self.dp.state_dict()  # the wrapper settles what is in flight first
+            common = self._common(self.position)
             state = {"kind": "rank", "model": model, "rng": _rng_state(), **common}
             save_atomic(state, checkpoint_path(a.checkpoint_dir, self.rank))
             return
@@ -405,9 +410,19 @@ class TrainingRun:
                 recompute_bn_stats(
                     self.dp.module, stats, num_batches=a.precise_bn, distributed=True
                 )
-            if self.rank == 0:
-                state = {"kind": "average", "model": self.dp.module.state_dict(), **common}
-                save_atomic(state, checkpoint_path(a.checkpoint_dir, None))
+            self._write_average(self.position)
+
+    def _common(self, at: Position) -> dict[str, Any]:
+        """What every checkpoint holds beside the model, as of position ``at``."""
+        return {"progress": at.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "num_classes": self.bundle.num_classes,
+                "args": vars(self.args)}  # fmt: skip
+
+    def _write_average(self, at: Position) -> None:
+        """Rank 0 writes the model ``dp`` holds (inside ``average_for_eval``)."""
+        if self.rank == 0:
+            state = {"kind": "average", "model": self.dp.module.state_dict(), **self._common(at)}
+            save_atomic(state, checkpoint_path(self.args.checkpoint_dir, None))
 
     def check_preemption(self) -> None:
         """If the ranks agree that a preemption signal arrived: checkpoint and stop.
