@@ -11,19 +11,20 @@
 #     every node:  NNODES=2 RDZV_ENDPOINT=node0:29400 DATA=/path/to/imagenet ./torchrun_example.sh
 #
 # Arguments after the script name are appended to `sgp-imagenet train` and override the
-# settings below, for example `./torchrun_example.sh --synch-freq 1` with ALGORITHM=osgp,
+# settings below, for example `./torchrun_example.sh --synch-freq 1` with ALGO=osgp,
 # or `--epochs 1 --max-iters-per-epoch 50` for a smoke test. Parameters, as environment
 # variables:
 #   DATA            ImageFolder root with train/ and val/ (required), the same path on
 #                   every node
-#   ALGORITHM       ar, sgp, osgp, dpsgd or adpsgd (default sgp); gossip algorithms use
+#   ALGO            ar, sgp, osgp, dpsgd or adpsgd (default sgp), as for slurm_train.sh
+#                   (ALGORITHM, its earlier name, is read too); gossip algorithms use
 #                   their default topology (the one-peer directed exponential graph; the
 #                   bipartite exponential graph for adpsgd)
 #   NNODES          number of nodes (default 2)
 #   GPUS_PER_NODE   processes per node, one per GPU (default 8)
 #   NODE_RANK, MASTER_ADDR, MASTER_PORT   static rendezvous (port default 29500)
 #   RDZV_ENDPOINT   host:port of a c10d rendezvous; when set, replaces the three above
-#   RUN_ID          names the run and the rendezvous (default sgp-imagenet-ALGORITHM)
+#   RUN_ID          names the run and the rendezvous (default sgp-imagenet-ALGO)
 #   CKPT            checkpoint directory, on a file system every node sees (default
 #                   ./checkpoints/RUN_ID): rank 0 may write the checkpoint that every
 #                   rank reads when it resumes
@@ -43,10 +44,10 @@
 set -euo pipefail
 
 DATA=${DATA:?set DATA to the ImageNet root (an ImageFolder with train/ and val/)}
-ALGORITHM=${ALGORITHM:-sgp}
+ALGO=${ALGO:-${ALGORITHM:-sgp}}
 NNODES=${NNODES:-2}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-RUN_ID=${RUN_ID:-sgp-imagenet-$ALGORITHM}
+RUN_ID=${RUN_ID:-sgp-imagenet-$ALGO}
 CKPT=${CKPT:-$PWD/checkpoints/$RUN_ID}
 LOG_DIR=${LOG_DIR:-$PWD/logs/$RUN_ID}
 
@@ -69,7 +70,7 @@ mkdir -p "$CKPT" "$LOG_DIR"
 # scales it by the global batch / 256), 90 epochs with 5 of warm-up and steps of x0.1 at
 # 30, 60 and 80, Nesterov momentum 0.9, weight decay 1e-4; bf16 autocast, channels-last.
 # --checkpoint-all: every rank saves its own model, so gossip resumes exactly (for
-# ALGORITHM=ar, where all ranks agree, it may be dropped to save disk).
+# ALGO=ar, where all ranks agree, it may be dropped to save disk).
 # Scaling: NNODES and GPUS_PER_NODE; keep --batch-size and --lr (the app scales the lr).
 # More peers per iteration: --peers-per-itr-schedule "0:2". One model per node
 # (hierarchical gossip, not for adpsgd): --nprocs-per-node "$GPUS_PER_NODE".
@@ -79,7 +80,7 @@ torchrun \
     "${rendezvous[@]}" \
     --no-python \
     sgp-imagenet train \
-    --algorithm "$ALGORITHM" \
+    --algorithm "$ALGO" \
     --arch resnet50 \
     --batch-size 32 \
     --lr 0.1 \

@@ -404,8 +404,8 @@ def test_torchrun_dry_run_defaults(tmp_path: Path) -> None:
         **vars(_train_parser().parse_args([])),
         **RECIPE,
         "command": "train",
-        "algorithm": "sgp",  # ALGORITHM's default
-        "checkpoint_all": True,  # any ALGORITHM may run, gossip included
+        "algorithm": "sgp",  # ALGO's default
+        "checkpoint_all": True,  # any ALGO may run, gossip included
         "requeue": False,  # no SLURM job to requeue
         "data": env["DATA"],
         "checkpoint_dir": str(tmp_path / "checkpoints" / "sgp-imagenet-sgp"),
@@ -428,8 +428,11 @@ def test_torchrun_dry_run_defaults(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_torchrun_dry_run(rendezvous: dict[str, str], expected: list[str], tmp_path: Path) -> None:
-    env = {"DATA": str(tmp_path / "imagenet"), "ALGORITHM": "osgp", **rendezvous}
+@pytest.mark.parametrize("variable", ["ALGO", "ALGORITHM"])  # the name, and its earlier one
+def test_torchrun_dry_run(
+    rendezvous: dict[str, str], expected: list[str], variable: str, tmp_path: Path
+) -> None:
+    env = {"DATA": str(tmp_path / "imagenet"), variable: "osgp", **rendezvous}
     result, argv, _ = _dry_run(TORCHRUN, tmp_path, env, "--synch-freq", "1")
     assert result.returncode == 0, result.stderr
     launcher = argv[: argv.index("--no-python")]
