@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,13 +13,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gossip_nn._base import DataParallelModule, make_ddp
 from gossip_nn._buffers import BufferSync
+from gossip_nn._steps import GOSSIP_ALGORITHMS
 from gossip_nn.options import GossipOptions
 from gossip_nn.validate import checked_parameters
 
 __all__ = ["AllReduceDataParallel"]
 
 
-def _ring_bytes(tensors: list[torch.Tensor], n: int) -> int:
+def _ring_bytes(tensors: Sequence[torch.Tensor], n: int) -> int:
     """What each rank sends in a ring all-reduce of ``tensors`` over ``n`` ranks."""
     return 2 * (n - 1) * sum(t.numel() * t.element_size() for t in tensors) // n
 
@@ -57,7 +58,7 @@ class AllReduceDataParallel(DataParallelModule):
     ) -> None:
         super().__init__()
         self.options = GossipOptions() if options is None else options
-        group, _ = checked_parameters(module, optimizer, self.options.process_group)
+        group, params = checked_parameters(module, optimizer, self.options.process_group)
         self.module = module
         self.options.warn_ignored("ar")
         self._buffer_sync = BufferSync(module, self.options.buffers, group)
@@ -70,13 +71,10 @@ class AllReduceDataParallel(DataParallelModule):
         averaged = self._buffer_sync.gossiped if self.options.buffers == "average" else []
         # what a ring all-reduce sends per step, for bytes_sent: the gradients in every
         # step, the averaged buffers in every step that is not skipped
-        self._ring_grads = _ring_bytes(self._trainable(), n)
+        self._ring_grads = _ring_bytes(params, n)
         self._ring_buffers = _ring_bytes(averaged, n)
         self._sent = 0
         self._hook(optimizer)
-
-    def _trainable(self) -> list[torch.Tensor]:
-        return [p for p in self.module.parameters() if p.requires_grad]
 
     @property
     def algorithm(self) -> str:
@@ -97,7 +95,7 @@ class AllReduceDataParallel(DataParallelModule):
     def _fixed_topology_reason(self) -> str:
         return (
             "AR-SGD all-reduces over every rank and has no gossip topology to set; "
-            "set_topology applies to the gossip algorithms (sgp, osgp, dpsgd)"
+            f"set_topology applies to the gossip algorithms ({', '.join(GOSSIP_ALGORITHMS)})"
         )
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

@@ -272,9 +272,13 @@ class GossipDataParallel(DataParallelModule):
             self.options = dataclasses.replace(options, topology=self.topology)
             raise
         self._step.load_state_dict(carried)
+        self._retire(old)
+        self.topology = new_topology
+
+    def _retire(self, old: GossipStep) -> None:
+        """Close a replaced step, keeping the count of what it sent."""
         self._sent_before += old.bytes_sent
         old.close()
-        self.topology = new_topology
 
     def _gossip_state(self) -> dict[str, Any]:
         state = self._step.state_dict()
@@ -288,8 +292,7 @@ class GossipDataParallel(DataParallelModule):
             # them (every rank loads the same flag, so every rank rebuilds)
             old = self._step
             self._step = self._build_step(old.algorithm, self.topology, True)
-            self._sent_before += old.bytes_sent
-            old.close()
+            self._retire(old)
         self._step.load_state_dict(state)
         load_outer_state(state, self._exact, self._slowmo)
 

@@ -176,10 +176,8 @@ class TrainingRun:
             raise
 
     def _finish_building(self) -> None:
-        a = self.args
-        if any(self.peers.changes_at(epoch) for epoch in self.peers.milestones):
-            # an algorithm whose graph cannot change fails now, not at the change
-            self.dp.set_topology(peers_per_itr=self._peers)
+        a = self.args  # (a peers schedule the algorithm cannot follow is refused by the
+        # command line, through gossip-nn's SET_TOPOLOGY_ALGORITHMS)
         self.check_every = a.preempt_check_every or (1 if self.dp.synchronous else 20)
         self.forward: Any = torch.compile(self.dp, backend=a.compile) if a.compile else self.dp
         if a.compile and self.rank == 0:

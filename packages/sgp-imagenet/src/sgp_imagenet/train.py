@@ -26,7 +26,7 @@ from sgp_imagenet.data import build_datasets
 from sgp_imagenet.launch import LaunchEnv, choose_backend, describe, detect
 from sgp_imagenet.preempt import EXIT_PREEMPTED, Preemption, requeue
 from sgp_imagenet.run import Preempted, TrainingRun
-from sgp_imagenet.schedule import PeersSchedule, parse_epoch_pairs
+from sgp_imagenet.schedule import parse_epoch_pairs
 
 __all__ = ["report_env", "train"]
 
@@ -82,8 +82,8 @@ def train(args: argparse.Namespace) -> int:
     # bad data, a bad --resume path or a bad schedule fail here, before any process group
     bundle = build_datasets(args.dataset, args.data, image_size=args.image_size, seed=args.seed)
     check_resume(args.resume)
-    parse_epoch_pairs(args.lr_schedule, flag="--lr-schedule", value=float)
-    PeersSchedule.parse(args.peers_per_itr_schedule)
+    parse_epoch_pairs(args.lr_schedule, flag="--lr-schedule", value=float)  # (the peers
+    # schedule was checked with the gossip flags, at the command line)
     with Preemption() as preempt:
         _init(env, backend)
         try:
