@@ -65,6 +65,9 @@ def build_packages(config: Any) -> dict[str, griffe.Module]:
 def public_modules(package: griffe.Module) -> Iterator[griffe.Module]:
     """``package`` and its submodules whose names do not start with an underscore.
 
+    A module that another module imports (``from pkg import graphs``) is an alias there,
+    not a submodule of it, and is skipped.
+
     Args:
         package: A package loaded by ``load_packages``.
 
@@ -73,7 +76,7 @@ def public_modules(package: griffe.Module) -> Iterator[griffe.Module]:
     """
     yield package
     for name, module in sorted(package.modules.items()):
-        if not name.startswith("_"):
+        if not name.startswith("_") and not module.is_alias:
             yield from public_modules(module)
 
 

@@ -20,10 +20,12 @@ import gossip_topology.compress as twin
 from gossip_comm import (
     Cast,
     Compressor,
+    EdgeState,
     GossipConfig,
     Int8,
     LowRank,
     MessageSpec,
+    Payload,
     PushPull,
     PushSum,
     TopK,
@@ -224,15 +226,11 @@ class Identity(Compressor):
         return [torch.empty(spec.numel, dtype=spec.dtype, device=spec.device)]
 
     def encode(
-        self,
-        spec: MessageSpec,
-        value: torch.Tensor,
-        payload: Sequence[torch.Tensor],
-        state: dict[str, torch.Tensor],
+        self, spec: MessageSpec, value: torch.Tensor, payload: Payload, state: EdgeState
     ) -> None:
         payload[0].copy_(value)
 
-    def decode(self, spec: MessageSpec, payload: Sequence[torch.Tensor], out: torch.Tensor) -> None:
+    def decode(self, spec: MessageSpec, payload: Payload, out: torch.Tensor) -> None:
         out.copy_(payload[0])
 
 

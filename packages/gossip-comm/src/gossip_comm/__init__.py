@@ -6,7 +6,6 @@ steady state. Build a gossiper from a ``gossip_topology.Topology`` and a
 [`GossipConfig`][gossip_comm.GossipConfig].
 """
 
-from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from gossip_comm._backend import comm_device_for, resolve_group
@@ -17,9 +16,11 @@ from gossip_comm.compression import (
     COMPRESSION_SPECS,
     Cast,
     Compressor,
+    EdgeState,
     Int8,
     LowRank,
     MessageSpec,
+    Payload,
     TopK,
     common_references,
     make_compressor,
@@ -38,11 +39,8 @@ from gossip_comm.handle import GossipHandle
 from gossip_comm.push_pull import PushPull
 from gossip_comm.push_sum import OverlapRound, PushSum
 
-try:
-    __version__ = _version("gossip-comm")
-    """The installed version of gossip-comm, from its package metadata."""
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__ = _version("gossip-comm")
+"""The installed version of gossip-comm, from its package metadata."""
 
 __all__ = [
     "COMPRESSION_SPECS",
@@ -52,6 +50,7 @@ __all__ = [
     "BilateralPushPull",
     "Cast",
     "Compressor",
+    "EdgeState",
     "FlatBuffer",
     "GossipConfig",
     "GossipError",
@@ -64,6 +63,7 @@ __all__ = [
     "MessageSpec",
     "NonFiniteError",
     "OverlapRound",
+    "Payload",
     "PeerLostError",
     "PushPull",
     "PushSum",

@@ -8,10 +8,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from gossip_comm._scratch import Scratch
 
-__all__ = ["Compressor", "MessageSpec", "checksum"]
+__all__ = ["Compressor", "EdgeState", "MessageSpec", "Payload", "checksum"]
+
+Payload = Sequence[Tensor]
+"""A message on the wire: the tensors a compressor writes (for example codes and scales)."""
+
+EdgeState = dict[str, Tensor]
+"""What a compressor keeps for one edge between messages (a warm start, a generator's
+state), created by ``init_state`` and saved with the gossiper's state."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,42 +81,29 @@ class Compressor(ABC):
     def payload_like(self, spec: MessageSpec) -> list[torch.Tensor]:
         """Fresh, uninitialised payload tensors for one message of ``spec``."""
 
-    def init_state(self, spec: MessageSpec, *, src: int, dst: int) -> dict[str, torch.Tensor]:
+    def init_state(self, spec: MessageSpec, *, src: int, dst: int) -> EdgeState:
         """The state of edge ``src -> dst`` before its first message (default: none)."""
         return {}
 
     @abstractmethod
-    def encode(
-        self,
-        spec: MessageSpec,
-        value: torch.Tensor,
-        payload: Sequence[torch.Tensor],
-        state: dict[str, torch.Tensor],
-    ) -> None:
+    def encode(self, spec: MessageSpec, value: Tensor, payload: Payload, state: EdgeState) -> None:
         """Write the compressed form of the flat ``value`` into ``payload``.
 
         May update ``state``, the edge's own (for example a warm start).
         """
 
     @abstractmethod
-    def decode(self, spec: MessageSpec, payload: Sequence[torch.Tensor], out: torch.Tensor) -> None:
+    def decode(self, spec: MessageSpec, payload: Payload, out: torch.Tensor) -> None:
         """Overwrite the flat ``out`` with the message ``payload`` stands for."""
 
-    def add_decoded(
-        self, spec: MessageSpec, payload: Sequence[torch.Tensor], into: torch.Tensor
-    ) -> None:
+    def add_decoded(self, spec: MessageSpec, payload: Payload, into: torch.Tensor) -> None:
         """``into += decode(payload)``; override when a sparse add is cheaper."""
         tmp = torch.empty_like(into)
         self.decode(spec, payload, tmp)
         into.add_(tmp)
 
     def encode_difference(
-        self,
-        spec: MessageSpec,
-        value: torch.Tensor,
-        public: torch.Tensor,
-        payload: Sequence[torch.Tensor],
-        state: dict[str, torch.Tensor],
+        self, spec: MessageSpec, value: Tensor, public: Tensor, payload: Payload, state: EdgeState
     ) -> None:
         """Encode ``value - public`` into ``payload``, then ``public += decode(payload)``.
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 import gossip_topology.compress as _twin
-from gossip_comm._compressor import Compressor, MessageSpec
+from gossip_comm._compressor import Compressor, EdgeState, MessageSpec, Payload
 from gossip_comm._scratch import CHUNK, Scratch
 
 __all__ = ["LowRank"]
@@ -109,20 +109,14 @@ class LowRank(Compressor):
         size = sum((s.rows + s.cols) * s.rank if s.rows else s.numel for s in self._segments(spec))
         return [torch.empty(size, dtype=spec.dtype, device=spec.device)]
 
-    def init_state(self, spec: MessageSpec, *, src: int, dst: int) -> dict[str, torch.Tensor]:
+    def init_state(self, spec: MessageSpec, *, src: int, dst: int) -> EdgeState:
         return {
             f"q{i}": _initial_factor(s.cols, s.rank, spec.dtype, spec.device)
             for i, s in enumerate(self._segments(spec))
             if s.rows
         }
 
-    def encode(
-        self,
-        spec: MessageSpec,
-        value: torch.Tensor,
-        payload: Sequence[torch.Tensor],
-        state: dict[str, torch.Tensor],
-    ) -> None:
+    def encode(self, spec: MessageSpec, value: Tensor, payload: Payload, state: EdgeState) -> None:
         out, pos = payload[0], 0
         for i, s in enumerate(self._segments(spec)):
             part = value[s.offset : s.offset + s.numel]
@@ -143,17 +137,13 @@ class LowRank(Compressor):
             state[f"q{i}"] = Q.clone()
             pos += s.cols * s.rank
 
-    def decode(self, spec: MessageSpec, payload: Sequence[torch.Tensor], out: torch.Tensor) -> None:
+    def decode(self, spec: MessageSpec, payload: Payload, out: torch.Tensor) -> None:
         self._unpack(spec, payload, out, add=False)
 
-    def add_decoded(
-        self, spec: MessageSpec, payload: Sequence[torch.Tensor], into: torch.Tensor
-    ) -> None:
+    def add_decoded(self, spec: MessageSpec, payload: Payload, into: torch.Tensor) -> None:
         self._unpack(spec, payload, into, add=True)
 
-    def _unpack(
-        self, spec: MessageSpec, payload: Sequence[torch.Tensor], out: torch.Tensor, *, add: bool
-    ) -> None:
+    def _unpack(self, spec: MessageSpec, payload: Payload, out: torch.Tensor, *, add: bool) -> None:
         """``out = decode(payload)``, or ``out += decode(payload)`` with ``add``.
 
         Each matrix is rebuilt a block of rows at a time in cache-sized scratch: the same

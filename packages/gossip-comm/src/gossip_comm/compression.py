@@ -28,11 +28,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor
 from torch.distributed import ProcessGroup
 
 import gossip_topology.compress as _twin
 from gossip_comm._backend import comm_device_for, group_size, resolve_group
-from gossip_comm._compressor import Compressor, MessageSpec, checksum
+from gossip_comm._compressor import Compressor, EdgeState, MessageSpec, Payload, checksum
 from gossip_comm._lowrank import LowRank
 from gossip_comm._scratch import CHUNK, Scratch
 
@@ -40,9 +41,11 @@ __all__ = [
     "COMPRESSION_SPECS",
     "Cast",
     "Compressor",
+    "EdgeState",
     "Int8",
     "LowRank",
     "MessageSpec",
+    "Payload",
     "TopK",
     "common_references",
     "make_compressor",
@@ -96,21 +99,13 @@ class Cast(Compressor):
     def payload_like(self, spec: MessageSpec) -> list[torch.Tensor]:
         return [torch.empty(spec.numel, dtype=self.dtype, device=spec.device)]
 
-    def encode(
-        self,
-        spec: MessageSpec,
-        value: torch.Tensor,
-        payload: Sequence[torch.Tensor],
-        state: dict[str, torch.Tensor],
-    ) -> None:
+    def encode(self, spec: MessageSpec, value: Tensor, payload: Payload, state: EdgeState) -> None:
         payload[0].copy_(value)
 
-    def decode(self, spec: MessageSpec, payload: Sequence[torch.Tensor], out: torch.Tensor) -> None:
+    def decode(self, spec: MessageSpec, payload: Payload, out: torch.Tensor) -> None:
         out.copy_(payload[0])
 
-    def add_decoded(
-        self, spec: MessageSpec, payload: Sequence[torch.Tensor], into: torch.Tensor
-    ) -> None:
+    def add_decoded(self, spec: MessageSpec, payload: Payload, into: torch.Tensor) -> None:
         (half,) = payload
         if into.device.type != "cpu":
             into.add_(half)  # widened exactly inside the add
@@ -122,12 +117,7 @@ class Cast(Compressor):
             into[start:stop].add_(w)
 
     def encode_difference(
-        self,
-        spec: MessageSpec,
-        value: torch.Tensor,
-        public: torch.Tensor,
-        payload: Sequence[torch.Tensor],
-        state: dict[str, torch.Tensor],
+        self, spec: MessageSpec, value: Tensor, public: Tensor, payload: Payload, state: EdgeState
     ) -> None:
         # subtract, round, widen and add a chunk at a time: one pass over the message
         (half,) = payload
@@ -189,7 +179,7 @@ class Int8(Compressor):
             torch.empty(self._blocks(spec.numel), dtype=torch.float32, device=spec.device),
         ]
 
-    def init_state(self, spec: MessageSpec, *, src: int, dst: int) -> dict[str, torch.Tensor]:
+    def init_state(self, spec: MessageSpec, *, src: int, dst: int) -> EdgeState:
         if not self.stochastic:
             return {}
         gen = torch.Generator(device=spec.device)
@@ -205,13 +195,7 @@ class Int8(Compressor):
         """Elements per chunk: whole blocks (the last chunk may end in the ragged tail)."""
         return max(self.block, CHUNK // self.block * self.block)
 
-    def encode(
-        self,
-        spec: MessageSpec,
-        value: torch.Tensor,
-        payload: Sequence[torch.Tensor],
-        state: dict[str, torch.Tensor],
-    ) -> None:
+    def encode(self, spec: MessageSpec, value: Tensor, payload: Payload, state: EdgeState) -> None:
         codes, scales = payload
         if self.stochastic:  # one draw over the whole message: the noise stream is fixed
             work = self._scratch.get(value.numel(), value.dtype, value.device)
@@ -226,12 +210,7 @@ class Int8(Compressor):
             self._encode_span(value[start:stop], codes[start:stop], scales[blocks], w, None)
 
     def encode_difference(
-        self,
-        spec: MessageSpec,
-        value: torch.Tensor,
-        public: torch.Tensor,
-        payload: Sequence[torch.Tensor],
-        state: dict[str, torch.Tensor],
+        self, spec: MessageSpec, value: Tensor, public: Tensor, payload: Payload, state: EdgeState
     ) -> None:
         if self.stochastic:
             super().encode_difference(spec, value, public, payload, state)
@@ -278,13 +257,11 @@ class Int8(Compressor):
             work.round_()
         codes.copy_(work.clamp_(-127, 127))
 
-    def decode(self, spec: MessageSpec, payload: Sequence[torch.Tensor], out: torch.Tensor) -> None:
+    def decode(self, spec: MessageSpec, payload: Payload, out: torch.Tensor) -> None:
         out.zero_()
         self.add_decoded(spec, payload, out)
 
-    def add_decoded(
-        self, spec: MessageSpec, payload: Sequence[torch.Tensor], into: torch.Tensor
-    ) -> None:
+    def add_decoded(self, spec: MessageSpec, payload: Payload, into: torch.Tensor) -> None:
         codes, scales = payload
         step = self._block_step()
         for start, stop, w in self._scratch.chunks(into.numel(), into.dtype, into.device, step):
@@ -350,13 +327,7 @@ class TopK(Compressor):
             torch.empty(k, dtype=index, device=spec.device),
         ]
 
-    def encode(
-        self,
-        spec: MessageSpec,
-        value: torch.Tensor,
-        payload: Sequence[torch.Tensor],
-        state: dict[str, torch.Tensor],
-    ) -> None:
+    def encode(self, spec: MessageSpec, value: Tensor, payload: Payload, state: EdgeState) -> None:
         values, indices = payload
         top = self._top(value, values.numel())
         indices.copy_(top)
@@ -411,12 +382,7 @@ class TopK(Compressor):
         return candidates.index_select(0, best)
 
     def encode_difference(
-        self,
-        spec: MessageSpec,
-        value: torch.Tensor,
-        public: torch.Tensor,
-        payload: Sequence[torch.Tensor],
-        state: dict[str, torch.Tensor],
+        self, spec: MessageSpec, value: Tensor, public: Tensor, payload: Payload, state: EdgeState
     ) -> None:
         values, indices = payload
         n, k = value.numel(), values.numel()
@@ -429,13 +395,11 @@ class TopK(Compressor):
         torch.sub(value.index_select(0, top), public.index_select(0, top), out=values)
         self.add_decoded(spec, payload, public)
 
-    def decode(self, spec: MessageSpec, payload: Sequence[torch.Tensor], out: torch.Tensor) -> None:
+    def decode(self, spec: MessageSpec, payload: Payload, out: torch.Tensor) -> None:
         out.zero_()
         self.add_decoded(spec, payload, out)
 
-    def add_decoded(
-        self, spec: MessageSpec, payload: Sequence[torch.Tensor], into: torch.Tensor
-    ) -> None:
+    def add_decoded(self, spec: MessageSpec, payload: Payload, into: torch.Tensor) -> None:
         values, indices = payload
         into.index_add_(0, indices.long(), values.to(into.dtype))
 

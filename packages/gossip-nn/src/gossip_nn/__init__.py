@@ -8,7 +8,6 @@ training loop needs; ``"adpsgd"`` runs asynchronous pairwise gossip (call ``clos
 at the end).
 """
 
-from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from gossip_nn._base import DataParallelModule
@@ -21,11 +20,8 @@ from gossip_nn.options import BUFFER_MODES, DPSGD_ORDERS, GossipOptions
 from gossip_nn.progress import GlobalProgress
 from gossip_nn.slowmo import SlowMoOptions
 
-try:
-    __version__ = _version("gossip-nn")
-    """The installed version of gossip-nn, from its package metadata."""
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__ = _version("gossip-nn")
+"""The installed version of gossip-nn, from its package metadata."""
 
 __all__ = [
     "ADPSGD_TOPOLOGY",

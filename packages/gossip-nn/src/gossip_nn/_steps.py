@@ -181,16 +181,9 @@ class SGPStep(GossipStep):
 
     algorithm = "sgp"
 
-    def __init__(
-        self,
-        shards: Shards,
-        topology: Topology,
-        config: GossipConfig,
-        always_send_weight: bool = False,
-        compression: Compression | None = None,
-    ) -> None:
-        self.push_sum = _push_sum(shards, topology, config, always_send_weight, compression)
-        super().__init__(shards, list(self.push_sum), resolve_group(config.process_group))
+    def __init__(self, shards: Shards, push_sum: list[PushSum], group: ProcessGroup) -> None:
+        super().__init__(shards, list(push_sum), group)
+        self.push_sum = push_sum
         # With a constant weight (regular graph, uniform mixing) z == x: skip the
         # bookkeeping ("lazy mixing"); the result is the same.
         self.lazy = not any(g.sends_weight for g in self.push_sum)
@@ -219,16 +212,10 @@ class OSGPStep(GossipStep):
     algorithm = "osgp"
 
     def __init__(
-        self,
-        shards: Shards,
-        topology: Topology,
-        config: GossipConfig,
-        synch_freq: int,
-        always_send_weight: bool = False,
-        compression: Compression | None = None,
+        self, shards: Shards, push_sum: list[PushSum], group: ProcessGroup, synch_freq: int
     ) -> None:
-        self.push_sum = _push_sum(shards, topology, config, always_send_weight, compression)
-        super().__init__(shards, list(self.push_sum), resolve_group(config.process_group))
+        super().__init__(shards, list(push_sum), group)
+        self.push_sum = push_sum
         self.synch_freq = synch_freq
         # each round in flight pairs its messages with the snapshots they are sent from;
         # a folded round's snapshots are reused, so steady state allocates nothing
@@ -332,18 +319,9 @@ class DPSGDStep(GossipStep):
     algorithm = "dpsgd"
 
     def __init__(
-        self,
-        shards: Shards,
-        topology: Topology,
-        config: GossipConfig,
-        order: str = "mix-then-update",
-        compression: Compression | None = None,
+        self, shards: Shards, push_pull: list[PushPull], group: ProcessGroup, order: str
     ) -> None:
-        gossipers = [
-            PushPull(topology, v, config=config, **_gossiper_args(compression, i))
-            for i, v in enumerate(shards.views)
-        ]
-        super().__init__(shards, list(gossipers), resolve_group(config.process_group))
+        super().__init__(shards, list(push_pull), group)
         self.mix_first = order == "mix-then-update"
 
     def _mix(self, exact: bool) -> None:
@@ -388,13 +366,19 @@ def build_step(
         raise ValueError(
             f"algorithm must be one of {', '.join(GOSSIP_ALGORITHMS)}; got {algorithm!r}"
         )
-    if algorithm == "osgp":
-        return OSGPStep(shards, topology, config, synch_freq, always_send_weight, compression)
-    if synch_freq:
+    if synch_freq and algorithm != "osgp":
         raise ValueError(
             f"synch_freq={synch_freq} only applies to algorithm='osgp' (overlapped SGP); "
             f"{algorithm!r} does not overlap"
         )
-    if algorithm == "sgp":
-        return SGPStep(shards, topology, config, always_send_weight, compression)
-    return DPSGDStep(shards, topology, config, dpsgd_order, compression)
+    group = resolve_group(config.process_group)
+    if algorithm == "dpsgd":
+        push_pull = [
+            PushPull(topology, v, config=config, **_gossiper_args(compression, i))
+            for i, v in enumerate(shards.views)
+        ]
+        return DPSGDStep(shards, push_pull, group, dpsgd_order)
+    push_sum = _push_sum(shards, topology, config, always_send_weight, compression)
+    if algorithm == "osgp":
+        return OSGPStep(shards, push_sum, group, synch_freq)
+    return SGPStep(shards, push_sum, group)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim import Optimizer
 
 from gossip_comm import AsyncBilateral, GossipHandle, common_references
 from gossip_nn._async_exact import ExchangeLedger
@@ -174,12 +175,14 @@ class BilateralGossipDataParallel(DataParallelModule):
     every active has.
     """
 
+    algorithm = "adpsgd"
+    """``"adpsgd"``."""
+
+    synchronous = False
+    """``False``: each rank steps at its own pace; no step is global."""
+
     def __init__(
-        self,
-        module: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        options: GossipOptions | None = None,
+        self, module: nn.Module, optimizer: Optimizer, *, options: GossipOptions | None = None
     ) -> None:
         super().__init__()
         options = GossipOptions(topology=ADPSGD_TOPOLOGY) if options is None else options
@@ -234,16 +237,6 @@ class BilateralGossipDataParallel(DataParallelModule):
         options.warn_ignored("adpsgd")
         self._closed = False
         self._hook(optimizer)
-
-    @property
-    def algorithm(self) -> str:
-        """``"adpsgd"``."""
-        return "adpsgd"
-
-    @property
-    def synchronous(self) -> bool:
-        """``False``: each rank steps at its own pace; no step is global."""
-        return False
 
     def _fixed_topology_reason(self) -> str:
         return (

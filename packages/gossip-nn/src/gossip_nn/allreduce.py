@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
 
 from gossip_nn._base import DataParallelModule, make_ddp
 from gossip_nn._buffers import BufferSync
@@ -47,14 +48,13 @@ class AllReduceDataParallel(DataParallelModule):
         ValueError: If the model differs across ranks or the optimizer does not own it.
     """
 
+    algorithm = "ar"
+    """``"ar"``."""
+
     _ddp: DistributedDataParallel
 
     def __init__(
-        self,
-        module: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        options: GossipOptions | None = None,
+        self, module: nn.Module, optimizer: Optimizer, *, options: GossipOptions | None = None
     ) -> None:
         super().__init__()
         self.options = GossipOptions() if options is None else options
@@ -77,11 +77,6 @@ class AllReduceDataParallel(DataParallelModule):
         self._hook(optimizer)
 
     @property
-    def algorithm(self) -> str:
-        """``"ar"``."""
-        return "ar"
-
-    @property
     def bytes_sent(self) -> int:
         r"""What a ring all-reduce sends from each rank for the steps taken so far.
 
@@ -102,7 +97,7 @@ class AllReduceDataParallel(DataParallelModule):
         """Run the module through DDP, which all-reduces gradients in backward."""
         return self._ddp(*args, **kwargs)
 
-    def _skipped_update(self, optimizer: torch.optim.Optimizer) -> None:
+    def _skipped_update(self, optimizer: Optimizer) -> None:
         """Every rank skipped together (the gradients were all-reduced): nothing to do."""
         self._sent += self._ring_grads
 

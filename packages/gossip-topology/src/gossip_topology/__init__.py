@@ -4,7 +4,6 @@ Pure numpy: graphs, mixing matrices, spectral analysis and an ``n``-node simulat
 serves as the oracle for the communication and training packages. It never imports torch.
 """
 
-from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from gossip_topology.compress import (
@@ -68,11 +67,8 @@ from gossip_topology.spectral import (
 )
 from gossip_topology.topology import Topology
 
-try:
-    __version__ = _version("gossip-topology")
-    """The installed version of gossip-topology, from its package metadata."""
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__ = _version("gossip-topology")
+"""The installed version of gossip-topology, from its package metadata."""
 
 __all__ = [
     "COMPRESSOR_NAMES",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.random import Generator
 from numpy.typing import ArrayLike, NDArray
 
 from gossip_topology._checks import check_int
@@ -97,7 +98,7 @@ class Compressor(ABC):
         state: EdgeState | None = None,
         *,
         layout: Sequence[Sequence[int]] | None = None,
-        rng: np.random.Generator | None = None,
+        rng: Generator | None = None,
     ) -> Payload:
         """Encode each row of ``v``.
 
@@ -145,11 +146,7 @@ class Compressor(ABC):
 
     @abstractmethod
     def _encode(
-        self,
-        v: Array,
-        state: EdgeState | None,
-        layout: Layout | None,
-        rng: np.random.Generator | None,
+        self, v: Array, state: EdgeState | None, layout: Layout | None, rng: Generator | None
     ) -> Payload: ...
 
     @abstractmethod

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.random import Generator
 
 from gossip_topology._checks import check_int
 from gossip_topology._compressor import Array, Compressor, EdgeState, Layout, Payload, as_layout
@@ -93,11 +94,7 @@ class LowRank(Compressor):
         ]
 
     def _encode(
-        self,
-        v: Array,
-        state: EdgeState | None,
-        layout: Layout | None,
-        rng: np.random.Generator | None,
+        self, v: Array, state: EdgeState | None, layout: Layout | None, rng: Generator | None
     ) -> Payload:
         E, d = v.shape
         plan = self.segments(layout, d)

@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 import numpy as np
+from numpy.random import Generator
 
 from gossip_topology._checks import check_int, check_unit_fraction
 from gossip_topology._compressor import Array, Compressor, EdgeState, Layout, Payload
@@ -69,11 +70,7 @@ class Cast(Compressor):
         self.name = self.dtype = dtype
 
     def _encode(
-        self,
-        v: Array,
-        state: EdgeState | None,
-        layout: Layout | None,
-        rng: np.random.Generator | None,
+        self, v: Array, state: EdgeState | None, layout: Layout | None, rng: Generator | None
     ) -> Payload:
         if self.dtype == "fp16":
             return Payload(arrays=(v.astype(np.float16),), d=v.shape[1])
@@ -127,11 +124,7 @@ class Int8(Compressor):
         self._rng = np.random.default_rng(seed)
 
     def _encode(
-        self,
-        v: Array,
-        state: EdgeState | None,
-        layout: Layout | None,
-        rng: np.random.Generator | None,
+        self, v: Array, state: EdgeState | None, layout: Layout | None, rng: Generator | None
     ) -> Payload:
         E, d = v.shape
         nb = -(-d // self.block)
@@ -199,11 +192,7 @@ class TopK(Compressor):
         return max(1, min(d, math.ceil(self.fraction * d))) if d else 0
 
     def _encode(
-        self,
-        v: Array,
-        state: EdgeState | None,
-        layout: Layout | None,
-        rng: np.random.Generator | None,
+        self, v: Array, state: EdgeState | None, layout: Layout | None, rng: Generator | None
     ) -> Payload:
         d = v.shape[1]
         k = self.k(d)

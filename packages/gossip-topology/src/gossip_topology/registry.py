@@ -4,46 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gossip_topology import graphs, phone_book
 from gossip_topology._checks import check_int
-from gossip_topology.graphs import (
-    Complete,
-    Hypercube,
-    OnePeerExponential,
-    Star,
-    StaticExponential,
-    Torus2D,
-)
-from gossip_topology.phone_book import (
-    DynamicBipartiteExponential,
-    DynamicBipartiteLinear,
-    DynamicDirectedExponential,
-    DynamicDirectedLinear,
-    NPeerDynamicDirectedExponential,
-    PhoneBookTopology,
-    Ring,
-)
 from gossip_topology.topology import Topology
 
 __all__ = ["LEGACY_IDS", "TOPOLOGY_NAMES", "make_topology"]
 
-_PHONE_BOOKS: dict[str, type[PhoneBookTopology]] = {
+_PHONE_BOOKS: dict[str, type[phone_book.PhoneBookTopology]] = {
     cls.name: cls
     for cls in (
-        DynamicDirectedExponential,
-        DynamicBipartiteExponential,
-        DynamicDirectedLinear,
-        DynamicBipartiteLinear,
-        Ring,
-        NPeerDynamicDirectedExponential,
+        phone_book.DynamicDirectedExponential,
+        phone_book.DynamicBipartiteExponential,
+        phone_book.DynamicDirectedLinear,
+        phone_book.DynamicBipartiteLinear,
+        phone_book.Ring,
+        phone_book.NPeerDynamicDirectedExponential,
     )
 }
 _FIXED: dict[str, Callable[[int], Topology]] = {
-    StaticExponential.name: StaticExponential,
-    OnePeerExponential.name: OnePeerExponential,
-    Torus2D.name: Torus2D,
-    Star.name: Star,
-    Complete.name: Complete,
-    Hypercube.name: Hypercube,
+    cls.name: cls
+    for cls in (
+        graphs.StaticExponential,
+        graphs.OnePeerExponential,
+        graphs.Torus2D,
+        graphs.Star,
+        graphs.Complete,
+        graphs.Hypercube,
+    )
 }
 
 TOPOLOGY_NAMES: tuple[str, ...] = (*_PHONE_BOOKS, *_FIXED)

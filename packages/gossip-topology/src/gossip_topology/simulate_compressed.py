@@ -154,22 +154,10 @@ class _EdgeCopies:
         return x - self.gamma * ph.by_src.sum(sent) + self.gamma * ph.by_dst.sum(sent)
 
 
-def _setup(
-    topology: Topology,
-    run: _Run,
-    *,
-    compression: str | Compressor,
-    consensus_step: float | None,
-    reference: ArrayLike | None,
-    layout: Sequence[Sequence[int]] | None,
-    seed: int,
-) -> tuple[_EdgeCopies, Callable[[int], _Phase], tuple[tuple[int, int], ...]]:
-    """Check the compression arguments and build the edges' state.
-
-    Returns:
-        The edges' public copies and state, the phase of each simulated step ``t``, and
-        every edge ``(src, dst)`` in id order.
-    """
+def _check_compression(
+    compression: str | Compressor, consensus_step: float | None
+) -> tuple[Compressor, float]:
+    """The compressor a spec names, and the consensus step (its default when ``None``)."""
     compressor = parse_compressor(compression)
     if compressor is None:
         raise ValueError(
@@ -177,7 +165,25 @@ def _setup(
             "use simulate_push_sum or simulate_push_pull"
         )
     gamma = compressor.default_consensus_step if consensus_step is None else consensus_step
-    gamma = check_unit_fraction("consensus_step", gamma)
+    return compressor, check_unit_fraction("consensus_step", gamma)
+
+
+def _edges(
+    topology: Topology,
+    run: _Run,
+    compressor: Compressor,
+    gamma: float,
+    *,
+    reference: ArrayLike | None,
+    layout: Sequence[Sequence[int]] | None,
+    seed: int,
+) -> tuple[_EdgeCopies, Callable[[int], _Phase], tuple[tuple[int, int], ...]]:
+    """Build every edge's public copy and compressor state.
+
+    Returns:
+        The edges' public copies and state, the phase of each simulated step ``t``, and
+        every edge ``(src, dst)`` in id order.
+    """
     d = run.x.shape[1]
     shapes = as_layout(layout, d)
     if compressor.payload_bytes(d, itemsize=8, layout=shapes) >= 8 * d > 0:
@@ -259,8 +265,9 @@ def simulate_compressed_push_sum(
         layout: Shapes of the segments of one row (sizes summing to ``d``), for ``lowrank``.
         weights0: Initial push-sum weights, shape ``(n,)``; all ones by default.
         start_step: Schedule step of the first simulated step.
-        objective: If given, each step first applies
-            ``x_i -= lr * objective.gradient(z)_i`` at the de-biased ``z``.
+        objective: If given (compressed SGP), each step applies
+            ``x_i -= lr * objective.gradient(z)_i`` at the de-biased ``z`` before the
+            compressed exchange, so the messages carry the updated numerators.
         lr: Learning rate for the gradient step.
         record: ``"all"`` keeps every step, ``"last"`` only the final state.
         seed: Seed of the generator handed to stochastic compressors.
@@ -286,14 +293,9 @@ def simulate_compressed_push_sum(
     """
     run = _prepare(topology, x0, steps, mixing, objective, lr, record, start_step=start_step)
     w0 = _initial_weights(weights0, topology.world_size)
-    es, phase, edges = _setup(
-        topology,
-        run,
-        compression=compression,
-        consensus_step=consensus_step,
-        reference=reference,
-        layout=layout,
-        seed=seed,
+    compressor, gamma = _check_compression(compression, consensus_step)
+    es, phase, edges = _edges(
+        topology, run, compressor, gamma, reference=reference, layout=layout, seed=seed
     )
 
     def weight_step(t: int, w: Array) -> Array:
@@ -359,14 +361,9 @@ def simulate_compressed_push_pull(
     """
     run = _prepare(topology, x0, steps, mixing, objective, lr, record, start_step=start_step)
     check_doubly_stochastic(topology, run.mixing)
-    es, phase, edges = _setup(
-        topology,
-        run,
-        compression=compression,
-        consensus_step=consensus_step,
-        reference=reference,
-        layout=layout,
-        seed=seed,
+    compressor, gamma = _check_compression(compression, consensus_step)
+    es, phase, edges = _edges(
+        topology, run, compressor, gamma, reference=reference, layout=layout, seed=seed
     )
 
     def dpsgd_step(t: int, x: Array) -> Array:

@@ -5,15 +5,11 @@ launched by torchrun or SLURM ``srun``: ``sgp-imagenet train --algorithm sgp --d
 /path/to/imagenet``; ``sgp-imagenet env`` shows what the launcher set.
 """
 
-from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from sgp_imagenet.cli import build_parser, main
 
-try:
-    __version__ = _version("sgp-imagenet")
-    """The installed version of sgp-imagenet, from its package metadata."""
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__ = _version("sgp-imagenet")
+"""The installed version of sgp-imagenet, from its package metadata."""
 
 __all__ = ["__version__", "build_parser", "main"]

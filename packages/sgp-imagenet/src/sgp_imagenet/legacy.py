@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 import posixpath
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import PurePath
-from typing import Literal
+from typing import Literal, get_args
 
 __all__ = ["LEGACY_FLAGS", "SCRIPTS", "LegacyFlag", "ValueKind", "translate_2019"]
 
@@ -59,143 +61,31 @@ class LegacyFlag:
     note: str
 
 
-_BOTH = SCRIPTS
-_SGP = (_SGP_SCRIPT,)
-_AD = (_ADPSGD_SCRIPT,)
-_EARLY = "Early revisions only. "
-_PINNED = "pinned by exact translation"
+_VALUE_KINDS = frozenset(get_args(ValueKind))
 
-# (scripts, flag, value, equivalent, note), in the order the scripts declared them
-_SPECS: tuple[tuple[tuple[str, ...], str, ValueKind, str | None, str], ...] = (
-    (_SGP, "--all_reduce", "bool", "--algorithm",
-     "True: `--algorithm ar`; the gossip flags (--push_sum, --overlap, --synch_freq, "
-     "--graph_type, --mixing_strategy, --peers_per_itr_schedule) are then ignored, as in "
-     "2019."),
-    (_AD, "--all_reduce", "bool", None,
-     "This script trains AD-PSGD only: True raises (translate gossip_sgd.py instead); "
-     "False is dropped."),
-    (_AD, "--bilat", "bool", "--algorithm",
-     "True (or absent): `--algorithm adpsgd`. False raises: for the other algorithms "
-     "translate gossip_sgd.py."),
-    (_AD, "--shared_fpath", "str", None,
-     "A file the ranks appended to, to count iterations across the job; sgp-imagenet "
-     "counts them itself. Dropped."),
-    (_BOTH, "--batch_size", "int", "--batch-size",
-     f"Per rank in both. 2019 default 32 (sgp-imagenet: 256), {_PINNED}."),
-    (_BOTH, "--single_threaded", "bool", None,
-     f"{_EARLY}A single-threaded variant of the same gossip wrapper. Dropped."),
-    (_BOTH, "--distributed", "bool", None,
-     f"{_EARLY}True is dropped. False (one process, no communication) raises: launch a "
-     "single process instead."),
-    (_BOTH, "--lr", "float", "--lr",
-     "The same reference rate: for 256 images, scaled linearly with the global batch."),
-    (_BOTH, "--num_dataloader_workers", "int", "--workers",
-     "2019 default 10 (sgp-imagenet: 4); not pinned, it does not change the maths."),
-    (_BOTH, "--num_epochs", "int", "--epochs", "Same meaning."),
-    (_SGP, "--num_iterations_per_training_epoch", "int", "--max-iters-per-epoch",
-     "N >= 1 caps every epoch at N iterations; -1 or 0 (whole epochs) is dropped."),
-    (_BOTH, "--momentum", "float", "--momentum", "Same meaning."),
-    (_BOTH, "--weight_decay", "float", "--weight-decay",
-     "2019 decayed every parameter; sgp-imagenet leaves biases and normalisation weights "
-     "undecayed."),
-    (_BOTH, "--nesterov", "bool", "--nesterov --no-nesterov",
-     f"True: `--nesterov`; False: `--no-nesterov`. 2019 default False (sgp-imagenet: on), "
-     f"{_PINNED}."),
-    (_SGP, "--push_sum", "bool", "--algorithm",
-     "True: `--algorithm sgp` (`osgp` with --overlap True); False: `--algorithm dpsgd`. "
-     "False with --overlap True raises: there is no overlapped D-PSGD."),
-    (_AD, "--push_sum", "bool", None, "Not read by this script's AD-PSGD. Dropped."),
-    (_SGP, "--graph_type", "int", "--topology",
-     "The same ids: `--topology 0` ... `--topology 5`. -1 (no graph) goes with "
-     "--all_reduce True; with gossip it raises. Default 5 (early revisions: 0)."),
-    (_AD, "--graph_type", "int", "--topology",
-     "sgp-imagenet's AD-PSGD needs a bipartite graph: 1 or 3; other ids raise. The "
-     "script's default was 0, so exact translation raises when --graph_type is absent."),
-    (_BOTH, "--mixing_strategy", "int", None,
-     "Uniform mixing (0) was the only strategy, and is what sgp-imagenet does. 0 is "
-     "dropped (and -1 for gossip_sgd.py, which then mixed uniformly too); others raise."),
-    (_BOTH, "--schedule", "floats", "--lr-schedule",
-     "EPOCH FACTOR pairs become `EPOCH:FACTOR` pairs: `30 0.1 60 0.1` is "
-     "`--lr-schedule '30:0.1 60:0.1'`. A fractional epoch rounds up, as 2019 applied it."),
-    (_SGP, "--peers_per_itr_schedule", "ints", "--peers-per-itr-schedule",
-     "EPOCH PEERS pairs become `EPOCH:PEERS` pairs: `0 1 30 2` is "
-     "`--peers-per-itr-schedule '0:1 30:2'`. Epoch 0 must be given, as in 2019."),
-    (_AD, "--peers_per_itr_schedule", "ints", None,
-     "The script used only epoch 0's count, and sgp-imagenet's AD-PSGD talks to one peer "
-     "per step: a count of 1 is dropped, others raise."),
-    (_SGP, "--overlap", "bool", "--algorithm",
-     "True: `--algorithm osgp` (push-sum overlapped with computation)."),
-    (_AD, "--overlap", "bool", None, "Not read by this script's AD-PSGD. Dropped."),
-    (_SGP, "--synch_freq", "int", "--synch-freq",
-     "Kept for osgp (--overlap True). Without --overlap, 0 is dropped and N > 0 raises: "
-     "2019 then let SGP or D-PSGD skip waiting for gossip for up to N steps."),
-    (_AD, "--synch_freq", "int", None, "Not read by this script's AD-PSGD. Dropped."),
-    (_BOTH, "--warmup", "bool", "--warmup-epochs",
-     "True: `--warmup-epochs 5` (2019's fixed length); False: `--warmup-epochs 0`. 2019 "
-     f"default False (sgp-imagenet: 5 epochs), {_PINNED}. 2019 raised the rate every 100 "
-     "iterations, sgp-imagenet every iteration."),
-    (_BOTH, "--seed", "int", "--seed",
-     f"2019 default 47 (sgp-imagenet: 0), {_PINNED}. The random streams differ, so runs "
-     "agree in distribution, not bit for bit."),
-    (_BOTH, "--resume", "bool", "--resume",
-     "True: `--resume auto`. False is dropped: auto starts afresh when --checkpoint-dir "
-     "holds no checkpoint (add `--resume none` to ignore one)."),
-    (_SGP, "--resume_epoch", "int", None,
-     f"{_EARLY}0 is dropped; another epoch raises: pass `--resume PATH` with that "
-     "epoch's checkpoint."),
-    (_BOTH, "--backend", "str", "--backend",
-     "nccl and gloo are kept; tcp (CPU sockets) becomes gloo; mpi is dropped (no MPI "
-     "launcher: use torchrun or srun; auto picks nccl on GPUs)."),
-    (_SGP, "--bs_fpath", "str", "--requeue",
-     f"{_EARLY}The batch script resubmitted after a preemption; sgp-imagenet requeues the "
-     "SLURM job itself (`--requeue`, on by default). Dropped."),
-    (_AD, "--bs_fpath", "str", "--requeue",
-     "The batch script resubmitted after a preemption; sgp-imagenet requeues the SLURM "
-     "job itself (`--requeue`, on by default). Dropped."),
-    (_BOTH, "--tag", "str", "--checkpoint-dir --log-dir",
-     "2019 prefixed its file names in --checkpoint_dir with the tag; it becomes a "
-     "subdirectory, DIR/TAG. Dropped without --checkpoint_dir."),
-    (_BOTH, "--print_freq", "int", "--print-freq", "Same meaning."),
-    (_BOTH, "--verbose", "bool", None, "The log level only. Dropped."),
-    (_BOTH, "--train_fast", "bool", None,
-     "True skipped the per-epoch validation and checkpoints (one validation at the end); "
-     "sgp-imagenet validates every epoch. Dropped: it does not change training."),
-    (_BOTH, "--checkpoint_all", "bool", "--checkpoint-all",
-     "True: `--checkpoint-all` (each rank saves its own model); False: rank 0 saves (in "
-     f"sgp-imagenet, the network average). 2019 default True, {_PINNED}."),
-    (_SGP, "--overwrite_checkpoints", "bool", None,
-     "False kept one checkpoint per epoch; sgp-imagenet keeps the latest. Dropped."),
-    (_BOTH, "--master_port", "str", None,
-     "Set by the launcher (MASTER_PORT from torchrun, or the SLURM environment). Dropped."),
-    (_BOTH, "--user_name", "str", None,
-     f"{_EARLY}Named the log directory; give --log-dir. Dropped."),
-    (_BOTH, "--checkpoint_dir", "str", "--checkpoint-dir --log-dir",
-     "2019 wrote checkpoints and the CSV logs there; both options get the directory."),
-    (_BOTH, "--network_interface_type", "str", None,
-     "2019 set NCCL_SOCKET_IFNAME or GLOO_SOCKET_IFNAME (and NCCL_IB_DISABLE) from it; set "
-     "those environment variables yourself. Dropped."),
-    (_SGP, "--fp16", "switch", "--amp",
-     "`--amp fp16`: torch.amp with a GradScaler where 2019 used apex. Apex-era revisions."),
-    (_SGP, "--amp", "switch", None,
-     "Chose apex amp over apex's FP16 optimizer; with --fp16 both are `--amp fp16`, "
-     "alone it had no effect. Dropped. Apex-era revisions."),
-    (_SGP, "--apex_ddp", "switch", None,
-     "apex's DistributedDataParallel for fp16 AR; sgp-imagenet uses torch's. Dropped. "
-     "Apex-era revisions."),
-    (_SGP, "--num_itr_ignore", "int", None,
-     "The first iterations left out of the 2019 timing meters. Dropped."),
-    (_BOTH, "--dataset_dir", "str", "--data",
-     "The ImageFolder root with train/ and val/, as in 2019."),
-    (_SGP, "--no_cuda_streams", "switch", None,
-     "An implementation detail of 2019's gossip (side CUDA streams). Dropped."),
-)  # fmt: skip
 
-LEGACY_FLAGS: tuple[LegacyFlag, ...] = tuple(
-    LegacyFlag(script=script, flag=flag, value=value, equivalent=equivalent, note=note)
-    for script in SCRIPTS
-    for scripts, flag, value, equivalent, note in _SPECS
-    if script in scripts
-)
+def _load_flags() -> tuple[LegacyFlag, ...]:
+    """``LEGACY_FLAGS`` from ``legacy_flags.toml``, the table this package ships."""
+    text = resources.files("sgp_imagenet").joinpath("legacy_flags.toml").read_text("utf-8")
+    specs = tomllib.loads(text)["flag"]
+    for spec in specs:
+        if not set(spec["scripts"]) <= set(SCRIPTS) or spec["value"] not in _VALUE_KINDS:
+            raise RuntimeError(f"legacy_flags.toml: malformed entry {spec!r}")
+    return tuple(
+        LegacyFlag(
+            script=script,
+            flag=spec["flag"],
+            value=spec["value"],
+            equivalent=spec.get("equivalent"),
+            note=spec["note"],
+        )
+        for script in SCRIPTS
+        for spec in specs
+        if script in spec["scripts"]
+    )
+
+
+LEGACY_FLAGS: tuple[LegacyFlag, ...] = _load_flags()
 """Every flag of ``gossip_sgd.py``, then of ``gossip_sgd_adpsgd.py``, over their revisions."""
 
 _BY_SCRIPT: dict[str, dict[str, LegacyFlag]] = {
