@@ -57,8 +57,10 @@ def _python(names: str, page: str, *, anchor: bool = True) -> dict[str, str]:
 EXTERNAL_URLS: dict[str, str] = {
     # built-in types and exceptions, on the pages Python's own objects.inv puts them
     **_python("bool float int", "functions.html"),
-    **_python("dict list set str tuple", "stdtypes.html"),
-    **_python("Exception ImportError RuntimeError TypeError ValueError", "exceptions.html"),
+    **_python("dict frozenset list set str tuple", "stdtypes.html"),
+    **_python(
+        "Exception ImportError RuntimeError TypeError UserWarning ValueError", "exceptions.html"
+    ),
     # standard-library modules (their pages) and classes
     **_python("abc.ABC", "abc.html"),
     **_python("argparse", "argparse.html", anchor=False),

@@ -30,12 +30,15 @@ from gossip_comm.errors import (
     GossipError,
     GossipPeerError,
     GossipTimeoutError,
+    MembershipError,
     NonFiniteError,
     PeerLostError,
+    StoreLostError,
 )
 from gossip_comm.flat import FlatBuffer
 from gossip_comm.gossiper import Gossiper
 from gossip_comm.handle import GossipHandle
+from gossip_comm.membership import Membership
 from gossip_comm.push_pull import PushPull
 from gossip_comm.push_sum import OverlapRound, PushSum
 
@@ -60,6 +63,8 @@ __all__ = [
     "Gossiper",
     "Int8",
     "LowRank",
+    "Membership",
+    "MembershipError",
     "MessageSpec",
     "NonFiniteError",
     "OverlapRound",
@@ -67,6 +72,7 @@ __all__ = [
     "PeerLostError",
     "PushPull",
     "PushSum",
+    "StoreLostError",
     "TopK",
     "__version__",
     "comm_device_for",

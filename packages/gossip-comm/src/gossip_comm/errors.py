@@ -6,8 +6,10 @@ __all__ = [
     "GossipError",
     "GossipPeerError",
     "GossipTimeoutError",
+    "MembershipError",
     "NonFiniteError",
     "PeerLostError",
+    "StoreLostError",
 ]
 
 
@@ -42,6 +44,15 @@ class PeerLostError(GossipPeerError):
 
 class NonFiniteError(GossipPeerError):
     """A message from a peer held NaN or Inf (only checked when asked for)."""
+
+
+class MembershipError(GossipError):
+    """A fault-tolerant job cannot go on with this process: it was left out of the next
+    generation, or too few members are left."""
+
+
+class StoreLostError(MembershipError):
+    """The membership store (the coordinator) did not answer."""
 
 
 def _rebuild(

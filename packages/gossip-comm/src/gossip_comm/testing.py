@@ -79,7 +79,7 @@ def _child(
     backend: str,
     init_file: str,
     out_dir: str,
-    init_timeout: float,
+    init_timeout: float | None,
     environ: dict[str, str],
 ) -> None:
     os.environ.clear()
@@ -94,18 +94,22 @@ def _child(
             import torch
 
             torch.cuda.set_device(rank % torch.cuda.device_count())
-        dist.init_process_group(
-            backend,
-            init_method=f"file://{init_file}",
-            rank=rank,
-            world_size=world_size,
-            timeout=timedelta(seconds=init_timeout),
-        )
-        stage = "run"
-        try:
+        if init_timeout is None:  # the function forms its own groups
+            stage = "run"
             result = fn(rank, world_size, *args)
-        finally:
-            dist.destroy_process_group()
+        else:
+            dist.init_process_group(
+                backend,
+                init_method=f"file://{init_file}",
+                rank=rank,
+                world_size=world_size,
+                timeout=timedelta(seconds=init_timeout),
+            )
+            stage = "run"
+            try:
+                result = fn(rank, world_size, *args)
+            finally:
+                dist.destroy_process_group()
         payload: tuple[str, Any] = ("ok", result)
     except BaseException as exc:  # report everything, KeyboardInterrupt included
         payload = ("error", (repr(exc), traceback.format_exc(), exc, stage))
@@ -137,7 +141,7 @@ def run_distributed(
     *,
     backend: str = "gloo",
     timeout: float = 120.0,
-    init_timeout: float = 60.0,
+    init_timeout: float | None = 60.0,
     allowed_exits: Sequence[int] = (),
 ) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned processes.
@@ -148,7 +152,9 @@ def run_distributed(
         args: Extra positional arguments (picklable).
         backend: ``"gloo"`` or ``"nccl"``.
         timeout: Seconds for the whole run before the children are killed.
-        init_timeout: Timeout given to ``init_process_group``.
+        init_timeout: Timeout given to ``init_process_group``; ``None``: no group is
+            formed, ``fn`` forms its own (``rank`` and ``world_size`` are then only the
+            child's index and the number of children).
         allowed_exits: Ranks allowed to die without reporting (to test dead peers);
             their result is ``None``.
 

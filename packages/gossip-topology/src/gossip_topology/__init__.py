@@ -26,6 +26,13 @@ from gossip_topology.graphs import (
     StaticTopology,
     Torus2D,
 )
+from gossip_topology.membership import (
+    FALLBACK_TOPOLOGY,
+    Generation,
+    TopologyFallbackWarning,
+    carry_over,
+    topology_at,
+)
 from gossip_topology.mixing import (
     CustomMixing,
     MetropolisHastings,
@@ -56,6 +63,7 @@ from gossip_topology.simulate_compressed import (
     simulate_compressed_push_pull,
     simulate_compressed_push_sum,
 )
+from gossip_topology.simulate_faults import GenerationOutcome, RankRecord, simulate_generation
 from gossip_topology.spectral import (
     consensus_error,
     is_exact_averaging,
@@ -72,6 +80,7 @@ __version__ = _version("gossip-topology")
 
 __all__ = [
     "COMPRESSOR_NAMES",
+    "FALLBACK_TOPOLOGY",
     "LEGACY_IDS",
     "TOPOLOGY_NAMES",
     "Cast",
@@ -84,6 +93,8 @@ __all__ = [
     "DynamicDirectedExponential",
     "DynamicDirectedLinear",
     "FromAdjacency",
+    "Generation",
+    "GenerationOutcome",
     "GossipTrace",
     "Hypercube",
     "Int8",
@@ -95,6 +106,7 @@ __all__ = [
     "Payload",
     "PhoneBookTopology",
     "Quadratic",
+    "RankRecord",
     "RankSchedule",
     "RankStep",
     "Ring",
@@ -103,9 +115,11 @@ __all__ = [
     "StaticTopology",
     "TopK",
     "Topology",
+    "TopologyFallbackWarning",
     "Torus2D",
     "UniformMixing",
     "__version__",
+    "carry_over",
     "check_doubly_stochastic",
     "consensus_curve",
     "consensus_error",
@@ -122,7 +136,9 @@ __all__ = [
     "second_singular_value",
     "simulate_compressed_push_pull",
     "simulate_compressed_push_sum",
+    "simulate_generation",
     "simulate_push_pull",
     "simulate_push_sum",
     "spectral_gap",
+    "topology_at",
 ]
