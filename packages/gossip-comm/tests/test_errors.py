@@ -114,6 +114,10 @@ def test_gossip_config_is_keyword_only_and_checked_at_construction() -> None:
         GossipConfig(wire_dtype=torch.float64)
     with pytest.raises(TypeError, match="check_finite must be a bool"):
         GossipConfig(check_finite=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fault_tolerant must be a bool"):
+        GossipConfig(fault_tolerant="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fault_tolerant gossip does not support compression"):
+        GossipConfig(fault_tolerant=True, compression="int8")
     config = GossipConfig(wire_dtype=torch.bfloat16, timeout=5)
     with pytest.raises(AttributeError):
         config.timeout = 1  # type: ignore[misc]

@@ -41,6 +41,7 @@ from gossip_comm.handle import GossipHandle
 from gossip_comm.membership import Membership
 from gossip_comm.push_pull import PushPull
 from gossip_comm.push_sum import OverlapRound, PushSum
+from gossip_comm.settled import Settled
 
 __version__ = _version("gossip-comm")
 """The installed version of gossip-comm, from its package metadata."""
@@ -72,6 +73,7 @@ __all__ = [
     "PeerLostError",
     "PushPull",
     "PushSum",
+    "Settled",
     "StoreLostError",
     "TopK",
     "__version__",

@@ -65,6 +65,7 @@ class Channel:
     chunk_numel: int = 0  # elements per chunk of a message; 0: one piece
     chunk_everywhere: bool = False  # chunk_bytes was given: chunk every pair's messages
     remote: tuple[bool, ...] = ()  # per rank of the group: on another host than this one
+    fault_tolerant: bool = False  # post operations one by one; keep a failed step
 
     @property
     def numel(self) -> int:
@@ -132,7 +133,13 @@ def open_channel(
         check_finite=config.check_finite,
         chunk_numel=chunk_numel_for(config.chunk_bytes, device, wire_dtype, like.numel()),
         chunk_everywhere=config.chunk_bytes is not None,
+        fault_tolerant=config.fault_tolerant,
     )
+    if config.fault_tolerant and dist.get_backend(group) != "gloo":
+        raise ValueError(
+            f"{owner}: fault_tolerant gossip runs on gloo (a lost NCCL peer poisons the "
+            f"whole communicator); this group's backend is {dist.get_backend(group)}"
+        )
     hosts = agree_across_ranks(channel, topology, extra)
     mine = hosts[channel.rank]
     return dataclasses.replace(channel, remote=tuple(h != mine for h in hosts))

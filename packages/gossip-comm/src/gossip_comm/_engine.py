@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -22,6 +22,7 @@ from gossip_comm._background import Worker
 from gossip_comm._channel import Channel
 from gossip_comm._transport import Message, PendingExchange, post
 from gossip_comm.handle import GossipHandle
+from gossip_comm.settled import Settled
 from gossip_topology import RankSchedule, RankStep
 
 __all__ = ["Engine", "Flight"]
@@ -43,6 +44,7 @@ class Flight:
     buf: torch.Tensor  # its flat view on the comm device (or a host staging copy)
     weight: float
     weight_recvs: list[torch.Tensor]
+    mixed: int = field(default=0, init=False)  # chunks already mixed in (fault tolerance)
     kept_weight: float = field(init=False)  # the share of its value and weight kept
     in_weights: tuple[float, ...] = field(init=False)  # the share of each in-peer's value
 
@@ -72,6 +74,8 @@ class Engine(ABC, Generic[F]):
         # steps in flight at once (OSGP with synch_freq > 0) never share one.
         self._pool: list[list[torch.Tensor]] = []
         self._worker = Worker(f"gossip-rank{channel.rank}")
+        # fault tolerance: the blocking step that failed, kept whole for `settle`
+        self.interrupted: F | None = None
 
     # ------------------------------------------------------- what differs
     @abstractmethod
@@ -116,6 +120,14 @@ class Engine(ABC, Generic[F]):
     def restore(self, state: Mapping[str, Any]) -> F:
         """A flight whose messages are in, from `delivered`'s output."""
 
+    def settle(self, posted: Callable[[int, int], bool | None]) -> Settled:
+        """Finish the step that failed with exactly what was delivered (fault tolerance).
+
+        Raises:
+            RuntimeError: If this engine cannot (compressed gossip), or no step failed.
+        """
+        raise RuntimeError(f"{type(self).__name__} cannot settle a failed step")
+
     # ------------------------------------------------------- what is shared
     def _next(self) -> tuple[RankStep, int]:
         """This step's schedule entry and number; counts the step as posted."""
@@ -141,7 +153,9 @@ class Engine(ABC, Generic[F]):
         ch = self.channel
         self.bytes_sent += sum(m.tensor.nbytes for m in messages if m.send)
         chunks = [ch.chunk_to(m.peer) for m in messages]
-        return post(messages, ch.group, ch.rank, step, chunk_numel=chunks)
+        return post(
+            messages, ch.group, ch.rank, step, chunk_numel=chunks, keep_going=ch.fault_tolerant
+        )
 
     def _weight_in(self, flight: F) -> float:
         """``sum_q a_q w_q`` over the weights received (only when they travel)."""
@@ -161,6 +175,13 @@ class Engine(ABC, Generic[F]):
         staged on the host is copied back); ``(tensor, weight)``."""
         try:
             self._mix_in(flight)
+        except Exception:
+            if self.channel.fault_tolerant:
+                self.interrupted = flight  # its buffers stay borrowed until settled
+            else:
+                self._release(flight)
+            raise
+        try:
             weight = flight.weight
             if self.carries_weight:
                 weight = flight.kept_weight * weight + self._weight_in(flight)

@@ -3,7 +3,7 @@ members that PushSum and PushPull forward to it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ from gossip_comm._exchange import ExchangeEngine
 from gossip_comm._public import compression_setup
 from gossip_comm.config import GossipConfig
 from gossip_comm.handle import GossipHandle
+from gossip_comm.settled import Settled
 from gossip_topology import RankSchedule, Topology
 
 __all__ = ["EngineGossiper", "build_engine"]
@@ -55,10 +56,14 @@ def build_engine(
         RuntimeError: If ``torch.distributed`` is not initialised.
     """
     setup = compression_setup(config, like, layout, reference, owner=owner)
-    extra = () if setup is None else setup.agreement
+    extra = [("fault_tolerant", int(config.fault_tolerant))]
+    extra += [] if setup is None else setup.agreement
     channel = open_channel(topology, like, config, owner=owner, extra=extra)
     schedule = RankSchedule(topology, config.mixing, rank=channel.rank)
-    weighted = carries_weight and (force_weight or not schedule.weight_is_constant)
+    # a fault-tolerant step may return shares to their senders, which unbalances the
+    # weights even on a graph that keeps them equal: the weight always travels
+    force = force_weight or config.fault_tolerant
+    weighted = carries_weight and (force or not schedule.weight_is_constant)
     if setup is None:
         return ExchangeEngine(channel, schedule, carries_weight=weighted)
     return CompressedEngine(channel, schedule, setup, carries_weight=weighted)
@@ -93,6 +98,32 @@ class EngineGossiper:
             NonFiniteError: With ``check_finite``, if a peer sent NaN or Inf.
         """
         return self._engine.mix(tensor, float(weight))
+
+    @property
+    def interrupted(self) -> bool:
+        """Fault tolerance: whether a blocking step failed and awaits `settle`."""
+        return self._engine.interrupted is not None
+
+    def settle(self, posted: Callable[[int, int], bool | None]) -> Settled:
+        """Fault tolerance: finish the blocking step that failed, with what was delivered.
+
+        Call it once the job knows which peers are lost and how far each live peer got:
+        operations that both ends posted are waited for, the others abandoned; the part
+        of the tensor not mixed yet keeps this rank's share, takes back the shares whose
+        sends did not complete and adds the messages that arrived.
+
+        Args:
+            posted: ``posted(peer, step)``: ``True`` if live ``peer`` posted gossip step
+                ``step``, ``False`` if it did not, ``None`` if it is lost.
+
+        Returns:
+            A [`Settled`][gossip_comm.Settled]: the tensor (updated in place), the weight,
+            and which peers' messages came back, arrived, or went through in part.
+
+        Raises:
+            RuntimeError: If no step failed, or the gossip is compressed.
+        """
+        return self._engine.settle(posted)
 
     def start(
         self, tensor: torch.Tensor, weight: float = 1.0

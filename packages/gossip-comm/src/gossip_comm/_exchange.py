@@ -8,7 +8,7 @@ for one in-peer on a doubly-stochastic row).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from gossip_comm._channel import Channel, check_finite, checked_step, parse_save
 from gossip_comm._engine import Engine, Flight
 from gossip_comm._transport import Message, PendingExchange
 from gossip_comm.handle import GossipHandle
+from gossip_comm.settled import Settled
 from gossip_topology import RankSchedule, RankStep
 
 __all__ = ["ExchangeEngine", "InFlight"]
@@ -228,6 +229,45 @@ class ExchangeEngine(Engine[InFlight]):
         info, buf = flight.info, flight.buf
         for sl, parts in self._chunks(flight):
             _mix_into(buf[sl], parts, info)
+            flight.mixed += 1
+
+    def settle(self, posted: Callable[[int, int], bool | None]) -> Settled:
+        """Finish the step that failed with exactly what was delivered (fault tolerance).
+
+        Waits for the operations that must complete (see
+        [`PendingExchange.settle`][gossip_comm._transport.PendingExchange.settle]); then
+        each part of the tensor not yet mixed keeps its own share, takes back the shares
+        whose sends did not complete, and adds the received ones; the weight likewise.
+
+        Raises:
+            RuntimeError: If no step failed.
+        """
+        flight, self.interrupted = self.interrupted, None
+        if flight is None:
+            raise RuntimeError("no interrupted gossip step to settle")
+        try:
+            done = flight.pending.settle(posted, self.channel.timeout)
+            fold = _Fold(flight, done)
+            for c in range(flight.mixed, len(fold.ranges)):
+                self._fold_range(flight, fold, c)
+            weight = fold.weight(flight)
+            if flight.target.device != flight.buf.device:
+                flight.target.copy_(flight.buf.view(flight.target.shape))
+            return fold.settled(flight, weight)
+        finally:
+            self._release(flight)
+
+    def _fold_range(self, flight: InFlight, fold: _Fold, c: int) -> None:
+        info, sl = flight.info, fold.ranges[c]
+        x = flight.buf[sl]
+        out = x * info.self_weight
+        for j, a in enumerate(info.out_weights):
+            if not fold.delivered(j, c):
+                out.add_(x, alpha=a)  # the share that did not leave comes back
+        for j, a in enumerate(info.in_weights):
+            if fold.delivered(fold.n_out + j, c):
+                out.add_(flight.recvs[j][sl].to(out.dtype), alpha=a)
+        x.copy_(out)
 
     def accumulate(
         self, flight: InFlight, into: torch.Tensor, base: torch.Tensor | None = None
@@ -290,3 +330,67 @@ def _mix_into(buf: torch.Tensor, recvs: list[torch.Tensor], info: RankStep) -> N
     buf.mul_(info.self_weight)
     for r, a in zip(recvs, info.in_weights, strict=True):
         buf.add_(r, alpha=a)
+
+
+class _Fold:
+    """Which parts of a failed step's messages were delivered."""
+
+    def __init__(self, flight: InFlight, done: list[bool]) -> None:
+        pending, info = flight.pending, flight.info
+        self.ops = {piece: ok for piece, ok in zip(pending.pieces, done, strict=True)}
+        size = pending.chunk_numel if pending.num_chunks > 1 else 0
+        self.ranges = (
+            [slice(c * size, (c + 1) * size) for c in range(pending.num_chunks)]
+            if size
+            else [slice(None)]
+        )
+        self.n_out, self.n_in = len(info.out_peers), len(info.in_peers)
+
+    def delivered(self, message: int, chunk: int) -> bool:
+        """Whether ``message``'s part in range ``chunk`` went through (an unchunked
+        message travels whole in chunk 0)."""
+        return self.ops.get((chunk, message), self.ops.get((0, message), False))
+
+    def whole(self, message: int) -> bool | None:
+        """``True``: every part went through; ``False``: none; ``None``: some."""
+        parts = {ok for (_, m), ok in self.ops.items() if m == message}
+        return parts.pop() if len(parts) == 1 else None
+
+    def weight(self, flight: InFlight) -> float:
+        info, w = flight.info, flight.weight
+        if not flight.weight_recvs:  # the weight does not travel
+            return w
+        base = self.n_out + self.n_in
+        total = flight.kept_weight * w
+        for j, a in enumerate(info.out_weights):
+            if not self.delivered(base + j, 0):
+                total += a * w
+        for j, a in enumerate(info.in_weights):
+            if self.delivered(base + self.n_out + j, 0):
+                total += a * float(flight.weight_recvs[j].item())
+        return total
+
+    def settled(self, flight: InFlight, weight: float) -> Settled:
+        info = flight.info
+        base = self.n_out + self.n_in
+        weighted = bool(flight.weight_recvs)
+
+        def state(data: int, w: int) -> bool | None:
+            parts = {self.whole(data)} | ({self.whole(w)} if weighted else set())
+            return parts.pop() if len(parts) == 1 else None
+
+        sent = [state(j, base + j) for j in range(self.n_out)]
+        got = [state(self.n_out + j, base + self.n_out + j) for j in range(self.n_in)]
+        return Settled(
+            tensor=flight.target,
+            weight=weight,
+            step=flight.step,
+            returned=tuple(p for p, s in zip(info.out_peers, sent, strict=True) if s is False),
+            received=tuple(q for q, s in zip(info.in_peers, got, strict=True) if s is True),
+            partial=tuple(
+                sorted(
+                    {p for p, s in zip(info.out_peers, sent, strict=True) if s is None}
+                    | {q for q, s in zip(info.in_peers, got, strict=True) if s is None}
+                )
+            ),
+        )

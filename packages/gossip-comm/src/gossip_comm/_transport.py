@@ -19,7 +19,7 @@ same agreed configuration, and gloo matches a pair's messages in posting order.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -47,7 +47,7 @@ class PendingExchange:
 
     def __init__(
         self,
-        works: list[dist.Work],
+        works: list[dist.Work | None],
         messages: list[Message],
         *,
         rank: int,
@@ -56,6 +56,10 @@ class PendingExchange:
         chunk_numel: int = 0,
     ) -> None:
         self.works, self.messages, self.rank, self.step = works, messages, rank, step
+        # fault-tolerant posting: ops whose post raised (their peer is gone), by index
+        self.post_errors: dict[int, BaseException] = {}
+        # ops known to have completed (waited successfully), by index
+        self.waited = [False] * len(works)
         # (chunk index, message index) of each posted op, in posting order.
         self.pieces = pieces if pieces is not None else [(0, i) for i in range(len(messages))]
         self.chunk_numel = chunk_numel
@@ -79,7 +83,7 @@ class PendingExchange:
 
     def is_completed(self) -> bool:
         """Whether every work reports completion (meaningful on NCCL; gloo reports on wait)."""
-        return all(w.is_completed() for w in self.works)
+        return all(w is None or w.is_completed() for w in self.works)
 
     def wait(self, timeout: float) -> None:
         """Wait for every message, raising a named error if one fails or exceeds ``timeout``.
@@ -129,7 +133,13 @@ class PendingExchange:
         # outlive the process group (seen with torch 2.14 and batch_isend_irecv).
         self.works, self.done = [], True
 
-    def _wait_one(self, index: int, work: dist.Work, deadline: float, timeout: float) -> None:
+    def _wait_one(
+        self, index: int, work: dist.Work | None, deadline: float, timeout: float
+    ) -> None:
+        if index in self.post_errors:
+            exc = self.post_errors[index]
+            raise self._error(index, exc, timeout) from exc
+        assert work is not None
         remaining = max(deadline - time.monotonic(), 0.001)
         try:
             ok = work.wait(timeout=timedelta(seconds=remaining))
@@ -137,6 +147,50 @@ class PendingExchange:
             raise self._error(index, exc, timeout) from exc
         if ok is False:
             raise self._error(index, None, timeout)
+        if not self.coalesced:
+            self.waited[index] = True
+
+    def settle(self, posted: Callable[[int, int], bool | None], timeout: float) -> list[bool]:
+        """After a failure: which of this exchange's operations completed.
+
+        Point-to-point operations are rendezvous: one completes only once both ends have
+        posted it. So an operation with a live peer that ``posted`` says has posted this
+        step completes, and is waited for (up to ``timeout``); one whose peer has not
+        posted never will, and is abandoned. With a lost peer (``posted`` returns
+        ``None``), an operation counts only if it had completed already. An abandoned
+        operation is never waited on: a gloo wait that times out closes the connection
+        to that peer, which would look to it like this process dying.
+
+        Args:
+            posted: For a peer rank and this exchange's step: ``True`` if the peer posted
+                that step's operations, ``False`` if not, ``None`` if it is lost.
+            timeout: Seconds to wait for an operation that must complete.
+
+        Returns:
+            For each operation, in posting order, whether it completed.
+
+        Raises:
+            RuntimeError: For a backend that coalesces the exchange into one work (NCCL).
+        """
+        if self.coalesced:
+            raise RuntimeError("settling an exchange needs one work per operation (gloo)")
+        out = []
+        for index, work in enumerate(self.works):
+            if self.waited[index] or self.done:
+                out.append(True)
+                continue
+            peer = self.messages[self.pieces[index][1]].peer
+            state = posted(peer, self.step)
+            if work is None or index in self.post_errors or state is False:
+                out.append(False)
+                continue
+            try:  # a lost peer's operation: completed already, or never
+                ok = work.wait(timeout=timedelta(seconds=timeout if state else 0.001))
+            except RuntimeError:
+                ok = False
+            out.append(ok is not False)
+            self.waited[index] = ok is not False
+        return out
 
     def _error(self, index: int, exc: BaseException | None, timeout: float) -> GossipError:
         if self.coalesced:
@@ -183,6 +237,8 @@ def post(
     step: int,
     tags: list[int] | None = None,
     chunk_numel: int | Sequence[int] = 0,
+    *,
+    keep_going: bool = False,
 ) -> PendingExchange:
     """Post every message of one step in a single ``batch_isend_irecv``.
 
@@ -192,6 +248,10 @@ def post(
     than ``chunk_numel`` elements (``0``: never) travel in chunks of that many elements,
     posted interleaved across messages; both sides must use the same ``chunk_numel``.
     A sequence gives each message its own, either 0 or one common size.
+
+    With ``keep_going`` (fault-tolerant gossip, gloo only), operations are posted one by
+    one and one that fails to post (its peer is gone) is recorded in ``post_errors``
+    instead of stopping the others; it raises when waited on.
     """
     if not messages:
         return PendingExchange([], [], rank=rank, step=step)
@@ -215,8 +275,21 @@ def post(
         )
         for _, i, piece in pieces
     ]
-    works = dist.batch_isend_irecv(ops)
     index = [(c, i) for c, i, _ in pieces]
-    return PendingExchange(
-        list(works), messages, rank=rank, step=step, pieces=index, chunk_numel=max(sizes, default=0)
+    works: list[dist.Work | None] = []
+    errors: dict[int, BaseException] = {}
+    if not keep_going:
+        works += dist.batch_isend_irecv(ops)
+    # one operation at a time (what batch_isend_irecv does on gloo), so that one whose
+    # peer is gone does not keep the others from being posted
+    for k, op in enumerate(ops if keep_going else []):
+        try:
+            works.append(op.op(op.tensor, op.peer, op.group, op.tag))
+        except RuntimeError as exc:
+            works.append(None)
+            errors[k] = exc
+    pending = PendingExchange(
+        works, messages, rank=rank, step=step, pieces=index, chunk_numel=max(sizes, default=0)
     )
+    pending.post_errors = errors
+    return pending

@@ -62,6 +62,11 @@ class GossipConfig:
         consensus_step: With ``compression``, the consensus step size $\gamma$ in (0, 1]:
             each step mixes with ``(1 - gamma) I + gamma W``. ``None`` takes the
             compressor's ``default_consensus_step``.
+        fault_tolerant: Gossip so that a lost peer can be survived (gloo only, without
+            compression): every operation is posted on its own, the push-sum weight
+            always travels, and a step that fails keeps its buffers so that
+            ``settle`` can fold in exactly what was delivered. See
+            [`Membership`][gossip_comm.Membership].
 
     Raises:
         TypeError: If ``mixing`` is not a ``gossip_topology.Mixing`` or ``check_finite``
@@ -87,6 +92,7 @@ class GossipConfig:
     chunk_bytes: int | None = None
     compression: Compressor | str | None = None
     consensus_step: float | None = None
+    fault_tolerant: bool = False
 
     @property
     def compressor(self) -> Compressor | None:
@@ -118,6 +124,13 @@ class GossipConfig:
             )
         if not isinstance(self.check_finite, bool):
             raise TypeError(f"check_finite must be a bool; got {self.check_finite!r}")
+        if not isinstance(self.fault_tolerant, bool):
+            raise TypeError(f"fault_tolerant must be a bool; got {self.fault_tolerant!r}")
+        if self.fault_tolerant and self.compression is not None:
+            raise ValueError(
+                "fault_tolerant gossip does not support compression yet: a lost peer "
+                "leaves public copies that only it could settle; set compression=None"
+            )
         if self.comm_device is not None and not isinstance(self.comm_device, torch.device | str):
             raise TypeError(
                 f"comm_device must be a torch.device, a string or None; got {self.comm_device!r}"

@@ -26,9 +26,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any, TypeVar
 
-from torch.distributed.distributed_c10d import Store
+import torch.distributed as dist
+from torch.distributed.distributed_c10d import PrefixStore, Store
 
 from gossip_comm.errors import MembershipError, StoreLostError
 from gossip_topology import Generation
@@ -219,6 +221,59 @@ class Membership:
                 self._delete(f"joiner/{member}")
                 return self._enter(number + 1, members)
         raise MembershipError(f"member {member}: not admitted within {timeout:g} s")
+
+    # ---------------------------------------------------------------- a generation's group
+    def init_process_group(self, backend: str = "gloo", *, timeout: float = 300.0) -> None:
+        """Make the current generation's process group the default one.
+
+        Destroys the previous generation's group (if any) and initialises a new one
+        on a prefix of the store: rank ``generation.rank(member)``, world size
+        ``generation.world_size``.
+
+        Raises:
+            RuntimeError: Before ``form`` or ``join``.
+        """
+        g = self._current()
+        assert self.member is not None
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        dist.init_process_group(
+            backend,
+            store=PrefixStore(f"{self._prefix}g{g.number}/pg/", self._store),
+            rank=g.rank(self.member),
+            world_size=g.world_size,
+            timeout=timedelta(seconds=timeout),
+        )
+
+    def publish_posted(self, step: int) -> None:
+        """Record the last gossip step this process posted in the current generation
+        (``-1``: none), before it checks in for the next one."""
+        self._set(f"g{self._current().number}/posted/{self.member}", str(int(step)))
+
+    def posted(self, ended: Generation) -> Callable[[int, int], bool | None]:
+        """What a settling gossiper asks about its peers (see ``PushSum.settle``).
+
+        Call it after [`next`][gossip_comm.Membership.next], with the generation that
+        ended.
+
+        Returns:
+            ``posted(rank, step)`` for a rank of ``ended``: ``None`` if that member is not
+            in the current generation (it is lost), else whether it posted gossip step
+            ``step`` of ``ended`` (it published ``publish_posted`` before checking in, so
+            the answer is in the store).
+        """
+        current = self._current()
+        cache: dict[int, int] = {}
+
+        def posted(rank: int, step: int) -> bool | None:
+            member = ended.members[rank]
+            if member not in current.members:
+                return None
+            if member not in cache:
+                cache[member] = int(self._get(f"g{ended.number}/posted/{member}"))
+            return cache[member] >= step
+
+        return posted
 
     # ---------------------------------------------------------------- agreement
     def _current(self) -> Generation:

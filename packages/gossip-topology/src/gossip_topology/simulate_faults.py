@@ -49,7 +49,8 @@ class RankRecord:
         returned: ``(destination rank, step)`` of each send to a lost rank that failed;
             the share stays with this rank.
         received_from_lost: ``(source rank, step)`` of each message from a lost rank whose
-            receive completed.
+            receive completed in the interrupted step (those of completed steps were all
+            received).
     """
 
     completed: int
@@ -100,11 +101,11 @@ def _check_records(records: Sequence[RankRecord], world_size: int) -> None:
         for peer, _ in (*rec.returned, *rec.received_from_lost):
             if not 0 <= peer < world_size or records[peer].alive:
                 raise ValueError(f"rank {r}: peer {peer} in its record is not a lost rank")
-        for peer, step in rec.returned:
+        for peer, step in (*rec.returned, *rec.received_from_lost):
             if step != rec.completed or not rec.posted:
                 raise ValueError(
-                    f"rank {r}: a send to rank {peer} at step {step} failed, so step {step} "
-                    f"is where it stopped (completed={step}, posted=True); got "
+                    f"rank {r}: its record names rank {peer} at step {step}, which must be "
+                    f"the step where it stopped (completed={step}, posted=True); got "
                     f"completed={rec.completed}, posted={rec.posted}"
                 )
 
@@ -126,8 +127,8 @@ class _Settler:
             return _acts(dst, m.step)  # received once both ends posted it
         if src.alive:  # to a lost rank: gone with it unless the send failed
             return (m.dst, m.step) not in src.returned
-        if dst.alive:
-            return (m.src, m.step) in dst.received_from_lost
+        if dst.alive:  # from a lost rank: its steps completed, or as recorded
+            return m.step < dst.completed or (m.src, m.step) in dst.received_from_lost
         return m.step < dst.completed  # between lost ranks: only their own past depends on it
 
     def run(self, x: Array, w: Array) -> None:
@@ -226,7 +227,7 @@ def simulate_generation(
 
         >>> from gossip_topology import make_topology
         >>> records = [
-        ...     RankRecord(completed=1, posted=True, received_from_lost=frozenset({(2, 0)})),
+        ...     RankRecord(completed=1, posted=True),
         ...     RankRecord(completed=1, posted=True, returned=frozenset({(2, 1)})),
         ...     RankRecord(completed=1, alive=False),
         ... ]
