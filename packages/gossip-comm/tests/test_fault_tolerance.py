@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -26,7 +27,7 @@ from gossip_comm import (
     PushPull,
     PushSum,
 )
-from gossip_comm.testing import run_distributed
+from gossip_comm.testing import run_distributed, store_server
 from gossip_topology import (
     Generation,
     RankRecord,
@@ -138,12 +139,9 @@ def _records(results: list[dict[str, Any]], n: int, victim: int, kill_at: int) -
 
 
 @pytest.fixture
-def store_port() -> Any:
-    server = dist.TCPStore(
-        HOST, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60)
-    )
-    yield server.port
-    del server
+def store_port() -> Iterator[int]:
+    with store_server() as port:
+        yield port
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import pytest
 import torch.distributed as dist
 
 from gossip_comm import Membership, MembershipError, StoreLostError
-from gossip_comm.testing import run_distributed
+from gossip_comm.testing import run_distributed, store_server
 from gossip_topology import Generation
 
 HOST = "127.0.0.1"
@@ -27,11 +27,8 @@ HOST = "127.0.0.1"
 
 @pytest.fixture
 def store_port() -> Iterator[int]:
-    server = dist.TCPStore(
-        HOST, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30)
-    )
-    yield server.port
-    del server
+    with store_server() as port:
+        yield port
 
 
 def _membership(port: int, **kwargs: Any) -> Membership:

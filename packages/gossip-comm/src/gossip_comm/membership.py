@@ -245,10 +245,31 @@ class Membership:
             timeout=timedelta(seconds=timeout),
         )
 
-    def publish_posted(self, step: int) -> None:
-        """Record the last gossip step this process posted in the current generation
-        (``-1``: none), before it checks in for the next one."""
-        self._set(f"g{self._current().number}/posted/{self.member}", str(int(step)))
+    def publish_posted(self, step: int, progress: int = 0) -> None:
+        """Record, before checking in for the next generation, the last gossip step this
+        process posted in the current one (``-1``: none) and how many training steps it
+        has completed (see [`resume_step`][gossip_comm.Membership.resume_step])."""
+        value = f"{int(step)} {int(progress)}"
+        self._set(f"g{self._current().number}/posted/{self.member}", value)
+
+    def _published(self, ended: Generation, member: int) -> tuple[int, int]:
+        step, progress = self._get(f"g{ended.number}/posted/{member}").split()
+        return int(step), int(progress)
+
+    def resume_step(self, ended: Generation) -> int:
+        """The training step from which the survivors of ``ended`` gossip together again.
+
+        Ranks of a synchronous gossip job drift a step or two apart before a loss is
+        noticed; a survivor behind the others trains without gossip until it reaches
+        this step, so that every member gossips the same steps from here on. Call it
+        after [`next`][gossip_comm.Membership.next].
+
+        Returns:
+            The largest ``progress`` published by a member of ``ended`` that is in the
+            current generation.
+        """
+        current = self._current()
+        return max(self._published(ended, m)[1] for m in current.members if m in ended.members)
 
     def posted(self, ended: Generation) -> Callable[[int, int], bool | None]:
         """What a settling gossiper asks about its peers (see ``PushSum.settle``).
@@ -270,7 +291,7 @@ class Membership:
             if member not in current.members:
                 return None
             if member not in cache:
-                cache[member] = int(self._get(f"g{ended.number}/posted/{member}"))
+                cache[member] = self._published(ended, member)[0]
             return cache[member] >= step
 
         return posted

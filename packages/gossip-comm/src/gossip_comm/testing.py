@@ -27,12 +27,13 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RankFailedError", "run_distributed", "run_torchrun"]
+__all__ = ["RankFailedError", "run_distributed", "run_torchrun", "store_server"]
 
 GLOO_EXIT_ABORT = "terminate called without an active exception"
 """What torch 2.14's gloo prints when it aborts a finished process at exit."""
@@ -254,3 +255,21 @@ def run_torchrun(
             command, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
         )
     return result
+
+
+@contextmanager
+def store_server(timeout: float = 60.0) -> Iterator[int]:
+    """Serve a ``TCPStore`` on a free loopback port from this process; yield the port.
+
+    For tests of fault-tolerant gossip, whose store must outlive the workers: the
+    workers connect to ``127.0.0.1:port`` as clients. The server stops on exit.
+    """
+    from torch.distributed.distributed_c10d import TCPStore
+
+    server = TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout)
+    )
+    try:
+        yield server.port
+    finally:
+        del server

@@ -15,8 +15,14 @@ from gossip_nn.adpsgd import ADPSGD_TOPOLOGY, BilateralGossipDataParallel
 from gossip_nn.allreduce import AllReduceDataParallel
 from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.factory import ALGORITHMS, SET_TOPOLOGY_ALGORITHMS, make_data_parallel
+from gossip_nn.fault_tolerance import FaultTolerance, GenerationChange
 from gossip_nn.gossip import GossipDataParallel
-from gossip_nn.options import BUFFER_MODES, DPSGD_ORDERS, GossipOptions
+from gossip_nn.options import (
+    BUFFER_MODES,
+    DPSGD_ORDERS,
+    FAULT_TOLERANT_ALGORITHMS,
+    GossipOptions,
+)
 from gossip_nn.progress import GlobalProgress
 from gossip_nn.slowmo import SlowMoOptions
 
@@ -28,11 +34,14 @@ __all__ = [
     "ALGORITHMS",
     "BUFFER_MODES",
     "DPSGD_ORDERS",
+    "FAULT_TOLERANT_ALGORITHMS",
     "SET_TOPOLOGY_ALGORITHMS",
     "AllReduceDataParallel",
     "BilateralGossipDataParallel",
     "DataParallelModule",
     "ExactAveragingSchedule",
+    "FaultTolerance",
+    "GenerationChange",
     "GlobalProgress",
     "GossipDataParallel",
     "GossipOptions",

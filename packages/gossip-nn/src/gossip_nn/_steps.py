@@ -28,6 +28,7 @@ the optimizer's update act on the whole buffers, identically on the node's proce
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,6 +42,7 @@ from gossip_comm import (
     OverlapRound,
     PushPull,
     PushSum,
+    Settled,
     resolve_group,
 )
 from gossip_nn.hierarchy import Shards
@@ -75,6 +77,24 @@ class GossipStep:
 
     def finish(self) -> None:
         """Fold in whatever is still in flight (nothing, for synchronous steps)."""
+
+    @property
+    def gossip_steps(self) -> int:
+        """Gossip steps posted so far (the schedule position of the first gossiper)."""
+        return self.gossipers[0].step if self.gossipers else 0
+
+    @property
+    def interrupted(self) -> bool:
+        """Fault tolerance: whether a gossip step failed and awaits ``settle``."""
+        return False
+
+    def settle(self, posted: Callable[[int, int], bool | None]) -> list[Settled]:
+        """Fault tolerance: finish each gossiper's failed step with what was delivered.
+
+        Raises:
+            RuntimeError: For an algorithm that cannot settle (the overlapped ones).
+        """
+        raise RuntimeError(f"{self.algorithm} cannot settle a failed gossip step")
 
     def _scale(self, factor: float) -> None:
         if factor != 1.0:
@@ -205,6 +225,21 @@ class SGPStep(GossipStep):
             for buf in self.buffers:
                 buf.div_(self.weight)  # x -> z for the next forward
 
+    @property
+    def interrupted(self) -> bool:
+        return any(g.interrupted for g in self.push_sum)
+
+    def settle(self, posted: Callable[[int, int], bool | None]) -> list[Settled]:
+        """Settle the failed ``after_update`` (fault tolerance: the weight travels, so the
+        buffers then hold numerators): weight, reassembly, de-biasing as it would have."""
+        settled = [g.settle(posted) for g in self.push_sum if g.interrupted]
+        if settled:
+            self.weight = settled[-1].weight
+            self.shards.reassemble()
+            for buf in self.buffers:
+                buf.div_(self.weight)  # x -> z, as after_update ends
+        return settled
+
 
 class OSGPStep(GossipStep):
     """OSGP: send before the update, fold in ``synch_freq + 1`` steps later."""
@@ -322,7 +357,19 @@ class DPSGDStep(GossipStep):
         self, shards: Shards, push_pull: list[PushPull], group: ProcessGroup, order: str
     ) -> None:
         super().__init__(shards, list(push_pull), group)
+        self.push_pull = push_pull
         self.mix_first = order == "mix-then-update"
+
+    @property
+    def interrupted(self) -> bool:
+        return any(g.interrupted for g in self.push_pull)
+
+    def settle(self, posted: Callable[[int, int], bool | None]) -> list[Settled]:
+        """Settle the failed mix; the update (if it comes after) then applies as usual."""
+        settled = [g.settle(posted) for g in self.push_pull if g.interrupted]
+        if settled:
+            self.shards.reassemble()
+        return settled
 
     def _mix(self, exact: bool) -> None:
         if exact:

@@ -186,6 +186,7 @@ class BilateralGossipDataParallel(DataParallelModule):
     ) -> None:
         super().__init__()
         options = GossipOptions(topology=ADPSGD_TOPOLOGY) if options is None else options
+        options.check_fault_tolerance("adpsgd")
         if options.synch_freq or options.nprocs_per_node != 1:
             raise ValueError(
                 "AD-PSGD is asynchronous already: synch_freq and nprocs_per_node > 1 do not apply"

@@ -58,6 +58,7 @@ class AllReduceDataParallel(DataParallelModule):
     ) -> None:
         super().__init__()
         self.options = GossipOptions() if options is None else options
+        self.options.check_fault_tolerance("ar")
         group, params = checked_parameters(module, optimizer, self.options.process_group)
         self.module = module
         self.options.warn_ignored("ar")

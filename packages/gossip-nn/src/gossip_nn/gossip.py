@@ -10,7 +10,8 @@ object (see ``gossip_nn._steps``), so the training loop is unchanged.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gossip_comm import comm_device_for, common_references
+from gossip_comm import GossipPeerError, comm_device_for, common_references, resolve_group
 from gossip_nn._base import (
     DataParallelModule,
     bind_flat,
@@ -31,11 +32,12 @@ from gossip_nn._base import (
 from gossip_nn._buffers import BufferSync
 from gossip_nn._steps import Compression, GossipStep, build_step
 from gossip_nn.averaging import ExactAveragingSchedule
+from gossip_nn.fault_tolerance import GenerationChange, settled_record
 from gossip_nn.hierarchy import Hierarchy, Shards, build_hierarchy
 from gossip_nn.options import GossipOptions
 from gossip_nn.slowmo import SlowMo
 from gossip_nn.validate import checked_parameters
-from gossip_topology import Topology
+from gossip_topology import Topology, topology_at
 
 __all__ = ["GossipDataParallel"]
 
@@ -84,6 +86,7 @@ class GossipDataParallel(DataParallelModule):
     ) -> None:
         super().__init__()
         options = GossipOptions() if options is None else options
+        options.check_fault_tolerance(algorithm)
         self.module, self.options = module, options
         self._group, self._params = checked_parameters(module, optimizer, options.process_group)
         self._hierarchy: Hierarchy | None = None
@@ -111,7 +114,21 @@ class GossipDataParallel(DataParallelModule):
             SlowMo(options.slowmo, self._flat.buffers) if options.slowmo is not None else None
         )
         options.warn_ignored(algorithm)
+        self._ft = options.fault_tolerance
+        self._gossip_from = 0  # fault tolerance: the step survivors gossip together again
+        if self._ft is not None:
+            self._check_fault_tolerance()
         self._hook(optimizer)
+
+    def _check_fault_tolerance(self) -> None:
+        assert self._ft is not None
+        if len(self._step.gossipers) != 1:
+            raise ValueError(
+                "fault_tolerance needs the gossiped state in one flat buffer (one dtype and "
+                f"device, and buffers='local' for a model with floating buffers); this "
+                f"model gossips {len(self._step.gossipers)} buffers"
+            )
+        self._ft.use_gossip_timeout(self.options.timeout)
 
     def _plan_compression(self) -> Compression | None:
         """Layouts and common starting values of the gossiped views, with compression."""
@@ -179,15 +196,75 @@ class GossipDataParallel(DataParallelModule):
 
     @torch.no_grad()
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._step.before_update(exact=self._exact.peek())
+        if self._ft is not None and self._ft.end_requested() is not None:
+            self._recover(None)  # another member asked: change generation between steps
+        self._guarded(lambda: self._step.before_update(exact=self._exact.peek()))
 
     @torch.no_grad()
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._step.after_update(exact=self._exact.advance())
+        self._guarded(lambda: self._step.after_update(exact=self._exact.advance()))
         if self._slowmo is not None and self._slowmo.advance():
             self._step.exact_average()
             self._slowmo.apply(self._flat.buffers, float(optimizer.param_groups[0]["lr"]))
         self._buffer_sync.after_step()
+
+    # --------------------------------------------------------------- fault tolerance
+    def _guarded(self, gossip: Callable[[], None]) -> None:
+        """Run one gossip phase; with fault tolerance a failed exchange moves the job
+        to its next generation instead of ending it."""
+        if self._ft is None:
+            gossip()
+            return
+        if self._updates < self._gossip_from:
+            return  # behind the other survivors: catch up without gossip
+        try:
+            gossip()
+        except GossipPeerError as err:
+            self._recover(err)
+
+    def _recover(self, err: GossipPeerError | None) -> None:
+        """Settle this generation with the survivors and gossip on in the next one."""
+        ft, entered, started = self._ft, time.time(), time.monotonic()
+        assert ft is not None
+        if err is not None:
+            ft.report(err)
+        ended, step = ft.generation, self._step
+        interrupted, posted = step.interrupted, step.gossip_steps - 1
+        # this optimizer step counts as done once its failed gossip is settled
+        ft.membership.publish_posted(posted, progress=self._updates + (err is not None))
+        reason = ft.end_requested() or "requested"
+        following = ft.membership.next()  # MembershipError: too few left, or left out
+        settled = step.settle(ft.membership.posted(ended)) if interrupted else []
+        self._gossip_from = ft.membership.resume_step(ended)
+        record = settled_record(ended, following, posted + 1 - interrupted, settled)
+        weight = step.weight
+        self._retire(step)
+        ft.membership.init_process_group(ft.backend, timeout=self.options.timeout + 60.0)
+        self._regroup(following.world_size, step.algorithm, weight)
+        ft.history.append(
+            GenerationChange(
+                ended=ended,
+                started=following,
+                reason=reason,
+                lost=tuple(m for m in ended.members if m not in following.members),
+                joined=tuple(m for m in following.members if m not in ended.members),
+                at=entered,
+                seconds=time.monotonic() - started,
+                record=record,
+                weight=weight,
+            )
+        )
+
+    def _regroup(self, world_size: int, algorithm: str, weight: float) -> None:
+        """Gossip in the new default group, on the graph rebuilt at ``world_size``."""
+        group = resolve_group(None)
+        self._group = self._gossip_group = group
+        self._participants = world_size
+        self._buffer_sync.group = group
+        topology = topology_at(self.topology, world_size)
+        self._step = self._build_step(algorithm, topology, always_send_weight=True)
+        self._step.weight = weight  # the schedule starts afresh at the new size
+        self.topology = topology
 
     # --------------------------------------------------------------- lifecycle
     def _settle_for_checkpoint(self) -> None:

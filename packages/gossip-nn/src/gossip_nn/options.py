@@ -9,17 +9,21 @@ import torch
 from torch.distributed import ProcessGroup
 
 from gossip_comm import Compressor, GossipConfig
+from gossip_nn.fault_tolerance import FaultTolerance
 from gossip_nn.slowmo import SlowMoOptions
 from gossip_topology import Mixing, Topology, make_topology
 from gossip_topology._checks import check_int
 
-__all__ = ["BUFFER_MODES", "DPSGD_ORDERS", "GossipOptions"]
+__all__ = ["BUFFER_MODES", "DPSGD_ORDERS", "FAULT_TOLERANT_ALGORITHMS", "GossipOptions"]
 
 BUFFER_MODES: tuple[str, ...] = ("average", "local", "broadcast")
 """What happens to floating-point buffers (BatchNorm statistics); see `GossipOptions`."""
 
 DPSGD_ORDERS: tuple[str, ...] = ("mix-then-update", "update-then-mix")
 """D-PSGD's two update orders; see `GossipOptions`."""
+
+FAULT_TOLERANT_ALGORITHMS: tuple[str, ...] = ("sgp", "dpsgd")
+"""The algorithms that survive a lost rank with `GossipOptions.fault_tolerance`."""
 
 # The options each algorithm reads; any other option set to a non-default value does
 # nothing there, and the wrapper says so with a UserWarning.
@@ -42,9 +46,9 @@ _GOSSIP = _COMMON | {
 }
 _USED_BY: dict[str, frozenset[str]] = {
     "ar": frozenset(_COMMON),
-    "sgp": frozenset(_GOSSIP),
+    "sgp": frozenset(_GOSSIP | {"fault_tolerance"}),
     "osgp": frozenset(_GOSSIP | {"synch_freq"}),
-    "dpsgd": frozenset(_GOSSIP | {"dpsgd_order"}),
+    "dpsgd": frozenset(_GOSSIP | {"dpsgd_order", "fault_tolerance"}),
     # asynchronous pairs: no overlap bound, no hierarchy, and a plain average of each pair
     "adpsgd": frozenset(_GOSSIP - {"mixing", "wire_dtype", "nprocs_per_node"}),
 }
@@ -101,6 +105,9 @@ class GossipOptions:
             average after every update), then gossip; 0 gossips from the start.
         slowmo: A slow momentum outer step every ``slowmo.every`` iterations (see
             [`SlowMoOptions`][gossip_nn.SlowMoOptions]); ``None`` for none.
+        fault_tolerance: Survive lost ranks (see
+            [`FaultTolerance`][gossip_nn.FaultTolerance]); SGP and D-PSGD, on gloo.
+            ``None``: a lost rank raises on its peers, and the job ends.
 
     Raises:
         TypeError: If ``topology`` or an integer option has the wrong type.
@@ -125,6 +132,7 @@ class GossipOptions:
     slowmo: SlowMoOptions | None = None
     compression: Compressor | str | None = None
     consensus_step: float | None = None
+    fault_tolerance: FaultTolerance | None = None
 
     def __post_init__(self) -> None:
         check_int("peers_per_itr", self.peers_per_itr, minimum=1)
@@ -150,7 +158,52 @@ class GossipOptions:
             raise TypeError(
                 f"topology must be a Topology, a name or a graph id; got {type(self.topology)}"
             )
+        if self.fault_tolerance is not None and not isinstance(
+            self.fault_tolerance, FaultTolerance
+        ):
+            raise TypeError(
+                "fault_tolerance must be a FaultTolerance or None; got "
+                f"{type(self.fault_tolerance).__name__}"
+            )
         self.comm_config(None)  # the communication options are checked in one place
+
+    def check_fault_tolerance(self, algorithm: str) -> None:
+        """Refuse ``fault_tolerance`` where it cannot work yet, naming why.
+
+        Raises:
+            ValueError: For an algorithm other than SGP and D-PSGD, or an option that
+                needs every rank in a collective (or state a lost rank takes with it).
+        """
+        if self.fault_tolerance is None:
+            return
+        if algorithm == "ar":
+            raise ValueError(
+                "fault_tolerance: AR-SGD all-reduces over every rank, so a lost rank stops "
+                "every collective; train with a gossip algorithm to survive one"
+            )
+        if algorithm not in FAULT_TOLERANT_ALGORITHMS:
+            raise ValueError(
+                f"fault_tolerance: {algorithm!r} cannot survive a lost rank yet; "
+                f"supported: {', '.join(FAULT_TOLERANT_ALGORITHMS)}"
+            )
+        conflicts = [
+            name
+            for name, present in (
+                ("compression", self.compression is not None),
+                ("global_average_every", self.global_average_every > 0),
+                ("allreduce_warmup_steps", self.allreduce_warmup_steps > 0),
+                ("slowmo", self.slowmo is not None),
+                ("nprocs_per_node", self.nprocs_per_node > 1),
+                ("process_group", self.process_group is not None),
+                ("buffers='broadcast'", self.buffers == "broadcast"),
+            )
+            if present
+        ]
+        if conflicts:
+            raise ValueError(
+                f"fault_tolerance does not combine with {', '.join(conflicts)} yet: each "
+                "needs every rank in a collective, or a group that outlives a generation"
+            )
 
     def ignored_by(self, algorithm: str) -> list[str]:
         """The options set away from their defaults that ``algorithm`` does not use."""
@@ -179,6 +232,7 @@ class GossipOptions:
                 ``consensus_step`` is invalid.
         """
         return GossipConfig(
+            fault_tolerant=self.fault_tolerance is not None,
             mixing=self.mixing,
             process_group=process_group,
             wire_dtype=self.wire_dtype,

@@ -1,0 +1,194 @@
+"""Training that survives a lost rank: the survivors settle, regroup and keep gossiping.
+
+Gossip needs no global step, so when a rank dies its neighbours can carry on without
+it. With a [`FaultTolerance`][gossip_nn.FaultTolerance] given to the wrapper, a gossip
+step that fails (a peer's connection closed, or a timeout) does not end the job:
+
+1. the rank that saw the failure reports the peer lost and asks every member to end the
+   current generation; the others notice it at their next optimizer step (one store
+   lookup), or when their own exchange times out;
+2. every survivor records how far it got and checks in; the members agree on the next
+   generation through the store ([`Membership`][gossip_comm.Membership]);
+3. each survivor *settles* its interrupted gossip step with exactly what was delivered
+   ([`PushSum.settle`][gossip_comm.PushSum.settle]): no push-sum mass is created or
+   destroyed, only the lost rank's own share is gone;
+4. the survivors form a new process group, rebuild the graph at the new size
+   ([`topology_at`][gossip_topology.topology_at]) and go on, inside the same
+   ``optimizer.step()`` call: the training loop does not see the change.
+
+The store must outlive every worker: a ``TCPStore`` served by a process that is not a
+worker (``sgp-imagenet coordinator``). Supported now: SGP and D-PSGD on gloo, with one
+flat gossip buffer (parameters of one dtype and device), without compression, periodic
+exact averages, SlowMo, a hierarchy or ``buffers="broadcast"``; the wrapper refuses the
+others at construction. Joining a running job comes next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch.distributed.distributed_c10d import Store
+
+from gossip_comm import GossipPeerError, GossipTimeoutError, Membership, Settled
+from gossip_topology import Generation, RankRecord
+from gossip_topology._checks import check_int
+
+__all__ = ["FaultTolerance", "GenerationChange", "settled_record"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationChange:
+    """One move from a generation to the next, as this process saw it.
+
+    Attributes:
+        ended: The generation that ended.
+        started: The generation that replaced it.
+        reason: Why it ended (the first request's reason).
+        lost: Member ids that left.
+        joined: Member ids that joined.
+        at: When this process entered the change (``time.time()``).
+        seconds: How long the change took this process, from entering it to gossiping
+            in the new group.
+        record: What this process did in the ended generation, for the numpy model
+            [`simulate_generation`][gossip_topology.simulate_generation] (ranks of the
+            ended generation).
+        weight: This process's push-sum weight once its step was settled.
+    """
+
+    ended: Generation
+    started: Generation
+    reason: str
+    lost: tuple[int, ...]
+    joined: tuple[int, ...]
+    at: float
+    seconds: float
+    record: RankRecord
+    weight: float
+
+
+class FaultTolerance:
+    """How a gossip job survives lost ranks; give it to the wrapper.
+
+    Build it on every process with the same store, call [`start`][gossip_nn.FaultTolerance.start]
+    (which forms the job and initialises the default process group), then build the
+    model and the wrapper with ``fault_tolerance=`` this object.
+
+    Args:
+        store: The job's store, served by a process that is not a worker.
+        world_size: How many processes start the job.
+        min_members: Fewest members to go on with; below it ``optimizer.step()`` raises
+            [`MembershipError`][gossip_comm.MembershipError] on every survivor.
+        settle_timeout: Seconds to wait for every member to check in after a generation
+            ends; ``None``: the wrapper's gossip timeout plus 5 s (a member blocked on a
+            peer that stopped notices after one gossip timeout).
+        backend: The process group backend (``"gloo"``).
+        prefix: Store key prefix, to keep several jobs apart on one store.
+
+    Attributes:
+        membership: The agreement protocol ([`Membership`][gossip_comm.Membership]).
+        history: Every generation change so far, oldest first.
+        world_size: As given.
+        backend: As given.
+
+    Raises:
+        ValueError: If ``world_size`` or ``min_members`` is below 1, or ``backend`` is
+            not ``"gloo"``.
+        TypeError: If ``world_size`` is not an int.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        world_size: int,
+        min_members: int = 2,
+        settle_timeout: float | None = None,
+        backend: str = "gloo",
+        prefix: str = "gossip/",
+    ) -> None:
+        if backend != "gloo":
+            raise ValueError(
+                f"backend must be 'gloo' for fault-tolerant gossip (an NCCL communicator "
+                f"does not survive a lost peer); got {backend!r}"
+            )
+        self.world_size = check_int("world_size", world_size, minimum=1)
+        self.backend = backend
+        self._settle_timeout = settle_timeout
+        self.membership = Membership(
+            store,
+            min_members=min_members,
+            settle_timeout=60.0 if settle_timeout is None else settle_timeout,
+            prefix=prefix,
+        )
+        self.history: list[GenerationChange] = []
+
+    @property
+    def generation(self) -> Generation:
+        """The generation this process is in.
+
+        Raises:
+            RuntimeError: Before [`start`][gossip_nn.FaultTolerance.start].
+        """
+        if self.membership.generation is None:
+            raise RuntimeError("call FaultTolerance.start() before training")
+        return self.membership.generation
+
+    def start(self, *, timeout: float = 300.0) -> Generation:
+        """Form the job's first generation and initialise its default process group.
+
+        Raises:
+            MembershipError: If this process registered after the first ``world_size``,
+                or they did not all register within ``timeout`` seconds.
+        """
+        generation = self.membership.form(self.world_size, timeout=timeout)
+        self.membership.init_process_group(self.backend, timeout=timeout)
+        return generation
+
+    def use_gossip_timeout(self, timeout: float) -> None:
+        """Wait for check-ins at least one gossip ``timeout`` plus 5 s (the wrapper calls
+        this with its own timeout unless ``settle_timeout`` was given)."""
+        if self._settle_timeout is None:
+            self.membership.settle_timeout = float(timeout) + 5.0
+
+    def end_requested(self) -> str | None:
+        """Why the current generation must end, or ``None`` (one store lookup)."""
+        return self.membership.end_requested()
+
+    def report(self, err: GossipPeerError) -> None:
+        """Ask for the generation to end because of ``err``.
+
+        A timeout while an end is already requested is the request's doing (a peer
+        stopped to change generation), not a loss; anything else names the peer lost.
+        """
+        if isinstance(err, GossipTimeoutError) and self.end_requested() is not None:
+            return
+        member = self.generation.members[err.peer] if err.peer >= 0 else None
+        self.membership.request_end(
+            f"rank {err.rank} (member {self.membership.member}): {type(err).__name__} with "
+            f"rank {err.peer} at gossip step {err.step}",
+            lost=[] if member is None else [member],
+        )
+
+
+def settled_record(
+    ended: Generation, following: Generation, completed: int, settled: Sequence[Settled]
+) -> RankRecord:
+    """This process's [`RankRecord`][gossip_topology.RankRecord] of ``ended``.
+
+    Args:
+        ended: The generation that ended.
+        following: The one after it (members of ``ended`` not in it are lost).
+        completed: Gossip steps this process completed in ``ended``.
+        settled: What settling its interrupted step delivered (empty if it stopped
+            between steps).
+    """
+    lost = {r for r, member in enumerate(ended.members) if member not in following.members}
+    returned = {(p, s.step) for s in settled for p in s.returned if p in lost}
+    received = {(q, s.step) for s in settled for q in s.received if q in lost}
+    return RankRecord(
+        completed=completed,
+        posted=bool(settled),
+        returned=frozenset(returned),
+        received_from_lost=frozenset(received),
+    )
