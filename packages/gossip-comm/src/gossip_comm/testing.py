@@ -264,9 +264,9 @@ def store_server(timeout: float = 60.0) -> Iterator[int]:
     For tests of fault-tolerant gossip, whose store must outlive the workers: the
     workers connect to ``127.0.0.1:port`` as clients. The server stops on exit.
     """
-    from torch.distributed.distributed_c10d import TCPStore
+    import torch.distributed as dist
 
-    server = TCPStore(
+    server = dist.TCPStore(  # type: ignore[attr-defined]  # re-exported from torch._C
         "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout)
     )
     try:
