@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from gossip_comm import StoreLostError
 from gossip_comm.testing import run_distributed, store_server
 from gossip_nn import FaultTolerance, GossipOptions, make_data_parallel
 from gossip_topology import Generation, RankRecord, simulate_generation, topology_at
@@ -35,11 +38,21 @@ def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, x @ w_true + 0.01 * torch.randn(64, generator=g, dtype=torch.float64)
 
 
-def _train(index: int, n: int, port: int, algorithm: str, graph: str, victim: int) -> Any:
+def _train(
+    index: int,
+    n: int,
+    port: int,
+    algorithm: str,
+    graph: str,
+    victims: tuple[int, ...],
+    dies_regrouping: int | None = None,
+) -> Any:
     store = dist.TCPStore(HOST, port, is_master=False, timeout=timedelta(seconds=60))
     ft = FaultTolerance(store, world_size=n)
     ft.start(timeout=60)
     member = ft.membership.member
+    if member == dies_regrouping:  # checks in for the next generation, then dies
+        ft.membership.init_process_group = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # type: ignore[method-assign]
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1)).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.02)
@@ -47,7 +60,7 @@ def _train(index: int, n: int, port: int, algorithm: str, graph: str, victim: in
     x, y = _data(100 + (member or 0))
     losses = []
     for step in range(STEPS):
-        if member == victim and step == KILL_AT:
+        if member in victims and step == KILL_AT:
             os.kill(os.getpid(), signal.SIGKILL)
         loss = ((dp(x).squeeze(1) - y) ** 2).mean()
         opt.zero_grad()
@@ -59,6 +72,7 @@ def _train(index: int, n: int, port: int, algorithm: str, graph: str, victim: in
         "member": member,
         "losses": losses,
         "changes": len(ft.history),
+        "history": [(c.ended, c.started, c.lost) for c in ft.history],
         "generation": ft.generation,
         "record": None if change is None else change.record,
         "settled_weight": None if change is None else change.weight,
@@ -74,35 +88,37 @@ def store_port() -> Iterator[int]:
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "graph", "victim"),
-    [("sgp", "dynamic-directed-exponential", 1), ("dpsgd", "ring", 3)],
+    ("algorithm", "graph", "n", "victims"),
+    [
+        ("sgp", "dynamic-directed-exponential", 4, (1,)),
+        ("dpsgd", "ring", 4, (3,)),
+        ("sgp", "ring", 5, (1, 3)),  # two lost at the same step
+    ],
 )
 def test_survivors_finish_the_run_with_exact_weights(
-    store_port: int, algorithm: str, graph: str, victim: int
+    store_port: int, algorithm: str, graph: str, n: int, victims: tuple[int, ...]
 ) -> None:
-    n = 4
     results = run_distributed(
         _train,
         n,
-        (store_port, algorithm, graph, victim),
+        (store_port, algorithm, graph, victims),
         init_timeout=None,
         timeout=120,
         allowed_exits=list(range(n)),
     )
+    alive = tuple(m for m in range(n) if m not in victims)
     survivors = sorted((r for r in results if r is not None), key=lambda r: r["member"])
-    assert [r["member"] for r in survivors] == [m for m in range(n) if m != victim]
+    assert tuple(r["member"] for r in survivors) == alive
     for r in survivors:
         assert len(r["losses"]) == STEPS  # every survivor finished every step
         assert r["changes"] == 1
-        assert r["generation"] == Generation(1, tuple(m for m in range(n) if m != victim))
+        assert r["generation"] == Generation(1, alive)
         assert np.isfinite(r["losses"]).all() and r["losses"][-1] < r["losses"][0]
     # the weights the survivors settled with are the numpy model's, exactly
-    records: list[RankRecord] = []
-    for member in range(n):
-        if member == victim:
-            records.append(RankRecord(completed=KILL_AT, alive=False))
-        else:
-            records.append(next(r["record"] for r in survivors if r["member"] == member))
+    by_member = {r["member"]: r["record"] for r in survivors}
+    records = [
+        by_member[m] if m in alive else RankRecord(completed=KILL_AT, alive=False) for m in range(n)
+    ]
     model = simulate_generation(topology_at(graph, n), np.zeros(n), records)
     for r in survivors:
         if algorithm == "sgp":
@@ -112,6 +128,75 @@ def test_survivors_finish_the_run_with_exact_weights(
     if algorithm == "sgp":
         total = sum(r["settled_weight"] for r in survivors) + model.lost_weight
         assert total == pytest.approx(n, abs=1e-12)
+
+
+def test_a_member_lost_while_the_next_group_forms_is_left_behind_too(store_port: int) -> None:
+    # member 1 dies at step 8; member 3 checks in for generation 1 and dies before its
+    # group forms: generation 1 never gossips, and the others go on in generation 2
+    n = 5
+    results = run_distributed(
+        _train,
+        n,
+        (store_port, "sgp", "ring", (1,), 3),
+        init_timeout=None,
+        timeout=150,
+        allowed_exits=list(range(n)),
+    )
+    survivors = sorted((r for r in results if r is not None), key=lambda r: r["member"])
+    assert [r["member"] for r in survivors] == [0, 2, 4]
+    for r in survivors:
+        assert len(r["losses"]) == STEPS
+        assert np.isfinite(r["losses"]).all() and r["losses"][-1] < r["losses"][0]
+        assert r["generation"] == Generation(2, (0, 2, 4))
+        assert r["history"] == [
+            (Generation(0, (0, 1, 2, 3, 4)), Generation(2, (0, 2, 4)), (1, 3)),
+        ]
+
+
+def _coordinator_lost(index: int, n: int, port: int) -> str:
+    store = dist.TCPStore(HOST, port, is_master=False, timeout=timedelta(seconds=60))
+    ft = FaultTolerance(store, world_size=n)
+    ft.start(timeout=60)
+    torch.manual_seed(0)
+    model = nn.Linear(6, 1).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    dp = make_data_parallel("sgp", model, opt, timeout=3.0, fault_tolerance=ft)
+    x, y = _data(7)
+    while True:  # train until the store is gone: the next step says so
+        loss = ((dp(x).squeeze(1) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        try:
+            opt.step()
+        except StoreLostError as err:
+            return str(err)
+
+
+def test_losing_the_coordinator_stops_every_rank_with_a_clear_error() -> None:
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time, torch.distributed as d; from datetime import timedelta;"
+            "s = d.TCPStore('127.0.0.1', 0, is_master=True, wait_for_workers=False,"
+            " timeout=timedelta(seconds=60)); print(s.port, flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        killer = subprocess.Popen(
+            [sys.executable, "-c", f"import time, os; time.sleep(6); os.kill({server.pid}, 9)"]
+        )
+        messages = run_distributed(_coordinator_lost, 3, (port,), init_timeout=None, timeout=90)
+        killer.wait()
+    finally:
+        server.kill()
+        server.wait()
+    for text in messages:
+        assert "the membership store did not answer" in text
 
 
 def _refused(rank: int, n: int, algorithm: str, extra: dict[str, Any]) -> str:

@@ -43,7 +43,8 @@ class GenerationChange:
 
     Attributes:
         ended: The generation that ended.
-        started: The generation that replaced it.
+        started: The generation the survivors gossip in next (a later one than
+            ``ended.number + 1`` if a member was lost while the group formed).
         reason: Why it ended (the first request's reason).
         lost: Member ids that left.
         joined: Member ids that joined.

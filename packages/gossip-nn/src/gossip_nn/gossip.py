@@ -20,7 +20,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gossip_comm import GossipPeerError, comm_device_for, common_references, resolve_group
+from gossip_comm import (
+    GossipPeerError,
+    MembershipError,
+    comm_device_for,
+    common_references,
+    resolve_group,
+)
 from gossip_nn._base import (
     DataParallelModule,
     bind_flat,
@@ -37,7 +43,7 @@ from gossip_nn.hierarchy import Hierarchy, Shards, build_hierarchy
 from gossip_nn.options import GossipOptions
 from gossip_nn.slowmo import SlowMo
 from gossip_nn.validate import checked_parameters
-from gossip_topology import Topology, topology_at
+from gossip_topology import Generation, Topology, topology_at
 
 __all__ = ["GossipDataParallel"]
 
@@ -239,8 +245,7 @@ class GossipDataParallel(DataParallelModule):
         record = settled_record(ended, following, posted + 1 - interrupted, settled)
         weight = step.weight
         self._retire(step)
-        ft.membership.init_process_group(ft.backend, timeout=self.options.timeout + 60.0)
-        self._regroup(following.world_size, step.algorithm, weight)
+        following = self._regroup(following, step.algorithm, weight)
         ft.history.append(
             GenerationChange(
                 ended=ended,
@@ -255,16 +260,34 @@ class GossipDataParallel(DataParallelModule):
             )
         )
 
-    def _regroup(self, world_size: int, algorithm: str, weight: float) -> None:
-        """Gossip in the new default group, on the graph rebuilt at ``world_size``."""
-        group = resolve_group(None)
-        self._group = self._gossip_group = group
-        self._participants = world_size
-        self._buffer_sync.group = group
-        topology = topology_at(self.topology, world_size)
-        self._step = self._build_step(algorithm, topology, always_send_weight=True)
+    def _regroup(self, following: Generation, algorithm: str, weight: float) -> Generation:
+        """Gossip in ``following``'s group, on the graph rebuilt at its size.
+
+        A member that dies before the group has formed (the group's rendezvous or the
+        gossipers' agreement fails) ends that generation too: the others move on without
+        it, as many times as it takes, and the generation they gossip in is returned.
+        """
+        ft = self._ft
+        assert ft is not None
+        while True:
+            try:
+                ft.membership.init_process_group(ft.backend, timeout=ft.membership.settle_timeout)
+                group = resolve_group(None)
+                self._group = self._gossip_group = self._buffer_sync.group = group
+                topology = topology_at(self.topology, following.world_size)
+                self._step = self._build_step(algorithm, topology, always_send_weight=True)
+                break
+            except MembershipError:
+                raise
+            except (RuntimeError, ValueError) as err:  # a member missing from the group
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                ft.membership.request_end(f"generation {following.number} did not form: {first}")
+                ft.membership.publish_posted(-1, progress=self._gossip_from)
+                following = ft.membership.next()
+        self._participants = following.world_size
         self._step.weight = weight  # the schedule starts afresh at the new size
         self.topology = topology
+        return following
 
     # --------------------------------------------------------------- lifecycle
     def _settle_for_checkpoint(self) -> None:
