@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -156,28 +154,8 @@ def _store_lost(index: int, n: int, port: int) -> Any:
 
 
 def test_losing_the_store_raises_store_lost_on_every_member() -> None:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time, torch.distributed as d; from datetime import timedelta;"
-            "s = d.TCPStore('127.0.0.1', 0, is_master=True, wait_for_workers=False,"
-            " timeout=timedelta(seconds=30)); print(s.port, flush=True); time.sleep(120)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        killer = subprocess.Popen(
-            [sys.executable, "-c", f"import time, os; time.sleep(4); os.kill({server.pid}, 9)"]
-        )
+    with store_server(lost_after=4.0) as port:
         results = run_distributed(_store_lost, 3, (port,), init_timeout=None, timeout=60)
-        killer.wait()
-    finally:
-        server.kill()
-        server.wait()
     prefixes = sorted(text.split(":")[0] for text in results)
     assert prefixes == ["member 0", "member 1", "member 2"]
     assert all("the membership store did not answer" in text for text in results)

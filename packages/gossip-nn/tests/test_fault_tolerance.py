@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -173,28 +171,8 @@ def _coordinator_lost(index: int, n: int, port: int) -> str:
 
 
 def test_losing_the_coordinator_stops_every_rank_with_a_clear_error() -> None:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time, torch.distributed as d; from datetime import timedelta;"
-            "s = d.TCPStore('127.0.0.1', 0, is_master=True, wait_for_workers=False,"
-            " timeout=timedelta(seconds=60)); print(s.port, flush=True); time.sleep(120)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        killer = subprocess.Popen(
-            [sys.executable, "-c", f"import time, os; time.sleep(6); os.kill({server.pid}, 9)"]
-        )
+    with store_server(lost_after=6.0) as port:
         messages = run_distributed(_coordinator_lost, 3, (port,), init_timeout=None, timeout=90)
-        killer.wait()
-    finally:
-        server.kill()
-        server.wait()
     for text in messages:
         assert "the membership store did not answer" in text
 

@@ -25,6 +25,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +35,13 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RankFailedError", "run_distributed", "run_torchrun", "store_server"]
+
+_SERVE_STORE = (
+    "import time, torch.distributed as d; from datetime import timedelta;"
+    "s = d.TCPStore('127.0.0.1', 0, is_master=True, wait_for_workers=False,"
+    " timeout=timedelta(seconds=60)); print(s.port, flush=True); time.sleep(3600)"
+)
+"""A store server process: it prints its port and serves until killed."""
 
 GLOO_EXIT_ABORT = "terminate called without an active exception"
 """What torch 2.14's gloo prints when it aborts a finished process at exit."""
@@ -258,12 +266,31 @@ def run_torchrun(
 
 
 @contextmanager
-def store_server(timeout: float = 60.0) -> Iterator[int]:
-    """Serve a ``TCPStore`` on a free loopback port from this process; yield the port.
+def store_server(timeout: float = 60.0, *, lost_after: float | None = None) -> Iterator[int]:
+    """Serve a ``TCPStore`` on a free loopback port; yield the port.
 
     For tests of fault-tolerant gossip, whose store must outlive the workers: the
     workers connect to ``127.0.0.1:port`` as clients. The server stops on exit.
+
+    Args:
+        timeout: The server's store timeout, in seconds.
+        lost_after: Serve from a separate process and ``SIGKILL`` it this many seconds
+            after the block starts (to test a lost coordinator); ``None`` serves from
+            this process.
     """
+    if lost_after is not None:
+        process = subprocess.Popen([sys.executable, "-c", _SERVE_STORE], stdout=subprocess.PIPE)
+        killer = threading.Timer(lost_after, process.kill)
+        try:
+            assert process.stdout is not None
+            port = int(process.stdout.readline())
+            killer.start()
+            yield port
+        finally:
+            killer.cancel()
+            process.kill()
+            process.wait()
+        return
     import torch.distributed as dist
 
     server = dist.TCPStore(  # type: ignore[attr-defined]  # re-exported from torch._C
