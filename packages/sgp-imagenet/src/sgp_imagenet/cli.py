@@ -207,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument(
         "legacy_args", nargs=argparse.REMAINDER, metavar="ARGS", help="the 2019 arguments"
     )
+    coordinator = sub.add_parser(
+        "coordinator",
+        help="serve the store a fault-tolerant job agrees through (not a worker; holds no model)",
+    )
+    coordinator.add_argument("--port", type=int, required=True, help="TCP port (0: any free one)")
+    coordinator.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    coordinator.add_argument(
+        "--prefix", default="gossip/", help="the workers' store key prefix (default gossip/)"
+    )
     plot = sub.add_parser("plot", help="draw error curves and speed from --log-dir outputs")
     plot.add_argument("log_dirs", nargs="+", metavar="LOG_DIR")
     plot.add_argument("--out", required=True, help="the PNG to write")
@@ -261,6 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             return 0
+        if args.command == "coordinator":
+            from sgp_imagenet.coordinator import serve
+
+            if not 0 <= args.port < 65536:
+                raise ValueError(f"--port must be in 0..65535; got {args.port}")
+            return serve(args.host, args.port, prefix=args.prefix)
         if args.command == "plot":
             from sgp_imagenet.plot import load_runs, plot_runs, summary_table
 
