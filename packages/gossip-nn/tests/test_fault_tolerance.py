@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -149,6 +150,64 @@ def test_a_member_lost_while_the_next_group_forms_is_left_behind_too(store_port:
         assert r["history"] == [
             (Generation(0, (0, 1, 2, 3, 4)), Generation(2, (0, 2, 4)), (1, 3)),
         ]
+
+
+def _join(index: int, n: int, port: int) -> Any:
+    store = dist.TCPStore(HOST, port, is_master=False, timeout=timedelta(seconds=60))
+    ft = FaultTolerance(store, world_size=n - 1)
+    joiner = index == n - 1
+    if joiner:  # a process started later: it joins once the job has trained a while
+        while not store.check(["test/trained"]):
+            time.sleep(0.02)
+        ft.start(join=True, timeout=60)
+    else:
+        ft.start(timeout=60)
+    torch.manual_seed(123 if joiner else 0)  # the joiner's own start is replaced
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    dp = make_data_parallel("sgp", model, opt, topology="ring", timeout=3.0, fault_tolerance=ft)
+    flat = lambda: torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()  # noqa: E731
+    initial, momentum, weight = flat(), len(opt.state), dp.ps_weight
+    x, y = _data(100 + (ft.membership.member or 0))
+    snapshots = []
+    for step in range(ft.start_step, STEPS):
+        snapshots.append(flat())
+        if ft.membership.member == 0 and step == 5:
+            store.set("test/trained", "1")
+        loss = ((dp(x).squeeze(1) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {
+        "member": ft.membership.member,
+        "joiner": joiner,
+        "start": ft.start_step,
+        "initial": initial,
+        "momentum": momentum,
+        "snapshots": snapshots,
+        "generation": ft.generation,
+        "weight_after_change": ft.history[0].weight if ft.history else weight,
+    }
+
+
+def test_a_joiner_gets_half_of_its_sponsors_mass_and_trains_on(store_port: int) -> None:
+    n = 4  # three start the job, a fourth joins it
+    results = run_distributed(_join, n, (store_port,), init_timeout=None, timeout=120)
+    by_member = {r["member"]: r for r in results}
+    assert sorted(by_member) == [0, 1, 2, 3]
+    joiner = next(r for r in results if r["joiner"])
+    assert joiner["member"] == 3
+    for r in results:
+        assert r["generation"] == Generation(1, (0, 1, 2, 3))
+    sponsor = by_member[Generation(1, (0, 1, 2, 3)).sponsors(Generation(0, (0, 1, 2)))[3]]
+    # the joiner starts from its sponsor's model at a step boundary, with its momentum
+    assert any(torch.equal(joiner["initial"], snap) for snap in sponsor["snapshots"])
+    assert joiner["momentum"] > 0
+    assert 5 <= joiner["start"] < STEPS and len(joiner["snapshots"]) == STEPS - joiner["start"]
+    # the sponsor's push-sum mass is split exactly in half; the members' sum is unchanged
+    assert sponsor["weight_after_change"] == joiner["weight_after_change"]
+    total = sum(r["weight_after_change"] for r in results)
+    assert total == pytest.approx(n - 1, abs=1e-12)
 
 
 def _coordinator_lost(index: int, n: int, port: int) -> str:

@@ -57,6 +57,8 @@ class Membership:
         member: This process's member id, once it has registered (``None`` before).
         generation: The generation this process is in (``None`` before ``form`` or
             ``join`` returns).
+        previous: After ``join``: the generation that ended when this process was
+            admitted (its members hand it their state); ``None`` otherwise.
         min_members: As given.
         settle_timeout: As given.
         poll_interval: As given.
@@ -84,6 +86,7 @@ class Membership:
         self.settle_timeout, self.poll_interval = float(settle_timeout), float(poll_interval)
         self.member: int | None = None
         self.generation: Generation | None = None
+        self.previous: Generation | None = None
 
     # ---------------------------------------------------------------- store access
     def _call(self, fn: Callable[..., T], key: str, *args: Any) -> T:
@@ -219,6 +222,7 @@ class Membership:
             members = self._settle(g)
             if member in members:
                 self._delete(f"joiner/{member}")
+                self.previous = g
                 return self._enter(number + 1, members)
         raise MembershipError(f"member {member}: not admitted within {timeout:g} s")
 

@@ -54,7 +54,8 @@ class GenerationChange:
         record: What this process did in the ended generation, for the numpy model
             [`simulate_generation`][gossip_topology.simulate_generation] (ranks of the
             ended generation).
-        weight: This process's push-sum weight once its step was settled.
+        weight: This process's push-sum weight once the change was done: settled, and
+            halved for each joiner it sponsored.
     """
 
     ended: Generation
@@ -89,6 +90,10 @@ class FaultTolerance:
     Attributes:
         membership: The agreement protocol ([`Membership`][gossip_comm.Membership]).
         history: Every generation change so far, oldest first.
+        start_step: For a process that joined: the training step it starts at (the
+            optimizer steps its sponsor had taken), once its wrapper exists; 0 otherwise.
+        joined_from: For a process that joined: the generation before the one it was
+            admitted at, until its wrapper has received its state; ``None`` otherwise.
         world_size: As given.
         backend: As given.
 
@@ -123,6 +128,10 @@ class FaultTolerance:
             prefix=prefix,
         )
         self.history: list[GenerationChange] = []
+        # joining: the generation before the one this process was admitted at, until the
+        # wrapper has received its state; and the training step it then starts at
+        self.joined_from: Generation | None = None
+        self.start_step = 0
 
     @property
     def generation(self) -> Generation:
@@ -135,14 +144,27 @@ class FaultTolerance:
             raise RuntimeError("call FaultTolerance.start() before training")
         return self.membership.generation
 
-    def start(self, *, timeout: float = 300.0) -> Generation:
-        """Form the job's first generation and initialise its default process group.
+    def start(self, *, join: bool = False, timeout: float = 300.0) -> Generation:
+        """Form the job's first generation, or join the running job; then initialise the
+        generation's default process group.
+
+        Args:
+            join: This process joins a job that is already training (a restarted or an
+                extra process): it is admitted at the next generation, and the wrapper
+                it builds then receives its model, optimizer state, half of a sponsor's
+                push-sum weight and the step count from a member
+                ([`Generation.sponsors`][gossip_topology.Generation.sponsors]).
+            timeout: Seconds to wait for the job to form, or to be admitted.
 
         Raises:
-            MembershipError: If this process registered after the first ``world_size``,
-                or they did not all register within ``timeout`` seconds.
+            MembershipError: If this process registered after the first ``world_size``
+                without ``join``, or nothing happened within ``timeout`` seconds.
         """
-        generation = self.membership.form(self.world_size, timeout=timeout)
+        if join:
+            generation = self.membership.join(timeout=timeout)
+            self.joined_from = self.membership.previous
+        else:
+            generation = self.membership.form(self.world_size, timeout=timeout)
         self.membership.init_process_group(self.backend, timeout=timeout)
         return generation
 

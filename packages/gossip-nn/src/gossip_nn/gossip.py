@@ -94,14 +94,22 @@ class GossipDataParallel(DataParallelModule):
         options = GossipOptions() if options is None else options
         options.check_fault_tolerance(algorithm)
         self.module, self.options = module, options
-        self._group, self._params = checked_parameters(module, optimizer, options.process_group)
+        ft = options.fault_tolerance
+        joining = ft is not None and ft.joined_from is not None  # its model comes from a member
+        self._group, self._params = checked_parameters(
+            module, optimizer, options.process_group, same_model=not joining
+        )
         self._hierarchy: Hierarchy | None = None
         self._gossip_group, self._participants = self._group, dist.get_world_size(self._group)
         if options.nprocs_per_node > 1:
             self._hierarchy = build_hierarchy(self._group, options.nprocs_per_node)
             self._gossip_group = self._hierarchy.plane_group
             self._participants = self._hierarchy.nodes
-        self.topology = options.build_topology(self._participants)
+        self.topology = (
+            topology_at(options.topology, self._participants, options.peers_per_itr)
+            if joining
+            else options.build_topology(self._participants)
+        )
         self._flat = bind_flat(self._params)
         self._buffer_sync = BufferSync(module, options.buffers, self._group)
         self._shards = Shards(self._flat.buffers + self._buffer_sync.gossiped, self._hierarchy)
@@ -125,6 +133,8 @@ class GossipDataParallel(DataParallelModule):
         if self._ft is not None:
             self._check_fault_tolerance()
         self._hook(optimizer)
+        if joining:
+            self._receive_state()
 
     def _check_fault_tolerance(self) -> None:
         assert self._ft is not None
@@ -246,6 +256,7 @@ class GossipDataParallel(DataParallelModule):
         weight = step.weight
         self._retire(step)
         following = self._regroup(following, step.algorithm, weight)
+        self._hand_over(ended, following)
         ft.history.append(
             GenerationChange(
                 ended=ended,
@@ -256,7 +267,7 @@ class GossipDataParallel(DataParallelModule):
                 at=entered,
                 seconds=time.monotonic() - started,
                 record=record,
-                weight=weight,
+                weight=self._step.weight,
             )
         )
 
@@ -288,6 +299,42 @@ class GossipDataParallel(DataParallelModule):
         self._step.weight = weight  # the schedule starts afresh at the new size
         self.topology = topology
         return following
+
+    def _hand_over(self, ended: Generation, following: Generation) -> None:
+        """Give each joiner this process sponsors half of its push-sum mass: the same
+        de-biased model and half the weight, with the optimizer state and step counts."""
+        ft = self._ft
+        assert ft is not None and self._optimizer is not None
+        for joiner, sponsor in following.sponsors(ended).items():
+            if sponsor != ft.membership.member:
+                continue
+            self._step.weight /= 2  # x / 2 stays here, x / 2 leaves: the sum is unchanged
+            payload = {
+                "module": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
+                "optimizer": self._optimizer.state_dict(),
+                "weight": self._step.weight,
+                "updates": max(self._updates, self._gossip_from),
+                "gossip_from": self._gossip_from,
+            }
+            dist.send_object_list([payload], dst=following.rank(joiner))
+
+    def _receive_state(self) -> None:
+        """A joiner: take the model, optimizer state, weight and step counts its sponsor
+        hands over (the sponsor's half of its push-sum mass)."""
+        ft = self._ft
+        assert ft is not None and ft.joined_from is not None and self._optimizer is not None
+        g, member = ft.generation, ft.membership.member
+        assert member is not None
+        sponsor = g.sponsors(ft.joined_from)[member]
+        box: list[Any] = [None]
+        dist.recv_object_list(box, src=g.rank(sponsor))
+        payload = box[0]
+        self.module.load_state_dict(payload["module"])
+        self._optimizer.load_state_dict(payload["optimizer"])
+        self._step.weight = float(payload["weight"])
+        self._updates = ft.start_step = int(payload["updates"])
+        self._gossip_from = int(payload["gossip_from"])
+        ft.joined_from = None
 
     # --------------------------------------------------------------- lifecycle
     def _settle_for_checkpoint(self) -> None:

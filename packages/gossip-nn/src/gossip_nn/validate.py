@@ -51,9 +51,16 @@ def check_optimizer_owns(params: list[nn.Parameter], optimizer: torch.optim.Opti
 
 
 def checked_parameters(
-    module: nn.Module, optimizer: torch.optim.Optimizer, process_group: ProcessGroup | None
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    process_group: ProcessGroup | None,
+    *,
+    same_model: bool = True,
 ) -> tuple[ProcessGroup, list[nn.Parameter]]:
     """The checks every wrapper runs at construction; returns the group and trainable params.
+
+    ``same_model=False`` skips the cross-rank comparison (a collective): a process that
+    joins a running job receives its model from a member instead.
 
     Raises:
         RuntimeError: If ``torch.distributed`` is not initialised.
@@ -61,7 +68,8 @@ def checked_parameters(
             optimizer does not own exactly them.
     """
     group = resolve_group(process_group)
-    check_same_model(module, group, comm_device_for(group, None))
+    if same_model:
+        check_same_model(module, group, comm_device_for(group, None))
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("module has no trainable parameters")
