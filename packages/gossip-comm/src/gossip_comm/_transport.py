@@ -249,9 +249,10 @@ def post(
     posted interleaved across messages; both sides must use the same ``chunk_numel``.
     A sequence gives each message its own, either 0 or one common size.
 
-    With ``keep_going`` (fault-tolerant gossip, gloo only), operations are posted one by
-    one and one that fails to post (its peer is gone) is recorded in ``post_errors``
-    instead of stopping the others; it raises when waited on.
+    On gloo, operations are posted one by one. One that fails to post (its peer is gone)
+    raises [`PeerLostError`][gossip_comm.PeerLostError] naming the rank, the peer and the
+    step; with ``keep_going`` (fault-tolerant gossip) it is recorded in ``post_errors``
+    instead, the others are still posted, and it raises when waited on.
     """
     if not messages:
         return PendingExchange([], [], rank=rank, step=step)
@@ -278,11 +279,13 @@ def post(
     index = [(c, i) for c, i, _ in pieces]
     works: list[dist.Work | None] = []
     errors: dict[int, BaseException] = {}
-    if not keep_going:
+    if dist.get_backend(group) == "nccl":  # one group call, or a pair could deadlock
         works += dist.batch_isend_irecv(ops)
-    # one operation at a time (what batch_isend_irecv does on gloo), so that one whose
-    # peer is gone does not keep the others from being posted
-    for k, op in enumerate(ops if keep_going else []):
+        ops = []
+    # gloo: one operation at a time (what batch_isend_irecv does there), so that a post
+    # that fails is known by its peer, and one whose peer is gone does not keep the
+    # others from being posted
+    for k, op in enumerate(ops):
         try:
             works.append(op.op(op.tensor, op.peer, op.group, op.tag))
         except RuntimeError as exc:
@@ -292,4 +295,7 @@ def post(
         works, messages, rank=rank, step=step, pieces=index, chunk_numel=max(sizes, default=0)
     )
     pending.post_errors = errors
+    if errors and not keep_going:  # name the rank, the peer and the step at once
+        first = min(errors)
+        raise pending._error(first, errors[first], 0.0) from errors[first]
     return pending
