@@ -66,6 +66,7 @@ class Channel:
     chunk_everywhere: bool = False  # chunk_bytes was given: chunk every pair's messages
     remote: tuple[bool, ...] = ()  # per rank of the group: on another host than this one
     fault_tolerant: bool = False  # post operations one by one; keep a failed step
+    batched: bool = False  # post a step's operations in one group call (NCCL)
 
     @property
     def numel(self) -> int:
@@ -134,6 +135,7 @@ def open_channel(
         chunk_numel=chunk_numel_for(config.chunk_bytes, device, wire_dtype, like.numel()),
         chunk_everywhere=config.chunk_bytes is not None,
         fault_tolerant=config.fault_tolerant,
+        batched=dist.get_backend(group) == "nccl",
     )
     if config.fault_tolerant and dist.get_backend(group) != "gloo":
         raise ValueError(

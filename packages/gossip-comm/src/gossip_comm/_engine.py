@@ -154,7 +154,13 @@ class Engine(ABC, Generic[F]):
         self.bytes_sent += sum(m.tensor.nbytes for m in messages if m.send)
         chunks = [ch.chunk_to(m.peer) for m in messages]
         return post(
-            messages, ch.group, ch.rank, step, chunk_numel=chunks, keep_going=ch.fault_tolerant
+            messages,
+            ch.group,
+            ch.rank,
+            step,
+            chunk_numel=chunks,
+            keep_going=ch.fault_tolerant,
+            batched=ch.batched,
         )
 
     def _weight_in(self, flight: F) -> float:

@@ -239,6 +239,7 @@ def post(
     chunk_numel: int | Sequence[int] = 0,
     *,
     keep_going: bool = False,
+    batched: bool | None = None,
 ) -> PendingExchange:
     """Post every message of one step in a single ``batch_isend_irecv``.
 
@@ -252,7 +253,8 @@ def post(
     On gloo, operations are posted one by one. One that fails to post (its peer is gone)
     raises [`PeerLostError`][gossip_comm.PeerLostError] naming the rank, the peer and the
     step; with ``keep_going`` (fault-tolerant gossip) it is recorded in ``post_errors``
-    instead, the others are still posted, and it raises when waited on.
+    instead, the others are still posted, and it raises when waited on. ``batched``
+    (``None``: look the backend up) posts them in one group call, as NCCL needs.
     """
     if not messages:
         return PendingExchange([], [], rank=rank, step=step)
@@ -279,7 +281,9 @@ def post(
     index = [(c, i) for c, i, _ in pieces]
     works: list[dist.Work | None] = []
     errors: dict[int, BaseException] = {}
-    if dist.get_backend(group) == "nccl":  # one group call, or a pair could deadlock
+    if batched is None:
+        batched = dist.get_backend(group) == "nccl"
+    if batched:  # one group call, or a pair could deadlock
         works += dist.batch_isend_irecv(ops)
         ops = []
     # gloo: one operation at a time (what batch_isend_irecv does there), so that a post

@@ -143,6 +143,7 @@ class _Active:
             step,
             tags=[_HEADER, _DATA, _DATA],
             chunk_numel=ch.chunk_to(peer),
+            batched=ch.batched,
         )
 
         def finish() -> torch.Tensor:
@@ -183,6 +184,7 @@ class _Active:
                 step,
                 tags=[_HEADER] + [_DATA] * (len(messages) - 1),
                 chunk_numel=ch.chunk_to(peer),  # both ways at once: chunked between hosts
+                batched=ch.batched,
             )
             pending.wait(ch.timeout)
             if ch.check_finite:
@@ -207,6 +209,7 @@ class _Active:
             ch.rank,
             self.step,
             tags=[_HEADER] * len(self.partners),
+            batched=ch.batched,
         )
         pending.wait(ch.timeout)
         self._worker.close(timeout=ch.timeout)
@@ -294,6 +297,7 @@ class _Passive:
             self.served,
             tags=[_DATA, _DATA],
             chunk_numel=ch.chunk_to(active),
+            batched=ch.batched,
         )
         for sl in pending.chunks(ch.timeout):
             if ch.check_finite:
@@ -323,6 +327,7 @@ class _Passive:
             self.served,
             tags=[_DATA] * len(messages),
             chunk_numel=ch.chunk_to(active),
+            batched=ch.batched,
         )
         pending.wait(ch.timeout)
         if ch.check_finite:

@@ -313,9 +313,10 @@ class Membership:
         lost = {m for m in g.members if self._has(f"g{g.number}/lost/{m}")}
         deadline = time.monotonic() + self.settle_timeout
         while not self._has(f"g{nxt}/members"):
+            # joiners: registered ids outside ``g`` still flagged (members need no lookup)
             registered = self._add("next_id", 0)
-            joiners = {m for m in range(registered) if self._has(f"joiner/{m}")}
-            candidates = set(g.members) | joiners
+            outside = (m for m in range(registered) if m not in g.members)
+            candidates = set(g.members) | {m for m in outside if self._has(f"joiner/{m}")}
             present = {m for m in candidates if self._has(f"g{nxt}/in/{m}")}
             if present >= candidates - lost or time.monotonic() > deadline:
                 self._claim(f"g{nxt}/members", json.dumps(sorted(present)))

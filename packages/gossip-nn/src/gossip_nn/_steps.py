@@ -28,7 +28,7 @@ the optimizer's update act on the whole buffers, identically on the node's proce
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -57,6 +57,9 @@ __all__ = [
     "SGPStep",
     "build_step",
 ]
+
+Posted = Callable[[int, int], "bool | None"]
+"""What a settling gossiper asks: did ``rank`` post gossip step ``step``? ``None``: lost."""
 
 
 class GossipStep:
@@ -88,13 +91,22 @@ class GossipStep:
         """Fault tolerance: whether a gossip step failed and awaits ``settle``."""
         return False
 
-    def settle(self, posted: Callable[[int, int], bool | None]) -> list[Settled]:
+    def settle(self, posted: Posted) -> list[Settled]:
         """Fault tolerance: finish each gossiper's failed step with what was delivered.
 
         Raises:
             RuntimeError: For an algorithm that cannot settle (the overlapped ones).
         """
         raise RuntimeError(f"{self.algorithm} cannot settle a failed gossip step")
+
+    def _settle_each(
+        self, gossipers: Sequence[PushSum] | Sequence[PushPull], posted: Posted
+    ) -> list[Settled]:
+        """Settle every interrupted gossiper, then reassemble the buffers if any was."""
+        settled = [g.settle(posted) for g in gossipers if g.interrupted]
+        if settled:
+            self.shards.reassemble()
+        return settled
 
     def _scale(self, factor: float) -> None:
         if factor != 1.0:
@@ -229,13 +241,12 @@ class SGPStep(GossipStep):
     def interrupted(self) -> bool:
         return any(g.interrupted for g in self.push_sum)
 
-    def settle(self, posted: Callable[[int, int], bool | None]) -> list[Settled]:
+    def settle(self, posted: Posted) -> list[Settled]:
         """Settle the failed ``after_update`` (fault tolerance: the weight travels, so the
         buffers then hold numerators): weight, reassembly, de-biasing as it would have."""
-        settled = [g.settle(posted) for g in self.push_sum if g.interrupted]
+        settled = self._settle_each(self.push_sum, posted)
         if settled:
             self.weight = settled[-1].weight
-            self.shards.reassemble()
             for buf in self.buffers:
                 buf.div_(self.weight)  # x -> z, as after_update ends
         return settled
@@ -364,12 +375,9 @@ class DPSGDStep(GossipStep):
     def interrupted(self) -> bool:
         return any(g.interrupted for g in self.push_pull)
 
-    def settle(self, posted: Callable[[int, int], bool | None]) -> list[Settled]:
+    def settle(self, posted: Posted) -> list[Settled]:
         """Settle the failed mix; the update (if it comes after) then applies as usual."""
-        settled = [g.settle(posted) for g in self.push_pull if g.interrupted]
-        if settled:
-            self.shards.reassemble()
-        return settled
+        return self._settle_each(self.push_pull, posted)
 
     def _mix(self, exact: bool) -> None:
         if exact:

@@ -34,7 +34,7 @@ from gossip_comm import GossipPeerError, GossipTimeoutError, Membership, Settled
 from gossip_topology import Generation, RankRecord
 from gossip_topology._checks import check_int
 
-__all__ = ["FaultTolerance", "GenerationChange", "settled_record"]
+__all__ = ["FaultTolerance", "GenerationChange"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +95,7 @@ class FaultTolerance:
         joined_from: For a process that joined: the generation before the one it was
             admitted at, until its wrapper has received its state; ``None`` otherwise.
         world_size: As given.
+        settle_timeout: As given (``None``: follow the wrapper's gossip timeout).
         backend: As given.
 
     Raises:
@@ -120,7 +121,7 @@ class FaultTolerance:
             )
         self.world_size = check_int("world_size", world_size, minimum=1)
         self.backend = backend
-        self._settle_timeout = settle_timeout
+        self.settle_timeout = settle_timeout
         self.membership = Membership(
             store,
             min_members=min_members,
@@ -171,7 +172,7 @@ class FaultTolerance:
     def use_gossip_timeout(self, timeout: float) -> None:
         """Wait for check-ins at least one gossip ``timeout`` plus 5 s (the wrapper calls
         this with its own timeout unless ``settle_timeout`` was given)."""
-        if self._settle_timeout is None:
+        if self.settle_timeout is None:
             self.membership.settle_timeout = float(timeout) + 5.0
 
     def end_requested(self) -> str | None:
@@ -194,7 +195,7 @@ class FaultTolerance:
         )
 
 
-def settled_record(
+def _settled_record(
     ended: Generation, following: Generation, completed: int, settled: Sequence[Settled]
 ) -> RankRecord:
     """This process's [`RankRecord`][gossip_topology.RankRecord] of ``ended``.

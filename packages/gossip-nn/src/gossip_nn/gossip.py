@@ -38,7 +38,7 @@ from gossip_nn._base import (
 from gossip_nn._buffers import BufferSync
 from gossip_nn._steps import Compression, GossipStep, build_step
 from gossip_nn.averaging import ExactAveragingSchedule
-from gossip_nn.fault_tolerance import GenerationChange, settled_record
+from gossip_nn.fault_tolerance import GenerationChange, _settled_record
 from gossip_nn.hierarchy import Hierarchy, Shards, build_hierarchy
 from gossip_nn.options import GossipOptions
 from gossip_nn.slowmo import SlowMo
@@ -252,7 +252,7 @@ class GossipDataParallel(DataParallelModule):
         following = ft.membership.next()  # MembershipError: too few left, or left out
         settled = step.settle(ft.membership.posted(ended)) if interrupted else []
         self._gossip_from = ft.membership.resume_step(ended)
-        record = settled_record(ended, following, posted + 1 - interrupted, settled)
+        record = _settled_record(ended, following, posted + 1 - interrupted, settled)
         weight = step.weight
         self._retire(step)
         following = self._regroup(following, step.algorithm, weight)

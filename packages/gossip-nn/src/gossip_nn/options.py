@@ -189,7 +189,6 @@ class GossipOptions:
         conflicts = [
             name
             for name, present in (
-                ("compression", self.compression is not None),
                 ("global_average_every", self.global_average_every > 0),
                 ("allreduce_warmup_steps", self.allreduce_warmup_steps > 0),
                 ("slowmo", self.slowmo is not None),
