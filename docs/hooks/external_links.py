@@ -59,7 +59,8 @@ EXTERNAL_URLS: dict[str, str] = {
     **_python("bool float int", "functions.html"),
     **_python("dict frozenset list set str tuple", "stdtypes.html"),
     **_python(
-        "Exception ImportError RuntimeError TypeError UserWarning ValueError", "exceptions.html"
+        "BaseException Exception ImportError RuntimeError TypeError UserWarning ValueError",
+        "exceptions.html",
     ),
     # standard-library modules (their pages) and classes
     **_python("abc.ABC", "abc.html"),

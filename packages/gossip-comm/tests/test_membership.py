@@ -177,3 +177,48 @@ def test_a_late_registration_cannot_form(store_port: int) -> None:
     second.register()
     with pytest.raises(MembershipError, match="member 1 registered after the first 1"):
         second.form(1)
+
+
+def _join_while_busy(index: int, n: int, port: int) -> Any:
+    m = _membership(port, settle_timeout=0.5)
+    if index == n - 1:
+        return m.join(timeout=30.0), m.register()
+    m.form(n - 1)
+    time.sleep(3.0)  # busy far longer than settle_timeout (an evaluation, a checkpoint)
+    while m.end_requested() is None:
+        time.sleep(0.01)
+    return m.next(), m.register()
+
+
+def test_a_joiner_alone_decides_nothing_while_the_members_are_busy(store_port: int) -> None:
+    # the joiner checks in at once; its settle_timeout only counts once a member has
+    # checked in too, so it does not form a generation of itself
+    results = run_distributed(_join_while_busy, 3, (store_port,), init_timeout=None, timeout=60)
+    assert {g for g, _ in results} == {Generation(1, (0, 1, 2))}
+
+
+def test_a_joiner_that_nobody_admits_gives_up(store_port: int) -> None:
+    member = _membership(store_port)
+    member.form(1)  # a job of one that never polls
+    joiner = _membership(store_port, settle_timeout=0.1)
+    started = time.monotonic()
+    with pytest.raises(MembershipError, match="member 1: not admitted within 1 s"):
+        joiner.join(timeout=1.0)
+    assert time.monotonic() - started < 10.0
+
+
+def test_the_first_stop_proposal_stands(store_port: int) -> None:
+    a, b = _membership(store_port), _membership(store_port)
+    assert a.stop_step() is None
+    assert a.propose_stop(12) == 12
+    assert b.propose_stop(9) == 12
+    assert b.stop_step() == a.stop_step() == 12
+
+
+def test_a_joiner_of_a_finished_job_is_told_at_once(store_port: int) -> None:
+    member = _membership(store_port)
+    member.form(1)
+    member.finish()
+    joiner = _membership(store_port)
+    with pytest.raises(MembershipError, match="member 1: the job is over; nothing to join"):
+        joiner.join(timeout=60.0)

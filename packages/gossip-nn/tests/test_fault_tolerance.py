@@ -154,7 +154,12 @@ def test_a_member_lost_while_the_next_group_forms_is_left_behind_too(store_port:
 
 def _join(index: int, n: int, port: int) -> Any:
     store = dist.TCPStore(HOST, port, is_master=False, timeout=timedelta(seconds=60))
-    ft = FaultTolerance(store, world_size=n - 1)
+    at = [0]  # the application's position: the step in progress
+    ft = FaultTolerance(
+        store,
+        world_size=n - 1,
+        extra_state=lambda: {"sponsor": ft.membership.member, "step": at[0]},
+    )
     joiner = index == n - 1
     if joiner:  # a process started later: it joins once the job has trained a while
         while not store.check(["test/trained"]):
@@ -171,6 +176,7 @@ def _join(index: int, n: int, port: int) -> Any:
     x, y = _data(100 + (ft.membership.member or 0))
     snapshots = []
     for step in range(ft.start_step, STEPS):
+        at[0] = step
         snapshots.append(flat())
         if ft.membership.member == 0 and step == 5:
             store.set("test/trained", "1")
@@ -187,6 +193,7 @@ def _join(index: int, n: int, port: int) -> Any:
         "snapshots": snapshots,
         "generation": ft.generation,
         "weight_after_change": ft.history[0].weight if ft.history else weight,
+        "received": ft.received_state,
     }
 
 
@@ -204,10 +211,82 @@ def test_a_joiner_gets_half_of_its_sponsors_mass_and_trains_on(store_port: int) 
     assert any(torch.equal(joiner["initial"], snap) for snap in sponsor["snapshots"])
     assert joiner["momentum"] > 0
     assert 5 <= joiner["start"] < STEPS and len(joiner["snapshots"]) == STEPS - joiner["start"]
+    # the application's own state came along: its sponsor's step in progress, which
+    # the joiner's first step is (or follows, if the sponsor's step had completed)
+    received = joiner["received"]
+    assert received["sponsor"] == sponsor["member"]
+    assert joiner["start"] - received["step"] in (0, 1)
+    assert all(r["received"] is None for r in results if not r["joiner"])
     # the sponsor's push-sum mass is split exactly in half; the members' sum is unchanged
     assert sponsor["weight_after_change"] == joiner["weight_after_change"]
     total = sum(r["weight_after_change"] for r in results)
     assert total == pytest.approx(n - 1, abs=1e-12)
+
+
+def _collective_after_loss(index: int, n: int, port: int) -> Any:
+    store = dist.TCPStore(HOST, port, is_master=False, timeout=timedelta(seconds=60))
+    ft = FaultTolerance(store, world_size=n)
+    ft.start(timeout=60)
+    member = ft.membership.member
+    torch.manual_seed(0)
+    model = nn.Linear(6, 1).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    dp = make_data_parallel("sgp", model, opt, topology="ring", timeout=3.0, fault_tolerance=ft)
+    x, y = _data(100 + (member or 0))
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
+            loss = ((dp(x).squeeze(1) - y) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    train(6)
+    if member == n - 1:  # gone between training and the application's collective
+        os.kill(os.getpid(), signal.SIGKILL)
+    failures = 0
+    while True:  # the application's evaluation: an all-reduce, run again if it fails
+        total = torch.tensor([float(member or 0) + 1.0], dtype=torch.float64)
+        try:
+            dist.all_reduce(total)
+            break
+        except RuntimeError as err:
+            failures += 1
+            dp.recover(err)
+    train(6)  # and gossip goes on in the new generation
+    return {"member": member, "total": float(total), "failures": failures,
+            "generation": ft.generation, "weight": dp.ps_weight}  # fmt: skip
+
+
+def test_a_collective_that_fails_moves_the_survivors_to_the_next_generation(
+    store_port: int,
+) -> None:
+    n = 4
+    results = run_distributed(
+        _collective_after_loss, n, (store_port,), init_timeout=None, timeout=120,
+        allowed_exits=list(range(n)),
+    )  # fmt: skip
+    survivors = sorted((r for r in results if r is not None), key=lambda r: r["member"])
+    assert [r["member"] for r in survivors] == [0, 1, 2]
+    for r in survivors:
+        assert r["failures"] == 1
+        assert r["total"] == 1.0 + 2.0 + 3.0  # the survivors' sum, in the new group
+        assert r["generation"] == Generation(1, (0, 1, 2))
+    # no gossip was in flight: the survivors keep exactly the mass they held
+    assert sum(r["weight"] for r in survivors) == pytest.approx(3.0, abs=1e-12)
+
+
+def _recover_without_fault_tolerance(rank: int, n: int) -> str:
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    dp = make_data_parallel("sgp", model, opt, topology="ring")
+    with pytest.raises(RuntimeError, match="a collective failed here"):
+        dp.recover(RuntimeError("a collective failed here"))
+    return "raised"
+
+
+def test_recover_without_fault_tolerance_raises_the_error_again() -> None:
+    assert run_distributed(_recover_without_fault_tolerance, 2) == ["raised", "raised"]
 
 
 def _coordinator_lost(index: int, n: int, port: int) -> str:
@@ -274,3 +353,14 @@ def test_fault_tolerance_settings_are_checked() -> None:
         GossipOptions(fault_tolerance="yes")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match=r"call FaultTolerance\.start"):
         _ = FaultTolerance(store, world_size=2).generation
+
+
+def test_a_command_line_can_check_fault_tolerance_before_any_store_exists() -> None:
+    GossipOptions().check_fault_tolerance("sgp")  # nothing planned, nothing to refuse
+    GossipOptions().check_fault_tolerance("dpsgd", planned=True)
+    with pytest.raises(ValueError, match="does not combine with compression"):
+        GossipOptions(compression="int8").check_fault_tolerance("sgp", planned=True)
+    with pytest.raises(ValueError, match="'osgp' cannot survive a lost rank yet"):
+        GossipOptions().check_fault_tolerance("osgp", planned=True)
+    with pytest.raises(ValueError, match="AR-SGD all-reduces over every rank"):
+        GossipOptions().check_fault_tolerance("ar", planned=True)

@@ -325,3 +325,20 @@ def test_seeded_samples_draw_the_same_augmentation_whatever_the_worker() -> None
     for loader in (in_process, two_workers):
         loader.sampler.set_epoch(1)  # type: ignore[attr-defined]
     assert torch.equal(torch.cat(list(in_process)), torch.cat(list(two_workers)))
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_a_resharded_sampler_samples_as_a_new_one_would(drop_last: bool) -> None:
+    from torch.utils.data import DistributedSampler
+
+    data = list(range(103))  # not a multiple of any world size below
+    sampler = ResumableSampler(data, num_replicas=4, rank=3, seed=7, drop_last=drop_last)
+    for rank, world in ((0, 3), (2, 3), (4, 5), (1, 2)):
+        sampler.reshard(rank, world)
+        fresh = DistributedSampler(data, num_replicas=world, rank=rank, seed=7, drop_last=drop_last)
+        for epoch in (0, 5):
+            sampler.set_epoch(epoch)
+            fresh.set_epoch(epoch)
+            assert list(sampler) == list(fresh) and len(sampler) == len(fresh)
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 3\); got 3"):
+        sampler.reshard(3, 3)

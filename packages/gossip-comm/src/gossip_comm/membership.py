@@ -12,9 +12,10 @@ agree on the next one:
 2. Each process that goes on *checks in* for the next generation.
 3. As soon as every expected process has checked in (the members not reported lost,
    plus the registered joiners), or when `settle_timeout` has passed since this process
-   checked in, the first process to try writes the new member list with an atomic
-   compare-and-set; every other process reads it. A process that checked in too late is
-   not in it, and is told so.
+   saw a member of the ending generation check in (a joiner alone decides nothing), the
+   first process to try writes the new member list with an atomic compare-and-set;
+   every other process reads it. A process that checked in too late is not in it, and
+   is told so.
 
 The store is a `torch.distributed.Store`, normally a `TCPStore` served by a process that
 is not a worker (`sgp-imagenet coordinator`), so that it survives any worker. If it is
@@ -24,6 +25,7 @@ lost, every call raises [`StoreLostError`][gossip_comm.StoreLostError].
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -189,6 +191,7 @@ class Membership:
         """
         g = self._current()
         members = self._settle(g)
+        assert members is not None  # a member's own check-in starts the deadline
         if self.member not in members:
             raise MembershipError(
                 f"member {self.member} was left out of generation {g.number + 1} (members "
@@ -215,12 +218,15 @@ class Membership:
         member = self.register()
         self._set(f"joiner/{member}", "1")
         while time.monotonic() < deadline:
+            if self._has("finished"):
+                self._delete(f"joiner/{member}")
+                raise MembershipError(f"member {member}: the job is over; nothing to join")
             number = int(self._get("current"))
             g = Generation(number, tuple(json.loads(self._get(f"g{number}/members"))))
             self.generation = g
             self._claim(f"g{number}/end", f"member {member} asks to join")
-            members = self._settle(g)
-            if member in members:
+            members = self._settle(g, until=deadline)
+            if members is not None and member in members:
                 self._delete(f"joiner/{member}")
                 self.previous = g
                 return self._enter(number + 1, members)
@@ -300,27 +306,57 @@ class Membership:
 
         return posted
 
+    def finish(self) -> None:
+        """Record that the job is over (it finished, or stopped on a preemption): a
+        process that asks to join it later is told so at once instead of waiting."""
+        self._set("finished", str(self.member))
+
+    # ---------------------------------------------------------------- stopping together
+    def propose_stop(self, step: int) -> int:
+        """Ask every member to stop after training step ``step`` (for example to write a
+        checkpoint on preemption); the first proposal stands.
+
+        Returns:
+            The step the job stops after (an earlier proposal's, if there was one).
+        """
+        return int(self._claim("stop", str(int(step))))
+
+    def stop_step(self) -> int | None:
+        """The step the job stops after, once a member proposed one (one lookup)."""
+        return int(self._get("stop")) if self._has("stop") else None
+
     # ---------------------------------------------------------------- agreement
     def _current(self) -> Generation:
         if self.generation is None:
             raise RuntimeError("no generation yet: call form() or join() first")
         return self.generation
 
-    def _settle(self, g: Generation) -> tuple[int, ...]:
-        """Check in for generation ``g.number + 1``; its members, once decided."""
+    def _settle(self, g: Generation, *, until: float = math.inf) -> tuple[int, ...] | None:
+        """Check in for generation ``g.number + 1``; its members, once decided.
+
+        The ``settle_timeout`` counts from the first check-in of a member of ``g``: a
+        joiner alone decides nothing, however long the members are busy elsewhere (an
+        evaluation, a checkpoint). ``until``: a ``time.monotonic()`` deadline after which
+        a joiner gives up waiting (``None`` is returned).
+        """
         nxt = g.number + 1
         self._set(f"g{nxt}/in/{self.member}", "1")
         lost = {m for m in g.members if self._has(f"g{g.number}/lost/{m}")}
-        deadline = time.monotonic() + self.settle_timeout
+        deadline = math.inf
         while not self._has(f"g{nxt}/members"):
             # joiners: registered ids outside ``g`` still flagged (members need no lookup)
             registered = self._add("next_id", 0)
             outside = (m for m in range(registered) if m not in g.members)
             candidates = set(g.members) | {m for m in outside if self._has(f"joiner/{m}")}
             present = {m for m in candidates if self._has(f"g{nxt}/in/{m}")}
-            if present >= candidates - lost or time.monotonic() > deadline:
+            now = time.monotonic()
+            if deadline == math.inf and present & set(g.members):
+                deadline = now + self.settle_timeout
+            if present >= candidates - lost or now > deadline:
                 self._claim(f"g{nxt}/members", json.dumps(sorted(present)))
                 break
+            if now > until or self._has("finished"):
+                return None
             time.sleep(self.poll_interval)
         return tuple(json.loads(self._get(f"g{nxt}/members")))
 

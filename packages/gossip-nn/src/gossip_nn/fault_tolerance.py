@@ -20,13 +20,15 @@ The store must outlive every worker: a ``TCPStore`` served by a process that is 
 worker (``sgp-imagenet coordinator``). Supported now: SGP and D-PSGD on gloo, with one
 flat gossip buffer (parameters of one dtype and device), without compression, periodic
 exact averages, SlowMo, a hierarchy or ``buffers="broadcast"``; the wrapper refuses the
-others at construction. Joining a running job comes next.
+others at construction. A new or restarted process joins a running job with
+``start(join=True)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch.distributed.distributed_c10d import Store
 
@@ -86,6 +88,10 @@ class FaultTolerance:
             peer that stopped notices after one gossip timeout).
         backend: The process group backend (``"gloo"``).
         prefix: Store key prefix, to keep several jobs apart on one store.
+        extra_state: Called by a sponsor when it hands its state to a joiner, inside the
+            optimizer step that admits it: what the application needs beside the model
+            and optimizer (its position in the data, a gradient scaler's state). Must be
+            picklable; the joiner finds it in ``received_state``.
 
     Attributes:
         membership: The agreement protocol ([`Membership`][gossip_comm.Membership]).
@@ -94,6 +100,10 @@ class FaultTolerance:
             optimizer steps its sponsor had taken), once its wrapper exists; 0 otherwise.
         joined_from: For a process that joined: the generation before the one it was
             admitted at, until its wrapper has received its state; ``None`` otherwise.
+        extra_state: As given; may be set later, before training (the application
+            often exists only after the wrapper).
+        received_state: For a process that joined: what its sponsor's ``extra_state``
+            returned, once its wrapper exists; ``None`` otherwise.
         world_size: As given.
         settle_timeout: As given (``None``: follow the wrapper's gossip timeout).
         backend: As given.
@@ -113,6 +123,7 @@ class FaultTolerance:
         settle_timeout: float | None = None,
         backend: str = "gloo",
         prefix: str = "gossip/",
+        extra_state: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         if backend != "gloo":
             raise ValueError(
@@ -133,6 +144,8 @@ class FaultTolerance:
         # wrapper has received its state; and the training step it then starts at
         self.joined_from: Generation | None = None
         self.start_step = 0
+        self.extra_state = extra_state
+        self.received_state: dict[str, Any] | None = None
 
     @property
     def generation(self) -> Generation:

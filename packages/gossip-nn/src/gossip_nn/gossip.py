@@ -13,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -120,7 +121,11 @@ class GossipDataParallel(DataParallelModule):
         )
         self._compression = self._plan_compression()
         self._sent_before = 0  # bytes sent by the steps that set_topology replaced
-        self._step = self._build_step(algorithm, self.topology)
+        # fault-tolerant gossip always sends the weight: say so in the state, so that
+        # every member (a joiner too) reloads a checkpoint the same way
+        self._step = self._build_step(
+            algorithm, self.topology, always_send_weight=options.fault_tolerance is not None
+        )
         self._exact = ExactAveragingSchedule(
             every=options.global_average_every, warmup_steps=options.allreduce_warmup_steps
         )
@@ -130,6 +135,7 @@ class GossipDataParallel(DataParallelModule):
         options.warn_ignored(algorithm)
         self._ft = options.fault_tolerance
         self._gossip_from = 0  # fault tolerance: the step survivors gossip together again
+        self._bounded = False  # collectives bounded by the gossip timeout (from step 1)
         if self._ft is not None:
             self._check_fault_tolerance()
         self._hook(optimizer)
@@ -145,6 +151,14 @@ class GossipDataParallel(DataParallelModule):
                 f"model gossips {len(self._step.gossipers)} buffers"
             )
         self._ft.use_gossip_timeout(self.options.timeout)
+
+    def _bound_collectives(self) -> None:
+        """Fault tolerance, once training: the generation's collectives time out after
+        the gossip ``timeout`` too (the group's own timeout covers its rendezvous and the
+        set-up), so that a member blocked in one on a member that left notices within
+        the settle timeout."""
+        dist.set_timeout(timedelta(seconds=self.options.timeout), self._group)
+        self._bounded = True
 
     def _plan_compression(self) -> Compression | None:
         """Layouts and common starting values of the gossiped views, with compression."""
@@ -212,6 +226,8 @@ class GossipDataParallel(DataParallelModule):
 
     @torch.no_grad()
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._ft is not None and not self._bounded:
+            self._bound_collectives()
         if self._ft is not None and self._ft.end_requested() is not None:
             self._recover(None)  # another member asked: change generation between steps
         self._guarded(lambda: self._step.before_update(exact=self._exact.peek()))
@@ -271,6 +287,36 @@ class GossipDataParallel(DataParallelModule):
             )
         )
 
+    @torch.no_grad()
+    def recover(self, error: BaseException) -> None:
+        """Fault tolerance: a collective outside gossip failed (an evaluation's
+        all-reduce, a checkpoint's barrier), most likely because a member is gone. Move to
+        the next generation with the survivors, so that the caller can run the collective
+        again there.
+
+        Every member that was in the same collective must call this too. With fault
+        tolerance every collective of a generation's group times out after the gossip
+        ``timeout``, so a member blocked on one that already left fails too, within the
+        settle timeout (the gossip timeout plus 5 s). A member that never checks in is
+        left out after it.
+
+        Without ``fault_tolerance`` this raises ``error`` again.
+
+        Args:
+            error: What the collective raised (named in the generation's end reason).
+
+        Raises:
+            MembershipError: If this process is left out of the next generation, or
+                fewer than ``min_members`` remain.
+        """
+        if self._ft is None:
+            raise error
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self._ft.membership.request_end(
+            f"member {self._ft.membership.member}: a collective failed: {first}"
+        )
+        self._recover(None)
+
     def _regroup(self, following: Generation, algorithm: str, weight: float) -> Generation:
         """Gossip in ``following``'s group, on the graph rebuilt at its size.
 
@@ -285,6 +331,7 @@ class GossipDataParallel(DataParallelModule):
                 ft.membership.init_process_group(ft.backend, timeout=ft.membership.settle_timeout)
                 group = resolve_group(None)
                 self._group = self._gossip_group = self._buffer_sync.group = group
+                self._bound_collectives()
                 topology = topology_at(self.topology, following.world_size)
                 self._step = self._build_step(algorithm, topology, always_send_weight=True)
                 break
@@ -315,6 +362,7 @@ class GossipDataParallel(DataParallelModule):
                 "weight": self._step.weight,
                 "updates": max(self._updates, self._gossip_from),
                 "gossip_from": self._gossip_from,
+                "extra": None if ft.extra_state is None else ft.extra_state(),
             }
             dist.send_object_list([payload], dst=following.rank(joiner))
 
@@ -334,6 +382,7 @@ class GossipDataParallel(DataParallelModule):
         self._step.weight = float(payload["weight"])
         self._updates = ft.start_step = int(payload["updates"])
         self._gossip_from = int(payload["gossip_from"])
+        ft.received_state = payload["extra"]
         ft.joined_from = None
 
     # --------------------------------------------------------------- lifecycle

@@ -167,14 +167,19 @@ class GossipOptions:
             )
         self.comm_config(None)  # the communication options are checked in one place
 
-    def check_fault_tolerance(self, algorithm: str) -> None:
+    def check_fault_tolerance(self, algorithm: str, *, planned: bool = False) -> None:
         """Refuse ``fault_tolerance`` where it cannot work yet, naming why.
+
+        Args:
+            algorithm: The algorithm these options are for.
+            planned: Check as if ``fault_tolerance`` were set (a command line checks its
+                flags before any process, and so any store, exists).
 
         Raises:
             ValueError: For an algorithm other than SGP and D-PSGD, or an option that
                 needs every rank in a collective (or state a lost rank takes with it).
         """
-        if self.fault_tolerance is None:
+        if self.fault_tolerance is None and not planned:
             return
         if algorithm == "ar":
             raise ValueError(
@@ -189,6 +194,7 @@ class GossipOptions:
         conflicts = [
             name
             for name, present in (
+                ("compression", self.compression is not None),
                 ("global_average_every", self.global_average_every > 0),
                 ("allreduce_warmup_steps", self.allreduce_warmup_steps > 0),
                 ("slowmo", self.slowmo is not None),

@@ -156,6 +156,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="under SLURM, after a preemption checkpoint run 'scontrol requeue' (default on)",
     )
+    f = train.add_argument_group("fault tolerance (sgp, dpsgd; see 'Surviving failures')")
+    f.add_argument(
+        "--fault-tolerant",
+        action="store_true",
+        help="survive lost ranks and admit new processes; ranks come from --coordinator",
+    )
+    f.add_argument(
+        "--coordinator", default=None, metavar="HOST:PORT", help="the 'sgp-imagenet coordinator'"
+    )
+    f.add_argument(
+        "--world-size",
+        type=int,
+        default=0,
+        help="processes that form the job (0: WORLD_SIZE or SLURM_NTASKS); later ones join",
+    )
+    f.add_argument("--min-members", type=int, default=2, help="fewest members to train on with")
+    f.add_argument(
+        "--membership-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the job to form, or to be admitted to it",
+    )
+    f.add_argument(
+        "--gossip-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a gossip step (or, with --fault-tolerant, a collective) may take "
+        "before its peer counts as lost",
+    )
     o = train.add_argument_group("output")
     o.add_argument(
         "--checkpoint-dir", default=None, help="where checkpoints go (none: no checkpoints)"
@@ -233,6 +262,18 @@ def _validate(args: argparse.Namespace) -> None:
     ):  # fmt: skip
         if getattr(args, flag) < 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 0; got {getattr(args, flag)}")
+    if args.coordinator and not args.fault_tolerant:
+        raise ValueError("--coordinator is for --fault-tolerant runs; add --fault-tolerant")
+    if args.fault_tolerant:
+        from sgp_imagenet.fault_tolerant import parse_address
+
+        if args.coordinator:  # (without one, the gossip flags' check says what to add)
+            parse_address(args.coordinator)
+        if args.min_members < 1 or args.world_size < 0 or args.membership_timeout <= 0:
+            raise ValueError(
+                "--min-members must be >= 1, --world-size >= 0 and --membership-timeout > 0; "
+                f"got {args.min_members}, {args.world_size}, {args.membership_timeout}"
+            )
     if args.lr <= 0:
         raise ValueError(f"--lr must be positive; got {args.lr}")
     if not 0.0 <= args.label_smoothing < 1.0:

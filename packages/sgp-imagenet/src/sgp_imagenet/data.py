@@ -20,6 +20,7 @@ batches of an uninterrupted one.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,24 @@ class ResumableSampler(DistributedSampler[Any]):
                 f"epoch); got {position}"
             )
         self._start = position
+
+    def reshard(self, rank: int, num_replicas: int) -> None:
+        """Sample as ``rank`` of ``num_replicas`` from the next pass on (a fault-tolerant
+        job re-shards over its members at an epoch's start); exactly what a new
+        ``DistributedSampler`` with these two values would sample.
+
+        Raises:
+            ValueError: If ``rank`` is not in ``[0, num_replicas)``.
+        """
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}); got {rank}")
+        self.rank, self.num_replicas = rank, num_replicas
+        size = len(self.dataset)  # type: ignore[arg-type]  # a sized map-style dataset
+        if self.drop_last and size % num_replicas:
+            self.num_samples = math.ceil((size - num_replicas) / num_replicas)
+        else:
+            self.num_samples = math.ceil(size / num_replicas)
+        self.total_size = self.num_samples * num_replicas
 
     def __iter__(self) -> Any:
         indices = list(super().__iter__())[self._start :]

@@ -73,13 +73,15 @@ class CsvLog:
     Args:
         directory: The folder of the log; created if missing.
         rank: This rank, which names the file.
+        name: The file's name without ``.csv``, instead of ``rank{rank}`` (a
+            fault-tolerant job names it by the member id, which never changes).
 
     Attributes:
-        path: The CSV file, ``directory/rank{rank}.csv``.
+        path: The CSV file, ``directory/rank{rank}.csv`` (or ``directory/{name}.csv``).
     """
 
-    def __init__(self, directory: str | Path, rank: int) -> None:
-        self.path = Path(directory) / f"rank{rank}.csv"
+    def __init__(self, directory: str | Path, rank: int, *, name: str | None = None) -> None:
+        self.path = Path(directory) / f"{name or f'rank{rank}'}.csv"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()

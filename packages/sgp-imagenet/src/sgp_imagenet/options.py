@@ -35,6 +35,7 @@ FLAGS: dict[str, str] = {
     "consensus_step": "--consensus-step",
     "nprocs_per_node": "--nprocs-per-node",
     "synch_freq": "--synch-freq",
+    "timeout": "--gossip-timeout",
 }
 """The `GossipOptions` field each gossip flag sets."""
 
@@ -66,6 +67,7 @@ def wrapper_options(args: argparse.Namespace, *, peers_per_itr: int = 1) -> dict
         "consensus_step": args.consensus_step,
         "nprocs_per_node": args.nprocs_per_node,
         "synch_freq": args.synch_freq,
+        "timeout": args.gossip_timeout,
     }
     if args.topology is not None:
         chosen["topology"] = _graph(args.topology)
@@ -96,6 +98,8 @@ def check_gossip_flags(args: argparse.Namespace) -> None:
         except (TypeError, ValueError) as exc:
             named = [flag for name, flag in FLAGS.items() if name in str(exc)]
             raise ValueError(f"{', '.join(named) or 'gossip flags'}: {exc}") from None
+        if args.fault_tolerant:
+            _check_fault_tolerant(args, options)
         ignored = [FLAGS[name] for name in options.ignored_by(args.algorithm)]
         if ignored:
             raise ValueError(
@@ -103,3 +107,18 @@ def check_gossip_flags(args: argparse.Namespace) -> None:
                 f"--algorithm {args.algorithm}; leave {'it' if len(ignored) == 1 else 'them'} "
                 "unset"
             )
+
+
+def _check_fault_tolerant(args: argparse.Namespace, options: GossipOptions) -> None:
+    """``--fault-tolerant``: what gossip-nn refuses, named by flag, before any process starts."""
+    if not args.coordinator:
+        raise ValueError(
+            "--fault-tolerant needs --coordinator HOST:PORT (start one with "
+            "'sgp-imagenet coordinator --port P')"
+        )
+    try:
+        options.check_fault_tolerance(args.algorithm, planned=True)
+    except ValueError as exc:
+        named = [flag for name, flag in FLAGS.items() if name in str(exc)]
+        where = f" ({', '.join(named)})" if named else ""
+        raise ValueError(f"--fault-tolerant: {exc}{where}") from None

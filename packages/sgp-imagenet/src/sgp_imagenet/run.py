@@ -8,7 +8,8 @@ method a test can call alone: `TrainingRun.restore`, `TrainingRun.train_epoch`,
 
 What differs between algorithms is asked of the wrapper (gossip-nn's
 [`DataParallelModule`][gossip_nn.DataParallelModule]): whether it is synchronous, how to
-change its graph, what it must settle before a checkpoint.
+change its graph, what it must settle before a checkpoint. With ``--fault-tolerant`` the
+run follows the job's generations (`sgp_imagenet.fault_tolerant`).
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ import argparse
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from gossip_nn import make_data_parallel
+from gossip_nn import FaultTolerance, make_data_parallel
 from sgp_imagenet.checkpoint import Resume, checkpoint_path, save_atomic
 from sgp_imagenet.data import DataBundle, ResumableSampler, check_classes, make_loader
 from sgp_imagenet.evaluate import accuracy, kept_buffers, validate
+from sgp_imagenet.fault_tolerant import STOP_LEAD, Generations, survive
 from sgp_imagenet.models import build_model, param_groups
 from sgp_imagenet.options import wrapper_options
 from sgp_imagenet.precise_bn import recompute_bn_stats
@@ -36,6 +39,8 @@ from sgp_imagenet.run_log import IterationTimes, RunLog
 from sgp_imagenet.schedule import LRSchedule, PeersSchedule, parse_epoch_pairs
 
 __all__ = ["SIGNAL_HOOK", "Position", "Preempted", "TrainingRun"]
+
+T = TypeVar("T")
 
 SIGNAL_HOOK = "SGP_IMAGENET_TEST_SIGNAL"
 """Testing aid: ``RANK:GLOBAL_ITR:SIGNAL`` makes that rank signal itself after that
@@ -109,6 +114,8 @@ class TrainingRun:
         device: Where the model computes.
         comm_device: Where collectives' tensors live (the device with NCCL, else CPU).
         preempt: The installed preemption handler the ranks agree through.
+        fault_tolerance: With ``--fault-tolerant``: the job's generations, already
+            started (``sgp_imagenet.fault_tolerant.connect``); ``None`` otherwise.
 
     Attributes:
         position: The next iteration to run.
@@ -132,13 +139,18 @@ class TrainingRun:
         injected: The testing aid `SIGNAL_HOOK` parsed: ``(rank, global iteration,
             signal)``, or ``None``.
         log: The run's progress, CSV, TensorBoard and summary output.
+        ft: ``fault_tolerance`` as given.
+        generations: With fault tolerance, the generations seen (``None`` without).
     """
 
     def __init__(
         self, args: argparse.Namespace, bundle: DataBundle, *, device: torch.device,
         comm_device: torch.device, preempt: Preemption,
+        fault_tolerance: FaultTolerance | None = None,
     ) -> None:  # fmt: skip
         self.args, self.bundle, self.preempt = args, bundle, preempt
+        self.ft = fault_tolerance
+        self.generations = None if self.ft is None else Generations(self.ft)
         self.device, self.comm_device = device, comm_device
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.train_loader, self.val_loader, self.stats_loader = self._loaders()
@@ -159,11 +171,16 @@ class TrainingRun:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
         self.position = Position()
         self.injected = injected_signal(os.environ.get(SIGNAL_HOOK))
-        self.log = RunLog(args, self.rank, self.world)
+        self._shard = (self.rank, self.world)  # the data shard of the current epoch
+        member = None if self.generations is None else self.generations.member
+        self.log = RunLog(args, self.rank, self.world, member=member)
         try:
+            # fault tolerance settles one gossiped buffer: BatchNorm's statistics stay
+            # each rank's own (evaluations average them exactly)
+            local = {"buffers": "local"} if self.ft is not None else {}
             self.dp = make_data_parallel(
-                args.algorithm, self.model, self.optimizer,
-                **wrapper_options(args, peers_per_itr=self._peers),
+                args.algorithm, self.model, self.optimizer, fault_tolerance=self.ft,
+                **local, **wrapper_options(args, peers_per_itr=self._peers),
             )  # fmt: skip
         except BaseException:
             self.log.close()
@@ -178,6 +195,10 @@ class TrainingRun:
     def _finish_building(self) -> None:
         a = self.args  # (a peers schedule the algorithm cannot follow is refused by the
         # command line, through gossip-nn's SET_TOPOLOGY_ALGORITHMS)
+        if self.ft is not None:
+            self.ft.extra_state = self._hand_over
+            if self.ft.received_state is not None:  # a joiner: go on from its sponsor
+                self._take_over(self.ft.received_state)
         self.check_every = a.preempt_check_every or (1 if self.dp.synchronous else 20)
         self.forward: Any = torch.compile(self.dp, backend=a.compile) if a.compile else self.dp
         if a.compile and self.rank == 0:
@@ -215,6 +236,61 @@ class TrainingRun:
             nesterov=a.nesterov and a.momentum > 0,
         )  # fmt: skip
         return model, optimizer
+
+    # ------------------------------------------------------------ fault tolerance
+    def _hand_over(self) -> dict[str, Any]:
+        """What a joiner this rank sponsors needs beside the model and optimizer (called
+        inside the optimizer step of the iteration in progress)."""
+        return {"position": self.position.state_dict(), "per_epoch": self.per_epoch,
+                "shard": self._shard, "scaler": self.scaler.state_dict()}  # fmt: skip
+
+    def _take_over(self, state: dict[str, Any]) -> None:
+        """A joiner goes on where its sponsor was: the same epoch, iteration and data
+        shard (until the epoch ends), from the step its wrapper starts at."""
+        assert self.ft is not None
+        ahead = self.ft.start_step - int(state["position"]["global_itr"])  # 0 or 1
+        self.position.load_state_dict(state["position"])
+        self.position.itr += ahead
+        self.position.global_itr += ahead
+        self.per_epoch = int(state["per_epoch"])
+        self._shard = tuple(state["shard"])
+        self.sampler.reshard(*self._shard)
+        self.scaler.load_state_dict(state["scaler"])
+
+    def _follow(self) -> None:
+        """Take the generation changes the wrapper made: this rank's number, the log."""
+        if self.generations is None:
+            return
+        for _ in self.generations.changes():
+            self.rank, self.world = self.generations.rank, self.generations.world_size
+            self.log.renumber(self.rank, self.world)
+            if self.rank == 0:
+                print(f"sgp-imagenet: {Generations.line(self.generations.rows[-1])}", flush=True)
+
+    def _reshard(self) -> None:
+        """At an epoch's start: shard the data over the current members."""
+        if self.generations is None or self._shard == (self.rank, self.world):
+            return
+        self._shard = (self.rank, self.world)
+        for loader in (self.train_loader, self.val_loader, self.stats_loader):
+            if loader is not None:
+                loader.sampler.reshard(self.rank, self.world)
+        self.per_epoch = self._iterations_per_epoch()
+
+    def _collective(self, run: Callable[[], T]) -> T:
+        """``run()``, a collective outside gossip; with fault tolerance it runs again in
+        the next generation if a member is lost during it, on the data re-sharded over
+        the survivors."""
+
+        def attempt() -> T:
+            self._follow()
+            if self.generations is not None:
+                for loader in (self.val_loader, self.stats_loader):
+                    if loader is not None:
+                        loader.sampler.reshard(self.rank, self.world)
+            return run()
+
+        return survive(self.dp, self.ft, attempt)
 
     # ------------------------------------------------------------------- context
     def __enter__(self) -> TrainingRun:
@@ -290,7 +366,8 @@ class TrainingRun:
             if a.checkpoint_dir and a.checkpoint_all:
                 self.save()
             self.check_preemption()
-        self.log.write_summary(bytes_sent=self.dp.bytes_sent)
+        rows = None if self.generations is None else self.generations.rows
+        self.log.write_summary(bytes_sent=self.dp.bytes_sent, generations=rows)
 
     def train_epoch(self) -> None:
         """Run the rest of `position`'s epoch, checking for preemption as it goes.
@@ -298,7 +375,10 @@ class TrainingRun:
         Raises:
             Preempted: Once a preemption checkpoint is written.
         """
-        pos, per_epoch = self.position, self.per_epoch
+        pos = self.position
+        if pos.itr == 0:
+            self._reshard()
+        per_epoch = self.per_epoch
         self._use_peers_of(pos.epoch)
         pos.itr = min(pos.itr, per_epoch)
         self.sampler.set_epoch(pos.epoch)
@@ -355,6 +435,7 @@ class TrainingRun:
         return float(loss.detach()), output.detach().float(), stepping
 
     def _after_iteration(self) -> None:
+        self._follow()
         pos = self.position
         if self.injected is not None and self.injected[:2] == (self.rank, pos.global_itr):
             os.kill(os.getpid(), self.injected[2])  # a real signal, through the real handler
@@ -382,11 +463,11 @@ class TrainingRun:
         validation's average, so its precise BatchNorm statistics are computed once.
         """
         at = save_average_at
-        return validate(
+        return self._collective(lambda: validate(
             self.dp, self.val_loader, device=self.device, comm_device=self.comm_device,
             stats_loader=self.stats_batches(), stats_batches=self.args.precise_bn,
             inside_average=None if at is None else lambda: self._write_average(at),
-        )  # fmt: skip
+        ))  # fmt: skip
 
     def save(self, *, own: bool = False) -> None:
         """Checkpoint at `position`.
@@ -402,11 +483,16 @@ class TrainingRun:
             state = {"kind": "rank", "model": model, "rng": _rng_state(), **common}
             save_atomic(state, checkpoint_path(a.checkpoint_dir, self.rank))
             return
+        self._collective(self._save_average)
+
+    def _save_average(self) -> None:
+        """Rank 0 writes the network average (a collective), with ``--precise-bn``'s
+        BatchNorm statistics for it."""
         with self.dp.average_for_eval(), kept_buffers(self.dp.module):
             stats = self.stats_batches()
             if stats is not None:  # the average's own BatchNorm statistics
                 recompute_bn_stats(
-                    self.dp.module, stats, num_batches=a.precise_bn, distributed=True
+                    self.dp.module, stats, num_batches=self.args.precise_bn, distributed=True
                 )
             self._write_average(self.position)
 
@@ -422,6 +508,33 @@ class TrainingRun:
             state = {"kind": "average", "model": self.dp.module.state_dict(), **self._common(at)}
             save_atomic(state, checkpoint_path(self.args.checkpoint_dir, None))
 
+    def _stop_if_agreed(self) -> None:
+        """Fault tolerance: on a signal, propose to stop ``world + STOP_LEAD`` iterations
+        on (through the coordinator, no collective); at the agreed iteration every rank
+        writes its own checkpoint and stops.
+
+        Raises:
+            Preempted: At the agreed iteration.
+        """
+        assert self.ft is not None
+        membership, pos = self.ft.membership, self.position
+        if self.preempt.received is not None and membership.stop_step() is None:
+            membership.propose_stop(pos.global_itr + self.world + STOP_LEAD)
+        stop = membership.stop_step()
+        if stop is None or pos.global_itr < stop:
+            return
+        self.log.end_epoch()
+        if self.args.checkpoint_dir:
+            self.save(own=True)
+        if self.rank == 0:
+            where = self.args.checkpoint_dir or "nowhere: no --checkpoint-dir"
+            print(
+                f"sgp-imagenet: stopped at the agreed iteration {stop} (epoch {pos.epoch}, "
+                f"iteration {pos.itr}); every member's checkpoint in {where}",
+                flush=True,
+            )
+        raise Preempted
+
     def check_preemption(self) -> None:
         """If the ranks agree that a preemption signal arrived: checkpoint and stop.
 
@@ -432,6 +545,9 @@ class TrainingRun:
             Preempted: Once every rank's checkpoint is complete.
         """
         pos = self.position
+        if self.ft is not None:
+            self._stop_if_agreed()
+            return
         if pos.itr % self.check_every and pos.itr != 0:
             return
         if self.dp.synchronous:

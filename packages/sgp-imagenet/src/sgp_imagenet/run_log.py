@@ -11,6 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sgp_imagenet.logs import CsvLog, Meter, write_summary
 from sgp_imagenet.report import Progress, open_tensorboard
@@ -45,6 +46,8 @@ class RunLog:
             ``progress``, ``print_freq``; all of them go into the summary).
         rank: This rank.
         world_size: Ranks in the job.
+        member: With fault tolerance, this process's member id: it names the CSV file
+            (``member{M}.csv``), since ranks are renumbered when members come and go.
 
     Attributes:
         csv: This rank's CSV log (``None`` without ``--log-dir``, or once closed).
@@ -55,11 +58,17 @@ class RunLog:
         step_times: Every iteration's time, over the whole run.
         started: ``time.perf_counter()`` when the log was opened.
         history: One row per validation (see `validation`).
+        initial_world_size: The ranks the run started with (``world_size`` follows a
+            fault-tolerant job's generations).
     """
 
-    def __init__(self, args: argparse.Namespace, rank: int, world_size: int) -> None:
+    def __init__(
+        self, args: argparse.Namespace, rank: int, world_size: int, *, member: int | None = None
+    ) -> None:
         self.args, self.rank, self.world_size = args, rank, world_size
-        self.csv = CsvLog(args.log_dir, rank) if args.log_dir else None
+        self.initial_world_size = world_size
+        name = None if member is None else f"member{member}"
+        self.csv = CsvLog(args.log_dir, rank, name=name) if args.log_dir else None
         self.board, note = open_tensorboard(args.log_dir, enabled=args.tensorboard and rank == 0)
         if note:
             print(note, flush=True)
@@ -69,6 +78,11 @@ class RunLog:
         self.step_times = Meter()
         self.meters = {k: Meter() for k in _METERS}
         self._per_epoch = 0
+
+    def renumber(self, rank: int, world_size: int) -> None:
+        """A fault-tolerant job moved to a new generation: this process is now ``rank``
+        of ``world_size`` (the summary is written by the last generation's rank 0)."""
+        self.rank, self.world_size = rank, world_size
 
     def start_epoch(self, epoch: int, per_epoch: int, first: int) -> None:
         """An epoch of ``per_epoch`` iterations starts at iteration ``first``."""
@@ -129,8 +143,12 @@ class RunLog:
                 flush=True,
             )
 
-    def write_summary(self, *, bytes_sent: int) -> Path | None:
-        """Rank 0 writes ``LOG_DIR/summary.json``; ``bytes_sent``: by this rank's wrapper."""
+    def write_summary(
+        self, *, bytes_sent: int, generations: list[dict[str, Any]] | None = None
+    ) -> Path | None:
+        """Rank 0 writes ``LOG_DIR/summary.json``; ``bytes_sent``: by this rank's wrapper;
+        ``generations``: a fault-tolerant job's generation changes, as this rank saw them
+        (``world_size`` is then the size the job started with)."""
         if self.rank != 0 or not self.args.log_dir:
             return None
         steps = self.step_times.count
@@ -139,7 +157,12 @@ class RunLog:
             Path(args.log_dir) / "summary.json",
             {
                 "algorithm": args.algorithm,
-                "world_size": self.world_size,
+                "world_size": self.initial_world_size,
+                **(
+                    {}
+                    if generations is None
+                    else {"generations": generations, "final_world_size": self.world_size}
+                ),
                 "arch": args.arch,
                 "dataset": args.dataset,
                 "epochs": self.history,

@@ -21,14 +21,19 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 
+from gossip_comm import MembershipError
 from sgp_imagenet.checkpoint import check_resume, choose_resume
 from sgp_imagenet.data import build_datasets
+from sgp_imagenet.fault_tolerant import connect
 from sgp_imagenet.launch import LaunchEnv, choose_backend, describe, detect
 from sgp_imagenet.preempt import EXIT_PREEMPTED, Preemption, requeue
 from sgp_imagenet.run import Preempted, TrainingRun
 from sgp_imagenet.schedule import parse_epoch_pairs
 
-__all__ = ["report_env", "train"]
+__all__ = ["EXIT_STOPPED", "report_env", "train"]
+
+EXIT_STOPPED = 1
+"""A fault-tolerant run that could not go on (see ``--min-members``, the coordinator)."""
 
 
 def report_env(environ: Mapping[str, str]) -> str:
@@ -73,7 +78,8 @@ def train(args: argparse.Namespace) -> int:
     """Run one training job on this rank; returns the exit status.
 
     0 when training finished, `sgp_imagenet.preempt.EXIT_PREEMPTED` (75) when a
-    preemption signal stopped it after a checkpoint.
+    preemption signal stopped it after a checkpoint, `EXIT_STOPPED` (1) when a
+    fault-tolerant run could not go on (too few members, or the coordinator lost).
     """
     env = detect()
     backend = choose_backend(args.backend, torch.cuda.is_available())
@@ -85,21 +91,49 @@ def train(args: argparse.Namespace) -> int:
     parse_epoch_pairs(args.lr_schedule, flag="--lr-schedule", value=float)  # (the peers
     # schedule was checked with the gossip flags, at the command line)
     with Preemption() as preempt:
-        _init(env, backend)
+        ft = None
         try:
-            resume = choose_resume(args.resume, args.checkpoint_dir, dist.get_rank())
+            if args.fault_tolerant:
+                ft = connect(args, args.world_size or env.world_size)
+            else:
+                _init(env, backend)
+            joining = ft is not None and ft.joined_from is not None
+            resume = None if joining else choose_resume(
+                args.resume, args.checkpoint_dir, dist.get_rank()
+            )  # fmt: skip
             with TrainingRun(
-                args, bundle, device=device, comm_device=comm_device, preempt=preempt
-            ) as run:
+                args, bundle, device=device, comm_device=comm_device, preempt=preempt,
+                fault_tolerance=ft,
+            ) as run:  # fmt: skip
                 run.restore(resume)
-                run.run()
+                _run(run)
+            if ft is not None:
+                ft.membership.finish()  # a process that comes to join now is told
             return 0
         except Preempted:
+            if ft is not None:
+                ft.membership.finish()
             if dist.get_rank() == 0:
                 note = requeue() if args.requeue else "--no-requeue: not requeued"
                 print(f"sgp-imagenet: preempted; checkpoint saved; {note}", flush=True)
             return EXIT_PREEMPTED
+        except MembershipError as err:  # the store is lost, too few left, or left out
+            print(f"sgp-imagenet: stopped: {err}", flush=True)
+            return EXIT_STOPPED
         finally:
             if dist.is_initialized():
-                dist.barrier()  # every rank's wrapper is closed before the group goes
+                if ft is None:
+                    dist.barrier()  # every rank's wrapper is closed before the group goes
                 dist.destroy_process_group()
+
+
+def _run(run: TrainingRun) -> None:
+    """Train; a fault-tolerant run that cannot go on writes this rank's checkpoint first."""
+    try:
+        run.run()
+    except MembershipError:
+        if run.args.checkpoint_dir:
+            run.save(own=True)  # this process's state, as it was when the job stopped
+            who = f"member {run.generations.member}" if run.generations else f"rank {run.rank}"
+            print(f"sgp-imagenet: {who} wrote its checkpoint in {run.args.checkpoint_dir}")
+        raise

@@ -1,0 +1,225 @@
+"""``sgp-imagenet train --fault-tolerant``: independent processes, a coordinator, lost ranks.
+
+The end-to-end tests run the installed console script as plain processes (no torchrun),
+each told only the coordinator's address and the job's size, as a user would launch
+them. A process kills itself at an exact iteration through the run's testing hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from gossip_topology import Generation
+from sgp_imagenet.cli import main
+from sgp_imagenet.fault_tolerant import Generations, parse_address
+from sgp_imagenet.run import SIGNAL_HOOK
+
+SCRIPT = Path(sys.executable).parent / "sgp-imagenet"
+GOSSIP_TIMEOUT = 5.0
+
+
+def test_parse_address() -> None:
+    assert parse_address("10.0.0.7:29400") == ("10.0.0.7", 29400)
+    assert parse_address("node-3.cluster:1") == ("node-3.cluster", 1)
+    for bad in ("10.0.0.7", ":29400", "host:0", "host:70000", "host:port"):
+        with pytest.raises(ValueError, match="--coordinator must be HOST:PORT"):
+            parse_address(bad)
+
+
+def test_a_generation_change_is_one_line_and_one_summary_row() -> None:
+    class Seen:  # what Generations reads of a FaultTolerance
+        history: ClassVar[list[Any]] = []
+
+    generations = Generations(Seen())  # type: ignore[arg-type]
+    from gossip_nn import GenerationChange
+    from gossip_topology import RankRecord
+
+    change = GenerationChange(
+        ended=Generation(0, (0, 1, 2, 3)), started=Generation(1, (0, 1, 3, 4)),
+        reason="rank 1 (member 1): GossipPeerError with rank 2 at gossip step 7",
+        lost=(2,), joined=(4,), at=generations._opened + 12.5, seconds=3.25,
+        record=RankRecord(completed=7), weight=0.5,
+    )  # fmt: skip
+    Seen.history.append(change)
+    assert generations.changes() == [change] and generations.changes() == []
+    row = generations.rows[0]
+    assert row == {
+        "generation": 1, "members": [0, 1, 3, 4], "lost": [2], "joined": [4],
+        "reason": change.reason, "at_s": 12.5, "reconfigure_s": 3.25,
+    }  # fmt: skip
+    assert Generations.line(row) == (
+        f"generation 1: 4 member(s), lost [2], joined [4]; reconfigured in 3.25 s ({change.reason})"
+    )
+
+
+DIGITS = ["train", "--dataset", "digits", "--arch", "small-cnn"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([*DIGITS, "--fault-tolerant"], "--fault-tolerant needs --coordinator HOST:PORT"),
+        ([*DIGITS, "--coordinator", "h:1"], "--coordinator is for --fault-tolerant runs"),
+        ([*DIGITS, "--fault-tolerant", "--coordinator", "h"], "--coordinator must be HOST:PORT"),
+        (
+            [*DIGITS, "--fault-tolerant", "--coordinator", "h:1", "--algorithm", "osgp"],
+            "--fault-tolerant: fault_tolerance: 'osgp' cannot survive a lost rank yet",
+        ),
+        (
+            [*DIGITS, "--fault-tolerant", "--coordinator", "h:1", "--algorithm", "ar"],
+            "--fault-tolerant: fault_tolerance: AR-SGD all-reduces over every rank",
+        ),
+        (
+            [*DIGITS, "--fault-tolerant", "--coordinator", "h:1", "--compression", "int8"],
+            "does not combine with compression yet",
+        ),
+        (
+            [*DIGITS, "--fault-tolerant", "--coordinator", "h:1", "--min-members", "0"],
+            "--min-members must be >= 1",
+        ),
+    ],
+)
+def test_bad_fault_tolerant_flags_exit_2_naming_the_flag(
+    argv: list[str], message: str, capsys: Any
+) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unreachable_coordinator_stops_the_process_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(SCRIPT), *DIGITS, "--fault-tolerant", "--coordinator", "127.0.0.1:9",
+         "--world-size", "2", "--membership-timeout", "2", "--workers", "0"],
+        capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "sgp-imagenet: stopped: cannot reach the coordinator at 127.0.0.1:9" in result.stdout
+
+
+# ----------------------------------------------------------------------- end to end
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"RANK", "WORLD_SIZE", SIGNAL_HOOK}}
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+@contextmanager
+def _coordinator() -> Iterator[tuple[int, list[str]]]:
+    """A coordinator process: its port, and its log lines as they come."""
+    proc = subprocess.Popen(
+        [str(SCRIPT), "coordinator", "--port", "0", "--host", "127.0.0.1"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline()]
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        yield int(lines[0].split("127.0.0.1:")[1].split()[0]), lines
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        reader.join(timeout=30)
+
+
+def _wait_for(lines: list[str], text: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(text in line for line in lines):
+        assert time.monotonic() < deadline, f"no {text!r} in the coordinator's log: {lines}"
+        time.sleep(0.1)
+
+
+def _launch(tmp: Path, port: int, n: int, *flags: str, hook: str = "") -> subprocess.Popen[str]:
+    """One worker process, launched on its own as a user would."""
+    argv = [
+        str(SCRIPT), *DIGITS, "--fault-tolerant", "--coordinator", f"127.0.0.1:{port}",
+        "--world-size", str(n), "--gossip-timeout", str(GOSSIP_TIMEOUT), "--workers", "0",
+        "--batch-size", "16", "--warmup-epochs", "0", "--lr", "0.8", "--print-freq", "5",
+        "--progress", "lines", "--no-tensorboard", "--log-dir", str(tmp / "logs"),
+        "--checkpoint-dir", str(tmp / "ckpt"), "--seed", "3", *flags,
+    ]  # fmt: skip
+    env = _env(**({SIGNAL_HOOK: hook} if hook else {}))
+    return subprocess.Popen(
+        argv, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _finish(procs: list[subprocess.Popen[str]], timeout: float = 240) -> list[tuple[int, str]]:
+    deadline = time.monotonic() + timeout
+    out = []
+    for p in procs:
+        try:
+            text, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        out.append((p.returncode, text))
+    return out
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_survived_its_restart_joins_and_a_preemption_resumes(
+    tmp_path: Path,
+) -> None:
+    n = 4
+    long_run = ("--epochs", "100", "--max-iters-per-epoch", "20")
+    with _coordinator() as (port, coordinator):
+        # rank 2 of generation 0 dies without a word after its 6th iteration
+        procs = [_launch(tmp_path, port, n, *long_run, hook="2:6:SIGKILL") for _ in range(n)]
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.1)
+        killed = [p for p in procs if p.poll() is not None]
+        assert [p.returncode for p in killed] == [-signal.SIGKILL]
+        _wait_for(coordinator, "(lost [2])")
+        survivors = [p for p in procs if p not in killed]
+        restarted = _launch(tmp_path, port, n, *long_run)  # the same command again
+        _wait_for(coordinator, "(joined [4])")
+        time.sleep(2.0)  # train a little as four again
+        survivors[0].send_signal(signal.SIGTERM)  # a preemption: every member stops
+        stopped = _finish([*survivors, restarted])
+    for code, text in stopped:
+        assert code == 75, text[-3000:]  # each wrote its checkpoint at the agreed iteration
+    assert any("stopped at the agreed iteration" in text for _, text in stopped)
+    summary_lines = "".join(text for _, text in stopped)
+    assert "generation 1: 3 member(s), lost [2]" in summary_lines
+    assert "joined [4]" in summary_lines
+    positions = {
+        path.name: torch.load(path, weights_only=False, map_location="cpu")["progress"]
+        for path in sorted((tmp_path / "ckpt").glob("checkpoint.rank*.pt"))
+    }
+    assert sorted(positions) == [f"checkpoint.rank{r}.pt" for r in range(n)]
+    assert len({tuple(p.values()) for p in positions.values()}) == 1, positions
+    stop = next(iter(positions.values()))
+    # every process logged under its member id, the joiner too
+    names = sorted(p.name for p in (tmp_path / "logs").glob("member*.csv"))
+    assert names == [f"member{m}.csv" for m in range(5)]
+
+    # relaunch the job (a new coordinator, as a requeued job would start one): the four
+    # resume from their own checkpoints and finish the epoch after the one they were in
+    epochs = str(stop["epoch"] + 2)
+    flags = ("--epochs", epochs, "--max-iters-per-epoch", "20")
+    with _coordinator() as (port, _):
+        results = _finish([_launch(tmp_path, port, n, *flags) for _ in range(n)])
+    for code, text in results:
+        assert code == 0, text[-3000:]
+    resumed = next(text for _, text in results if "resuming from" in text)
+    assert "resuming from the ranks' own checkpoints" in resumed
+    summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
+    assert summary["generations"] == [] and summary["final_world_size"] == n
+    assert summary["epochs"][-1]["epoch"] == stop["epoch"] + 1
+    assert summary["epochs"][-1]["average_top1"] > 80.0  # it learned, through it all
