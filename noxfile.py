@@ -317,6 +317,23 @@ def cluster_compression(session: nox.Session) -> None:
     session.run(python, str(script), *session.posargs, external=True)
 
 
+@nox.session(venv_backend="none", name="cluster_faults")
+def cluster_faults(session: nox.Session) -> None:
+    """A lost host and its replacement on the emulated 4-host cluster (root, iproute2).
+
+    Fault-tolerant SGP on ResNet-50 at 1 Gbit/s: host 2's worker is killed mid-run and
+    started again later, and joins. Reports the time to detect and to reconfigure, the
+    survivors' throughput against the 4-host rate, the time for the replacement to
+    join, and a torchrun restart's cost modelled from the same run; writes
+    ``benchmarks/results/cluster_faults.{json,md,png}`` (about 5 minutes). Arguments
+    after ``--`` go to ``benchmarks/cluster/bench_faults.py``.
+    """
+    _check_cluster_host(session)
+    python = _dev_python(session)
+    script = ROOT / "benchmarks" / "cluster" / "bench_faults.py"
+    session.run(python, str(script), *session.posargs, external=True)
+
+
 @nox.session(venv_backend="none", name="time_to_accuracy")
 def time_to_accuracy(session: nox.Session) -> None:
     """Time to accuracy on the emulated 4-host cluster at 1 Gbit/s (the SGP paper's figure).

@@ -75,6 +75,7 @@ def _train(
         "generation": ft.generation,
         "record": None if change is None else change.record,
         "settled_weight": None if change is None else change.weight,
+        "exchanges": None if change is None else change.exchanges,
         "seconds": None if change is None else change.seconds,
         "weight": dp.ps_weight,
     }
@@ -127,6 +128,41 @@ def test_survivors_finish_the_run_with_exact_weights(
     if algorithm == "sgp":
         total = sum(r["settled_weight"] for r in survivors) + model.lost_weight
         assert total == pytest.approx(n, abs=1e-12)
+
+
+@pytest.mark.parametrize("victim", [1, 2])
+def test_osgp_settles_its_rounds_in_flight_exactly(store_port: int, victim: int) -> None:
+    n, graph = 4, "dynamic-directed-exponential"
+    results = run_distributed(
+        _train, n, (store_port, "osgp", graph, (victim,)), init_timeout=None, timeout=120,
+        allowed_exits=list(range(n)),
+    )  # fmt: skip
+    alive = tuple(m for m in range(n) if m != victim)
+    survivors = {r["member"]: r for r in results if r is not None}
+    assert tuple(sorted(survivors)) == alive
+    topology = topology_at(graph, n)
+    for r in survivors.values():
+        assert len(r["losses"]) == STEPS and r["generation"] == Generation(1, alive)
+        assert np.isfinite(r["losses"]).all() and r["losses"][-1] < r["losses"][0]
+        # OSGP with synch_freq 0 on a 1-peer regular graph: every weight is exactly 1
+        # until the loss, and a rank holds 1/2 between steps with one round in flight.
+        # Settling it gives back 1/2 for a share that did not leave and adds 1/2 for a
+        # message that came in; nothing else may change the weight.
+        [(step, returned, received)] = r["exchanges"]
+        assert r["settled_weight"] == 0.5 * (1 + len(returned) + len(received))
+    # each message of a round in flight between two survivors is counted exactly once:
+    # added by its receiver (at settlement, or folded earlier by a receiver a step ahead)
+    # or given back to its sender (whose receiver never posted that step)
+    settled = {m: r["exchanges"][0] for m, r in survivors.items()}
+    for i, (step, returned, _) in settled.items():
+        for j in topology.out_peers(i, step):
+            if j == victim:
+                continue
+            j_step, _, j_received = settled[j]
+            if j_step == step:
+                assert (j in returned) != (i in j_received), (i, j, step)
+            else:  # j a step ahead folded it; j a step behind never posted it
+                assert abs(j_step - step) == 1 and (j in returned) == (j_step < step)
 
 
 def test_a_member_lost_while_the_next_group_forms_is_left_behind_too(store_port: int) -> None:
@@ -329,8 +365,8 @@ def _refused(rank: int, n: int, algorithm: str, extra: dict[str, Any]) -> str:
     ("algorithm", "extra", "match"),
     [
         ("ar", {}, "AR-SGD all-reduces over every rank"),
-        ("osgp", {}, "'osgp' cannot survive a lost rank yet"),
         ("adpsgd", {}, "'adpsgd' cannot survive a lost rank yet"),
+        ("osgp", {"allreduce_warmup_steps": 3}, "does not combine with allreduce_warmup_steps"),
         ("sgp", {"global_average_every": 5}, "does not combine with global_average_every"),
         ("sgp", {"compression": "int8"}, "does not support compression"),
         ("dpsgd", {"buffers": "broadcast"}, "does not combine with buffers='broadcast'"),
@@ -360,7 +396,8 @@ def test_a_command_line_can_check_fault_tolerance_before_any_store_exists() -> N
     GossipOptions().check_fault_tolerance("dpsgd", planned=True)
     with pytest.raises(ValueError, match="does not combine with compression"):
         GossipOptions(compression="int8").check_fault_tolerance("sgp", planned=True)
-    with pytest.raises(ValueError, match="'osgp' cannot survive a lost rank yet"):
-        GossipOptions().check_fault_tolerance("osgp", planned=True)
+    GossipOptions().check_fault_tolerance("osgp", planned=True)
+    with pytest.raises(ValueError, match="'adpsgd' cannot survive a lost rank yet"):
+        GossipOptions().check_fault_tolerance("adpsgd", planned=True)
     with pytest.raises(ValueError, match="AR-SGD all-reduces over every rank"):
         GossipOptions().check_fault_tolerance("ar", planned=True)

@@ -23,6 +23,12 @@
 #   LOG_DIR   per-rank CSV logs and the summary; default logs/ALGO-NET-JOBID
 #   NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME   NET=ethernet: the interface (default eth0)
 #   NCCL_IB_HCA   NET=infiniband: the adapters NCCL may use (default: all it finds)
+#   FT        0 or 1 (default 0): fault tolerance (ALGO sgp, osgp or dpsgd). The job
+#             then survives lost tasks: this script serves the coordinator on the first
+#             node (port COORDINATOR_PORT, default 29400), the tasks train with
+#             --fault-tolerant over gloo and srun --kill-on-bad-exit=0 keeps the step
+#             going when one dies. The log shows the command that starts a replacement,
+#             which joins the running job. See the docs' "Surviving failures".
 # An unknown ALGO or NET stops the job at once. To check the settings before queueing,
 # run the script with bash on the login node: it stops at "submit this script with
 # sbatch" when ALGO, NET and DATA are valid.
@@ -96,6 +102,28 @@ case "$ALGO" in
         ;;
     *)
         echo "ALGO must be one of ar, sgp, osgp, dpsgd, adpsgd; got '$ALGO'" >&2
+        exit 2
+        ;;
+esac
+
+# ---- fault tolerance ----------------------------------------------------------------
+FT=${FT:-0}
+case "$FT" in
+    0)
+        kill_on_bad_exit=1  # one task's failure ends the step (and torch's collectives)
+        ;;
+    1)
+        case "$ALGO" in
+            sgp | osgp | dpsgd) ;;
+            *)
+                echo "FT=1 needs ALGO sgp, osgp or dpsgd; got '$ALGO'" >&2
+                exit 2
+                ;;
+        esac
+        kill_on_bad_exit=0  # the survivors train on without the lost task
+        ;;
+    *)
+        echo "FT must be one of 0, 1; got '$FT'" >&2
         exit 2
         ;;
 esac
@@ -177,8 +205,23 @@ recipe=(
     --epochs 90 --lr-schedule "30:0.1 60:0.1 80:0.1" --warmup-epochs 5
     --amp bf16 --channels-last --workers 8
 )
-srun --kill-on-bad-exit=1 \
-    sgp-imagenet train "${train_flags[@]}" "${recipe[@]}" \
-    --data "$DATA" --checkpoint-dir "$CKPT" --checkpoint-every 1000 --resume auto \
-    --requeue --log-dir "$LOG_DIR" --print-freq 100 --progress lines \
-    "$@"
+train=(
+    sgp-imagenet train "${train_flags[@]}" "${recipe[@]}"
+    --data "$DATA" --checkpoint-dir "$CKPT" --checkpoint-every 1000 --resume auto
+    --requeue --log-dir "$LOG_DIR" --print-freq 100 --progress lines
+)
+if [[ $FT == 1 ]]; then
+    # The coordinator runs here, in the batch shell on the first node, and goes with the
+    # job; a requeued job starts a new one and resumes from the members' checkpoints.
+    port=${COORDINATOR_PORT:-29400}
+    host=${SLURMD_NODENAME:-$(hostname)}
+    sgp-imagenet coordinator --port "$port" >> "$LOG_DIR/coordinator.log" 2>&1 &
+    coordinator=$!
+    trap 'kill "$coordinator" 2>/dev/null || true' EXIT
+    train+=(--fault-tolerant --coordinator "$host:$port" --world-size "${SLURM_NTASKS:-1}")
+    echo "fault tolerant: coordinator on $host:$port; to replace a lost task, run"
+    printf '  srun --jobid=%s --nodes=1 --ntasks=1 --overlap' "$SLURM_JOB_ID"
+    printf ' %q' "${train[@]}" "$@"
+    printf '\n'
+fi
+srun --kill-on-bad-exit="$kill_on_bad_exit" "${train[@]}" "$@"

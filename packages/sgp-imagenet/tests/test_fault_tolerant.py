@@ -75,8 +75,8 @@ DIGITS = ["train", "--dataset", "digits", "--arch", "small-cnn"]
         ([*DIGITS, "--coordinator", "h:1"], "--coordinator is for --fault-tolerant runs"),
         ([*DIGITS, "--fault-tolerant", "--coordinator", "h"], "--coordinator must be HOST:PORT"),
         (
-            [*DIGITS, "--fault-tolerant", "--coordinator", "h:1", "--algorithm", "osgp"],
-            "--fault-tolerant: fault_tolerance: 'osgp' cannot survive a lost rank yet",
+            [*DIGITS, "--fault-tolerant", "--coordinator", "h:1", "--algorithm", "adpsgd"],
+            "--fault-tolerant: fault_tolerance: 'adpsgd' cannot survive a lost rank yet",
         ),
         (
             [*DIGITS, "--fault-tolerant", "--coordinator", "h:1", "--algorithm", "ar"],
@@ -89,6 +89,10 @@ DIGITS = ["train", "--dataset", "digits", "--arch", "small-cnn"]
         (
             [*DIGITS, "--fault-tolerant", "--coordinator", "h:1", "--min-members", "0"],
             "--min-members must be >= 1",
+        ),
+        (
+            [*DIGITS, "--fault-tolerant", "--coordinator", "h:1", "--backend", "nccl"],
+            "--fault-tolerant gossips over gloo",
         ),
     ],
 )
@@ -223,3 +227,72 @@ def test_a_killed_rank_is_survived_its_restart_joins_and_a_preemption_resumes(
     assert summary["generations"] == [] and summary["final_world_size"] == n
     assert summary["epochs"][-1]["epoch"] == stop["epoch"] + 1
     assert summary["epochs"][-1]["average_top1"] > 80.0  # it learned, through it all
+
+
+def _iterations_logged(csv_file: Path, per_epoch: int) -> int:
+    """How far a process has trained, from its CSV log (training rows only)."""
+    if not csv_file.exists():
+        return 0
+    rows = [line.split(",") for line in csv_file.read_text().splitlines()[1:]]
+    done = [int(r[0]) * per_epoch + int(r[1]) + 1 for r in rows if r and r[-1] == ""]
+    return max(done, default=0)
+
+
+def _final_top1(log_dir: Path) -> float:
+    summary = json.loads((log_dir / "summary.json").read_text())
+    return float(summary["epochs"][-1]["average_top1"])
+
+
+@pytest.mark.slow
+def test_a_rank_lost_at_30_and_back_at_60_percent_costs_under_a_point(tmp_path: Path) -> None:
+    # long enough that the replacement, started at 60%, is up (about 10 s on 2 cores)
+    # well before the end
+    n, epochs, per_epoch = 4, 18, 20
+    flags = ("--epochs", str(epochs), "--max-iters-per-epoch", str(per_epoch),
+             "--lr-schedule", "14:0.1")  # fmt: skip
+    total = epochs * per_epoch
+    (tmp_path / "calm").mkdir()
+    with _coordinator() as (port, _):
+        calm = _finish([_launch(tmp_path / "calm", port, n, *flags) for _ in range(n)])
+    assert [code for code, _ in calm] == [0] * n, calm[0][1][-3000:]
+
+    (tmp_path / "lossy").mkdir()
+    hook = f"2:{int(0.3 * total)}:SIGKILL"  # rank 2 dies at 30% of training
+    with _coordinator() as (port, coordinator):
+        procs = [_launch(tmp_path / "lossy", port, n, *flags, hook=hook) for _ in range(n)]
+        while _iterations_logged(tmp_path / "lossy" / "logs" / "member0.csv", per_epoch) < (
+            0.6 * total
+        ):
+            assert all(p.poll() in (None, -signal.SIGKILL) for p in procs)
+            time.sleep(0.05)
+        killed = [p for p in procs if p.poll() is not None]
+        assert [p.returncode for p in killed] == [-signal.SIGKILL]
+        restarted = _launch(tmp_path / "lossy", port, n, *flags)  # back at 60%
+        lossy = _finish([p for p in procs if p not in killed] + [restarted])
+    assert [code for code, _ in lossy] == [0] * n, lossy[-1][1][-3000:]
+    assert any("(joined [4])" in line for line in coordinator)
+    calm_top1, lossy_top1 = (
+        _final_top1(tmp_path / "calm" / "logs"),
+        _final_top1(tmp_path / "lossy" / "logs"),
+    )
+    print(f"final network-average top-1: undisturbed {calm_top1:.2f}%, lossy {lossy_top1:.2f}%")
+    assert calm_top1 > 90.0
+    assert abs(calm_top1 - lossy_top1) <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["osgp", "dpsgd"])
+def test_every_gossip_algorithm_survives_a_killed_rank(tmp_path: Path, algorithm: str) -> None:
+    n = 4
+    flags = ("--algorithm", algorithm, "--epochs", "2", "--max-iters-per-epoch", "15")
+    with _coordinator() as (port, coordinator):
+        procs = [_launch(tmp_path, port, n, *flags, hook="1:5:SIGKILL") for _ in range(n)]
+        results = _finish(procs)
+    codes = sorted(code for code, _ in results)
+    assert codes == [-signal.SIGKILL, 0, 0, 0], [text[-2000:] for _, text in results]
+    summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
+    [change] = summary["generations"]
+    assert change["lost"] == [1] and change["members"] == [0, 2, 3]
+    assert change["reconfigure_s"] <= GOSSIP_TIMEOUT + 5.0
+    assert len(summary["epochs"]) == 2 and summary["final_world_size"] == 3
+    assert any("(lost [1])" in line for line in coordinator)

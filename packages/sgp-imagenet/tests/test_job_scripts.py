@@ -441,3 +441,35 @@ def test_torchrun_dry_run(
     args = _parse(argv[argv.index("--no-python") + 2 :], TORCHRUN)
     assert (args.algorithm, args.synch_freq, args.requeue) == ("osgp", 1, False)
     assert args.checkpoint_dir == str(tmp_path / "checkpoints" / "sgp-imagenet-osgp")
+
+
+@needs_bash
+def test_template_fault_tolerant_dry_run(tmp_path: Path) -> None:
+    env = _slurm_env(tmp_path, ALGO="osgp", FT="1", SLURMD_NODENAME="gpu01")
+    result, argv, _ = _dry_run(TEMPLATE, tmp_path, env, "--epochs", "1")
+    assert result.returncode == 0, result.stderr
+    # the step survives a task's death; the tasks meet at the coordinator this script serves
+    assert argv[: argv.index("sgp-imagenet")] == ["--kill-on-bad-exit=0"]
+    args = _parse(argv[argv.index("sgp-imagenet") + 1 :], "FT=1")
+    assert args.fault_tolerant and args.coordinator == "gpu01:29400"
+    assert args.world_size == 32 and args.epochs == 1
+    assert vars(args).items() >= _algorithm_settings("osgp").items()
+    replace = "srun --jobid=4242 --nodes=1 --ntasks=1 --overlap sgp-imagenet train"
+    assert replace in result.stdout  # how to start a replacement, which joins
+    assert (tmp_path / "logs" / "osgp-ethernet-4242" / "coordinator.log").exists()
+
+
+@needs_bash
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"FT": "yes"}, "FT must be one of 0, 1; got 'yes'"),
+        ({"FT": "1", "ALGO": "adpsgd"}, "FT=1 needs ALGO sgp, osgp or dpsgd; got 'adpsgd'"),
+    ],
+)
+def test_template_rejects_what_cannot_be_fault_tolerant(
+    settings: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    result, argv, _ = _dry_run(TEMPLATE, tmp_path, _slurm_env(tmp_path, **settings))
+    assert result.returncode == 2 and argv == []
+    assert result.stderr.strip() == message

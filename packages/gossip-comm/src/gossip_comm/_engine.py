@@ -128,6 +128,16 @@ class Engine(ABC, Generic[F]):
         """
         raise RuntimeError(f"{type(self).__name__} cannot settle a failed step")
 
+    def settle_round(
+        self, flight: F, into: torch.Tensor, posted: Callable[[int, int], bool | None]
+    ) -> Settled:
+        """Overlap mode: finish a round in flight with exactly what was delivered.
+
+        Raises:
+            RuntimeError: If this engine cannot (compressed gossip).
+        """
+        raise RuntimeError(f"{type(self).__name__} cannot settle a round in flight")
+
     # ------------------------------------------------------- what is shared
     def _next(self) -> tuple[RankStep, int]:
         """This step's schedule entry and number; counts the step as posted."""

@@ -303,7 +303,45 @@ class ExchangeEngine(Engine[InFlight]):
                 if first:  # no in-peers at this step
                     assert source is not None
                     dest.copy_(source[sl])
-            return self._weight_received(flight)
+                flight.mixed += 1
+            weight = self._weight_received(flight)
+        except Exception:
+            if not self.channel.fault_tolerant:  # else kept whole for `settle_round`
+                self._release(flight)
+            raise
+        self._release(flight)
+        return weight
+
+    def settle_round(
+        self, flight: InFlight, into: torch.Tensor, posted: Callable[[int, int], bool | None]
+    ) -> Settled:
+        """Overlap mode, fault tolerance: finish a round with exactly what was delivered.
+
+        Waits for the operations that must complete (see
+        [`PendingExchange.settle`][gossip_comm._transport.PendingExchange.settle]); then
+        adds into ``into`` the received parts not added yet (an ``accumulate`` that failed
+        may have added some chunks) and, for every part of a send that did not go
+        through, the share that did not leave (``W[q, r]`` times the snapshot sent).
+
+        Returns:
+            What was settled; its ``weight`` is the weight to add to the local one (the
+            received weights and the shares that came back).
+        """
+        try:
+            done = flight.pending.settle(posted, self.channel.timeout)
+            fold = _Fold(flight, done)
+            info, flat = flight.info, into.view(-1)
+            sent = flight.target.reshape(-1)
+            for c, sl in enumerate(fold.ranges):
+                for j, a in enumerate(info.out_weights):
+                    if not fold.delivered(j, c):
+                        flat[sl].add_(sent[sl], alpha=a)  # the share that did not leave
+                if c < flight.mixed:
+                    continue  # its received parts were added before the failure
+                for j, a in enumerate(info.in_weights):
+                    if fold.delivered(fold.n_out + j, c):
+                        flat[sl].add_(flight.recvs[j][sl].to(flat.device, flat.dtype), alpha=a)
+            return fold.settled(flight, fold.moved(flight))
         finally:
             self._release(flight)
 
@@ -357,11 +395,17 @@ class _Fold:
         return parts.pop() if len(parts) == 1 else None
 
     def weight(self, flight: InFlight) -> float:
-        info, w = flight.info, flight.weight
+        """The weight after the step: the kept share plus `moved`."""
         if not flight.weight_recvs:  # the weight does not travel
-            return w
+            return flight.weight
+        return flight.kept_weight * flight.weight + self.moved(flight)
+
+    def moved(self, flight: InFlight) -> float:
+        """The weight that came back (sends that failed) or in (receives that went
+        through)."""
+        info, w = flight.info, flight.weight
         base = self.n_out + self.n_in
-        total = flight.kept_weight * w
+        total = 0.0
         for j, a in enumerate(info.out_weights):
             if not self.delivered(base + j, 0):
                 total += a * w

@@ -9,7 +9,7 @@ average (Kempe et al. 2003; Assran et al., ICML 2019,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from gossip_comm._compressed import CompressedFlight
 from gossip_comm._engines import EngineGossiper, build_engine
 from gossip_comm._exchange import InFlight
 from gossip_comm.config import GossipConfig
+from gossip_comm.settled import Settled
 from gossip_topology import Topology
 
 __all__ = ["OverlapRound", "PushSum"]
@@ -157,6 +158,36 @@ class PushSum(EngineGossiper):
             self._engine.channel.check(base)
         self._engine.channel.check(into)
         return self._engine.accumulate(round_._flight, into, base)
+
+    def settle_round(
+        self,
+        round_: OverlapRound,
+        into: torch.Tensor,
+        posted: Callable[[int, int], bool | None],
+    ) -> Settled:
+        """Overlap mode, fault tolerance: settle ``round_`` after a failure instead of
+        receiving it (whether or not a `receive` of it failed part way).
+
+        Adds into ``into`` the messages that went through and were not added yet, and
+        for each send that did not go through, the share of the round's snapshot that
+        did not leave; no push-sum mass is created or destroyed. Settle every round in
+        flight, oldest first, before the group goes.
+
+        Args:
+            round_: A round of this gossiper that was sent and not received.
+            into: The numerator the round's messages fold into.
+            posted: For a peer rank and a gossip step: ``True`` if the peer posted that
+                step, ``False`` if not, ``None`` if it is lost
+                ([`Membership.posted`][gossip_comm.Membership.posted]).
+
+        Returns:
+            What was delivered; its ``weight`` is the weight to add to the local one.
+
+        Raises:
+            RuntimeError: With compression (a lost rank takes public copies with it).
+        """
+        self._engine.channel.check(into)
+        return self._engine.settle_round(round_._flight, into, posted)
 
     def round_state(self, round_: OverlapRound) -> dict[str, Any]:
         """Overlap mode: wait for ``round_``'s messages and return them without folding.

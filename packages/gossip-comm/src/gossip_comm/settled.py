@@ -15,7 +15,9 @@ class Settled:
 
     Attributes:
         tensor: The settled tensor.
-        weight: The settled push-sum weight.
+        weight: The settled push-sum weight; for an overlapped round
+            ([`PushSum.settle_round`][gossip_comm.PushSum.settle_round]), the weight to
+            add to the local one (what came back and what came in).
         step: The gossip step that failed.
         returned: Out-peers none of whose message left (its share stayed here).
         received: In-peers whose whole message arrived and was added.

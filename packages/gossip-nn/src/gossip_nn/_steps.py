@@ -258,11 +258,21 @@ class OSGPStep(GossipStep):
     algorithm = "osgp"
 
     def __init__(
-        self, shards: Shards, push_sum: list[PushSum], group: ProcessGroup, synch_freq: int
+        self,
+        shards: Shards,
+        push_sum: list[PushSum],
+        group: ProcessGroup,
+        synch_freq: int,
+        *,
+        fault_tolerant: bool = False,
     ) -> None:
         super().__init__(shards, list(push_sum), group)
         self.push_sum = push_sum
         self.synch_freq = synch_freq
+        # fault tolerance: a round leaves the queue only once folded (or settled), and the
+        # buffers are known to hold numerators from before_update to after_update
+        self.fault_tolerant = fault_tolerant
+        self._numerators = False
         # each round in flight pairs its messages with the snapshots they are sent from;
         # a folded round's snapshots are reused, so steady state allocates nothing
         self._inflight: deque[list[tuple[OverlapRound, torch.Tensor]]] = deque()
@@ -274,6 +284,10 @@ class OSGPStep(GossipStep):
 
     def before_update(self, exact: bool = False) -> None:
         self._scale(self.weight)  # 1 in steady state on a regular graph, synch_freq 0
+        self._numerators = True
+        if self.fault_tolerant:
+            self._fold_due_then_send()
+            return
         if exact:  # everything comes home; the update then applies to the numerator
             while self._inflight:
                 self._fold(self._inflight.popleft())
@@ -307,11 +321,62 @@ class OSGPStep(GossipStep):
         self.shards.reassemble()
 
     def after_update(self, exact: bool = False) -> None:
+        self._numerators = False
         if exact:
             self.average_numerators()
             return
         for buf in self.buffers:
             buf.div_(self.weight)
+
+    def _fold_due_then_send(self) -> None:
+        """Fault tolerance: fold the due rounds one at a time, each leaving the queue only
+        once folded, so that a failure leaves every unfolded round to `settle`; then send
+        this step's round from a snapshot of its own (no fused fold-and-snapshot)."""
+        while len(self._inflight) > self.synch_freq:
+            self._fold(self._inflight[0])
+            self._inflight.popleft()
+        snapshots = self._spare.pop() if self._spare else [v.clone() for v in self.views]
+        for snap, view in zip(snapshots, self.views, strict=True):
+            snap.copy_(view)
+        rounds = []
+        for g, view, snap in zip(self.push_sum, self.views, snapshots, strict=True):
+            rnd = g.send(snap, self.weight)
+            rnd.keep(snap, out=view)
+            rounds.append((rnd, snap))
+        self.weight *= rounds[0][0].self_weight
+        self._inflight.append(rounds)
+        self.shards.reassemble()
+
+    @property
+    def interrupted(self) -> bool:
+        """Fault tolerance: rounds in flight must be settled before the group goes."""
+        return self.fault_tolerant and bool(self._inflight)
+
+    def settle(self, posted: Posted) -> list[Settled]:
+        """Settle every round in flight, oldest first, with what was delivered.
+
+        Between steps the buffers hold the de-biased model and do so again after; after
+        a failure inside ``before_update`` they hold numerators, as the update expects.
+        """
+        debiased = not self._numerators
+        if debiased:
+            self._scale(self.weight)
+        settled = []
+        while self._inflight:
+            rounds = self._inflight[0]
+            done = [
+                g.settle_round(rnd, view, posted)
+                for g, (rnd, _), view in zip(self.push_sum, rounds, self.views, strict=True)
+            ]
+            self.weight += done[0].weight
+            settled += done
+            self._spare.append([snap for _, snap in rounds])
+            self._inflight.popleft()
+        self.shards.reassemble()
+        if debiased:
+            for buf in self.buffers:
+                buf.div_(self.weight)
+        return settled
 
     def _fold(self, rounds: list[tuple[OverlapRound, torch.Tensor]]) -> None:
         received = [
@@ -330,6 +395,7 @@ class OSGPStep(GossipStep):
         self.shards.reassemble()
         for buf in self.buffers:
             buf.div_(self.weight)
+        self._numerators = False
 
     def state_dict(self) -> dict[str, Any]:
         """Also the rounds in flight, as the messages they delivered (see
@@ -435,5 +501,5 @@ def build_step(
         return DPSGDStep(shards, push_pull, group, dpsgd_order)
     push_sum = _push_sum(shards, topology, config, always_send_weight, compression)
     if algorithm == "osgp":
-        return OSGPStep(shards, push_sum, group, synch_freq)
+        return OSGPStep(shards, push_sum, group, synch_freq, fault_tolerant=config.fault_tolerant)
     return SGPStep(shards, push_sum, group)

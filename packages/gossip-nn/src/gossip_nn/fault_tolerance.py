@@ -17,7 +17,7 @@ step that fails (a peer's connection closed, or a timeout) does not end the job:
    ``optimizer.step()`` call: the training loop does not see the change.
 
 The store must outlive every worker: a ``TCPStore`` served by a process that is not a
-worker (``sgp-imagenet coordinator``). Supported now: SGP and D-PSGD on gloo, with one
+worker (``sgp-imagenet coordinator``). Supported now: SGP, OSGP and D-PSGD on gloo, with one
 flat gossip buffer (parameters of one dtype and device), without compression, periodic
 exact averages, SlowMo, a hierarchy or ``buffers="broadcast"``; the wrapper refuses the
 others at construction. A new or restarted process joins a running job with
@@ -58,6 +58,9 @@ class GenerationChange:
             ended generation).
         weight: This process's push-sum weight once the change was done: settled, and
             halved for each joiner it sponsored.
+        exchanges: Each exchange settled (SGP and D-PSGD: the failed step; OSGP: every
+            round in flight), as ``(gossip step, out-peers whose share came back,
+            in-peers whose message was added)``, in ranks of ``ended``.
     """
 
     ended: Generation
@@ -69,6 +72,7 @@ class GenerationChange:
     seconds: float
     record: RankRecord
     weight: float
+    exchanges: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = ()
 
 
 class FaultTolerance:

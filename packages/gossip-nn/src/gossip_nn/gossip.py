@@ -284,6 +284,7 @@ class GossipDataParallel(DataParallelModule):
                 seconds=time.monotonic() - started,
                 record=record,
                 weight=self._step.weight,
+                exchanges=tuple((s.step, s.returned, s.received) for s in settled),
             )
         )
 

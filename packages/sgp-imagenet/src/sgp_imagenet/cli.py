@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="under SLURM, after a preemption checkpoint run 'scontrol requeue' (default on)",
     )
-    f = train.add_argument_group("fault tolerance (sgp, dpsgd; see 'Surviving failures')")
+    f = train.add_argument_group("fault tolerance (sgp, osgp, dpsgd; see 'Surviving failures')")
     f.add_argument(
         "--fault-tolerant",
         action="store_true",
@@ -269,6 +269,11 @@ def _validate(args: argparse.Namespace) -> None:
 
         if args.coordinator:  # (without one, the gossip flags' check says what to add)
             parse_address(args.coordinator)
+        if args.backend == "nccl":
+            raise ValueError(
+                "--fault-tolerant gossips over gloo (an NCCL communicator does not survive "
+                "a lost peer); leave --backend at auto or set gloo"
+            )
         if args.min_members < 1 or args.world_size < 0 or args.membership_timeout <= 0:
             raise ValueError(
                 "--min-members must be >= 1, --world-size >= 0 and --membership-timeout > 0; "

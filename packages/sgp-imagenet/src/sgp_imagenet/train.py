@@ -82,7 +82,10 @@ def train(args: argparse.Namespace) -> int:
     fault-tolerant run could not go on (too few members, or the coordinator lost).
     """
     env = detect()
-    backend = choose_backend(args.backend, torch.cuda.is_available())
+    # fault tolerance gossips over gloo, whatever the devices (see --fault-tolerant)
+    backend = (
+        "gloo" if args.fault_tolerant else choose_backend(args.backend, torch.cuda.is_available())
+    )
     device = _device(env, args)
     comm_device = device if backend == "nccl" else torch.device("cpu")
     # bad data, a bad --resume path or a bad schedule fail here, before any process group
@@ -122,9 +125,20 @@ def train(args: argparse.Namespace) -> int:
             return EXIT_STOPPED
         finally:
             if dist.is_initialized():
-                if ft is None:
-                    dist.barrier()  # every rank's wrapper is closed before the group goes
+                _leave_together(fault_tolerant=ft is not None)
                 dist.destroy_process_group()
+
+
+def _leave_together(*, fault_tolerant: bool) -> None:
+    """Wait for every rank before the group goes: a rank that tears its group down while a
+    peer is still closing its own can abort that peer's process. With fault tolerance a
+    member may be gone by now; the barrier then times out (after the gossip timeout) and
+    the others leave anyway."""
+    try:
+        dist.barrier()  # every rank's wrapper is closed before the group goes
+    except RuntimeError:
+        if not fault_tolerant:
+            raise
 
 
 def _run(run: TrainingRun) -> None:
