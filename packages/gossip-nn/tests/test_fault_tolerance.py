@@ -401,3 +401,21 @@ def test_a_command_line_can_check_fault_tolerance_before_any_store_exists() -> N
         GossipOptions().check_fault_tolerance("adpsgd", planned=True)
     with pytest.raises(ValueError, match="AR-SGD all-reduces over every rank"):
         GossipOptions().check_fault_tolerance("ar", planned=True)
+
+
+def _joiner_payload_size(rank: int, n: int) -> tuple[int, int]:
+    import pickle
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(8)])  # 16 views of one buffer
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    dp = make_data_parallel("sgp", model, opt, topology="ring")
+    state = dp._state_for_joiner()
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return len(pickle.dumps(state["module"])), model_bytes
+
+
+def test_a_joiner_is_sent_the_model_once_not_once_per_parameter() -> None:
+    # pickling a view writes its whole storage; the parameters are views of one buffer
+    [(sent, model_bytes), _] = run_distributed(_joiner_payload_size, 2)
+    assert model_bytes < sent < 1.2 * model_bytes

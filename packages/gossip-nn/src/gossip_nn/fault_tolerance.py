@@ -108,6 +108,9 @@ class FaultTolerance:
             often exists only after the wrapper).
         received_state: For a process that joined: what its sponsor's ``extra_state``
             returned, once its wrapper exists; ``None`` otherwise.
+        setup_timeout: Seconds a new generation's collectives may take until training
+            resumes in it (``start``'s ``timeout``); from the next step on they are
+            bounded by the gossip timeout.
         world_size: As given.
         settle_timeout: As given (``None``: follow the wrapper's gossip timeout).
         backend: As given.
@@ -148,6 +151,7 @@ class FaultTolerance:
         # wrapper has received its state; and the training step it then starts at
         self.joined_from: Generation | None = None
         self.start_step = 0
+        self.setup_timeout = 300.0  # start() sets it
         self.extra_state = extra_state
         self.received_state: dict[str, Any] | None = None
 
@@ -172,7 +176,9 @@ class FaultTolerance:
                 it builds then receives its model, optimizer state, half of a sponsor's
                 push-sum weight and the step count from a member
                 ([`Generation.sponsors`][gossip_topology.Generation.sponsors]).
-            timeout: Seconds to wait for the job to form, or to be admitted.
+            timeout: Seconds to wait for the job to form, or to be admitted; also how
+                long a new generation's collectives may take until training resumes in
+                it (a joiner builds its model and wrapper meanwhile).
 
         Raises:
             MembershipError: If this process registered after the first ``world_size``
@@ -184,6 +190,7 @@ class FaultTolerance:
         else:
             generation = self.membership.form(self.world_size, timeout=timeout)
         self.membership.init_process_group(self.backend, timeout=timeout)
+        self.setup_timeout = float(timeout)
         return generation
 
     def use_gossip_timeout(self, timeout: float) -> None:

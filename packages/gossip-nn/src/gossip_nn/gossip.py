@@ -332,7 +332,10 @@ class GossipDataParallel(DataParallelModule):
                 ft.membership.init_process_group(ft.backend, timeout=ft.membership.settle_timeout)
                 group = resolve_group(None)
                 self._group = self._gossip_group = self._buffer_sync.group = group
-                self._bound_collectives()
+                # a joiner builds its model and wrapper before the set-up collectives:
+                # bound them by the gossip timeout only from the next step on
+                dist.set_timeout(timedelta(seconds=ft.setup_timeout), group)
+                self._bounded = False
                 topology = topology_at(self.topology, following.world_size)
                 self._step = self._build_step(algorithm, topology, always_send_weight=True)
                 break
@@ -357,15 +360,23 @@ class GossipDataParallel(DataParallelModule):
             if sponsor != ft.membership.member:
                 continue
             self._step.weight /= 2  # x / 2 stays here, x / 2 leaves: the sum is unchanged
-            payload = {
-                "module": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
-                "optimizer": self._optimizer.state_dict(),
-                "weight": self._step.weight,
-                "updates": max(self._updates, self._gossip_from),
-                "gossip_from": self._gossip_from,
-                "extra": None if ft.extra_state is None else ft.extra_state(),
-            }
-            dist.send_object_list([payload], dst=following.rank(joiner))
+            dist.send_object_list([self._state_for_joiner()], dst=following.rank(joiner))
+
+    def _state_for_joiner(self) -> dict[str, Any]:
+        """What a joiner receives: the module's state (de-biased), the optimizer's, this
+        process's weight, the step counts and the application's ``extra_state``."""
+        assert self._optimizer is not None
+        extra = None if self._ft is None else self._ft.extra_state
+        return {
+            # cloned: a parameter is a view of the flat gossip buffer, and pickling a view
+            # writes its whole storage (the model once per parameter)
+            "module": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()},
+            "optimizer": self._optimizer.state_dict(),
+            "weight": self._step.weight,
+            "updates": max(self._updates, self._gossip_from),
+            "gossip_from": self._gossip_from,
+            "extra": None if extra is None else extra(),
+        }
 
     def _receive_state(self) -> None:
         """A joiner: take the model, optimizer state, weight and step counts its sponsor
