@@ -296,3 +296,26 @@ def test_every_gossip_algorithm_survives_a_killed_rank(tmp_path: Path, algorithm
     assert change["reconfigure_s"] <= GOSSIP_TIMEOUT + 5.0
     assert len(summary["epochs"]) == 2 and summary["final_world_size"] == 3
     assert any("(lost [1])" in line for line in coordinator)
+
+
+@pytest.mark.slow
+def test_losing_the_coordinator_stops_every_rank_with_one_line_and_a_checkpoint(
+    tmp_path: Path,
+) -> None:
+    n = 3
+    flags = ("--epochs", "100", "--max-iters-per-epoch", "20")
+    with _coordinator() as (port, coordinator):
+        procs = [_launch(tmp_path, port, n, *flags) for _ in range(n)]
+        _wait_for(coordinator, "generation 0: 3 member(s)")
+        logged = tmp_path / "logs" / "member0.csv"
+        while _iterations_logged(logged, 20) < 10:  # training is under way
+            assert all(p.poll() is None for p in procs)
+            time.sleep(0.05)
+    # the context has stopped the coordinator: every rank notices at its next step
+    results = _finish(procs, timeout=120)
+    for code, text in results:
+        assert code == 1, text[-3000:]
+        assert "sgp-imagenet: stopped: member" in text
+        assert "the membership store did not answer" in text
+    saved = sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint.rank*.pt"))
+    assert saved == [f"checkpoint.rank{r}.pt" for r in range(n)]
