@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -10,7 +12,7 @@ import torch
 
 from gossip_comm import AsyncBilateral, GossipConfig, GossipPeerError
 from gossip_comm.testing import run_distributed
-from gossip_topology import make_topology
+from gossip_topology import EvenOddExponential, make_topology
 
 
 def _pair(rank: int, n: int) -> list[float]:
@@ -95,3 +97,40 @@ def test_a_responder_error_reaches_the_training_thread_naming_rank_peer_and_step
     name, rank, peer, step, text = res[0]
     assert (name, rank, peer, step) == ("NonFiniteError", 0, 1, 0), res[0]
     assert "rank 0 received NaN or Inf from rank 1 at gossip step 0" in text
+
+
+def _survive(rank: int, n: int) -> Any:
+    """EvenOddExponential(3): passives 0 and 2, active 1. The active exchanges twice
+    (once with each passive), then dies between exchanges."""
+    x = torch.full((4,), float(rank), dtype=torch.float64)
+    ab = AsyncBilateral(
+        EvenOddExponential(n), x, config=GossipConfig(timeout=20, fault_tolerant=True)
+    )
+    if not ab.is_passive:
+        for _ in range(2):
+            x = ab.request(x).wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+    shared = x.clone()
+    ab.serve(shared)
+    started = time.monotonic()
+    while True:  # the training thread's checks: the loss is raised once
+        try:
+            ab.check()
+        except GossipPeerError as err:
+            caught = (err.rank, err.peer)
+            break
+        assert time.monotonic() - started < 15, "the lost partner was never noticed"
+        time.sleep(0.01)
+    ab.check()  # raised once only
+    ab.finish(timeout=5)  # every partner is lost: nothing to wait for
+    return caught, ab.lost, ab.served, ab.moved_with(1), shared.tolist()
+
+
+def test_fault_tolerant_passives_notice_a_partner_lost_between_exchanges() -> None:
+    results = run_distributed(_survive, 3, timeout=60, allowed_exits=[1])
+    passive0, passive2 = results[0], results[2]
+    assert passive0[:3] == ((0, 1), [1], 1) and passive2[:3] == ((2, 1), [1], 1)
+    # active 1 (value 1) averaged with passive 0 (value 0), then, holding 0.5, with
+    # passive 2 (value 2): each passive moved by half the difference, whole
+    assert passive0[3] == 4 * 0.5 and passive0[4] == [0.5] * 4
+    assert passive2[3] == 4 * -0.75 and passive2[4] == [1.25] * 4

@@ -8,6 +8,7 @@ import pytest
 from gossip_topology import (
     TOPOLOGY_NAMES,
     Complete,
+    EvenOddExponential,
     FromAdjacency,
     Hypercube,
     OnePeerExponential,
@@ -23,6 +24,29 @@ def test_static_exponential() -> None:
     assert topo.out_peers(0, 3) == [1, 2, 4]
     assert topo.in_peers(0, 3) == [4, 6, 7]
     assert topo.peers_per_itr == 3 and not topo.is_dynamic and topo.is_regular
+
+
+def test_even_odd_exponential_by_hand() -> None:
+    topo = EvenOddExponential(5)  # passives 0, 2, 4; actives 1, 3
+    assert topo.period == 3
+    assert [topo.out_peers(1, t) for t in range(3)] == [[0], [2], [4]]
+    assert [topo.out_peers(3, t) for t in range(3)] == [[2], [4], [0]]
+    assert [topo.in_peers(4, t) for t in range(3)] == [[], [3], [1]]
+    assert topo.out_peers(2, 0) == []  # passives only answer
+
+
+@pytest.mark.parametrize("n", range(2, 12))
+def test_even_odd_exponential_pairs_every_rank_at_every_size(n: int) -> None:
+    topo = EvenOddExponential(n)
+    assert topo.is_bipartite and topo.peers_per_itr == 1
+    assert [topo.is_passive(r) for r in range(n)] == [r % 2 == 0 for r in range(n)]
+    reached: set[int] = set()
+    for t in range(topo.period):
+        asked = [p for a in range(1, n, 2) for p in topo.out_peers(a, t)]
+        assert len(asked) == n // 2 and all(p % 2 == 0 for p in asked)
+        assert len(set(asked)) == len(asked)  # no passive is asked twice at a step
+        reached.update(asked)
+    assert reached == set(range(0, n, 2))  # every passive takes part within a period
 
 
 def test_one_peer_exponential_cycles_through_powers_of_two() -> None:

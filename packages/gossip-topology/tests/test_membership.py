@@ -9,6 +9,7 @@ import pytest
 
 from gossip_topology import (
     FALLBACK_TOPOLOGY,
+    EvenOddExponential,
     FromAdjacency,
     Generation,
     StaticExponential,
@@ -135,8 +136,23 @@ def test_fallback_lowers_peers_when_the_size_cannot_take_them() -> None:
     assert built.world_size == 2 and built.name == "ring"
 
 
+def test_a_bipartite_graph_falls_back_to_one_that_exists_at_odd_sizes() -> None:
+    """AD-PSGD's fallback: still bipartite with one peer per step, so pairs still form."""
+    with pytest.warns(TopologyFallbackWarning, match="even-odd-exponential"):
+        built = topology_at("dynamic-bipartite-exponential", 3, fallback=EvenOddExponential)
+    assert isinstance(built, EvenOddExponential) and built.world_size == 3
+    assert built.is_bipartite and built.peers_per_itr == 1
+    # an even size has the chosen graph again, without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = topology_at("dynamic-bipartite-exponential", 4, fallback=EvenOddExponential)
+    assert again.name == "dynamic-bipartite-exponential"
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="world_size"):
         topology_at("ring", 0)
     with pytest.raises(ValueError, match="fallback must be one of"):
         topology_at("ring", 4, fallback="moebius")
+    with pytest.raises(ValueError, match="or a function of the size"):
+        topology_at("ring", 4, fallback=3)  # type: ignore[arg-type]

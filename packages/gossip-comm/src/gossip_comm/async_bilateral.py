@@ -17,11 +17,19 @@ caller's collectives; CUDA tensors are staged through host memory):
    passive's responder stops once every possible active has said so.
 
 Both ends of an exchange apply the same average, so the sum over ranks is conserved.
+
+With ``fault_tolerant=True`` (a job that survives lost ranks) a passive listens to each
+partner on its own thread instead of to any source, so that a partner whose process dies
+is noticed at once, even between exchanges; it applies an exchange only once the whole
+of it has arrived and its reply has gone, so an exchange interrupted by a loss moves
+neither end; and a lost partner is recorded (``check`` raises it once) while the
+responder goes on serving the others.
 """
 
 from __future__ import annotations
 
 import math
+import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -47,7 +55,7 @@ from gossip_comm._scratch import spans
 from gossip_comm._transport import Message, post
 from gossip_comm.compression import MessageSpec
 from gossip_comm.config import GossipConfig
-from gossip_comm.errors import GossipError, GossipPeerError
+from gossip_comm.errors import GossipError, GossipPeerError, NonFiniteError
 from gossip_comm.handle import GossipHandle
 from gossip_topology import Topology
 
@@ -109,8 +117,15 @@ class _PairCodec:
 class _Active:
     """An active rank's part: ask partners in schedule order; at the end, say goodbye."""
 
-    def __init__(self, channel: Channel, topology: Topology, codec: _PairCodec | None) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        topology: Topology,
+        codec: _PairCodec | None,
+        fault_tolerant: bool = False,
+    ) -> None:
         self.channel, self.topology, self.codec = channel, topology, codec
+        self.fault_tolerant = fault_tolerant
         rank = channel.rank
         self.partners = sorted(
             {p for t in range(topology.period) for p in topology.out_peers(rank, t)}
@@ -200,9 +215,23 @@ class _Active:
         return GossipHandle(future=self._worker.submit(finish))
 
     def finish(self, wait: float) -> None:
-        """Say goodbye to every partner; the sends take at most the channel's timeout."""
+        """Say goodbye to every partner; the sends take at most the channel's timeout.
+
+        Fault tolerant: each partner separately, and one that is gone is skipped (its
+        connection is closed, so the send fails at once).
+        """
         ch = self.channel
         header = torch.tensor([ch.rank, 0], dtype=torch.int64)
+        if self.fault_tolerant:
+            for p in self.partners:
+                try:
+                    post([Message(p, header, True)], ch.group, ch.rank, self.step, [_HEADER]).wait(
+                        min(wait, ch.timeout)
+                    )
+                except GossipPeerError:
+                    continue  # lost: it waits for nothing
+            self._worker.close(timeout=ch.timeout)
+            return
         pending = post(
             [Message(p, header, True) for p in self.partners],
             ch.group,
@@ -218,11 +247,27 @@ class _Active:
         """Nothing runs in the background between requests; their errors reach ``wait``."""
 
 
+_STOP = -1  # a fault-tolerant responder's queue: stop serving
+
+
 class _Passive:
     """A passive rank's part: a responder thread answers whoever asks first."""
 
-    def __init__(self, channel: Channel, topology: Topology, codec: _PairCodec | None) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        topology: Topology,
+        codec: _PairCodec | None,
+        fault_tolerant: bool = False,
+    ) -> None:
         self.channel, self.codec = channel, codec
+        self.fault_tolerant = fault_tolerant
+        # fault tolerant: partners found gone (in order), how many of them were raised
+        # by check(), and what each partner's exchanges moved this rank's sum by
+        self.lost: list[GossipPeerError] = []
+        self._raised = 0
+        self.moved: dict[int, float] = {}
+        self._asks: queue.SimpleQueue[int] = queue.SimpleQueue()
         rank = channel.rank
         self.partners = sorted(
             {a for t in range(topology.period) for a in topology.in_peers(rank, t)}
@@ -242,8 +287,105 @@ class _Passive:
             raise RuntimeError("serve() was already called")
         if shared.device.type != "cpu" or not shared.is_contiguous():
             raise ValueError("shared must be a contiguous CPU tensor")
+        if self.fault_tolerant:
+            self._responder = self._worker.submit(lambda: self._serve_each(shared.view(-1)))
+            return
         self._responder = self._worker.submit(lambda: self._loop(shared.view(-1)))
 
+    # ------------------------------------------------------------ fault tolerant
+    def _listen(self, active: int) -> None:
+        """Wait for ``active``'s headers on a thread of its own; queue its requests.
+
+        Ends at its goodbye, or when its connection fails (the process is gone).
+        """
+        ch = self.channel
+        header = torch.empty(2, dtype=torch.int64)
+        try:
+            while True:
+                work = dist.irecv(header, src=active, group=ch.group, tag=_HEADER)
+                assert work is not None
+                work.wait()
+                if int(header[1]) == 0:
+                    break
+                self._asks.put(active)
+        except Exception as exc:  # its connection closed: the process is gone
+            self._lose(active, exc)
+        self._asks.put(-2 - active)  # this partner is done
+
+    def _lose(self, active: int, exc: BaseException) -> None:
+        with self.lock:
+            if any(e.peer == active for e in self.lost):
+                return
+            self.lost.append(
+                GossipPeerError(
+                    f"rank {self.channel.rank}: AD-PSGD partner rank {active} was lost at "
+                    f"exchange {self.served}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+                    rank=self.channel.rank,
+                    peer=active,
+                    step=self.served,
+                )
+            )
+
+    def _serve_each(self, flat: torch.Tensor) -> None:
+        """Answer each partner's requests as its listener queues them, one at a time,
+        until every partner has said goodbye or is lost, or ``finish`` stops it."""
+        for active in self.partners:
+            threading.Thread(
+                target=self._listen,
+                args=(active,),
+                daemon=True,
+                name=f"gossip-adpsgd-listen{self.channel.rank}-{active}",
+            ).start()
+        incoming, reply = torch.empty_like(flat), torch.empty_like(flat)
+        remaining = len(self.partners)
+        while remaining:
+            active = self._asks.get()
+            if active == _STOP:
+                return
+            if active < 0:
+                remaining -= 1
+                continue
+            try:
+                sent = self._average_whole(active, flat, incoming, reply)
+            except NonFiniteError:
+                raise  # poisoned, not lost: the job stops, as without fault tolerance
+            except GossipPeerError as err:
+                self._lose(active, err)
+                continue
+            with self.lock:
+                self.served += 1
+                self.bytes_sent += sent
+
+    def _average_whole(
+        self, active: int, flat: torch.Tensor, incoming: torch.Tensor, reply: torch.Tensor
+    ) -> int:
+        """One exchange, applied only once all of it has arrived and the reply has gone:
+        an exchange that a loss interrupts leaves this rank as it was."""
+        ch = self.channel
+        with self.lock:
+            reply.copy_(flat)
+        pending = post(
+            [Message(active, incoming, False), Message(active, reply, True)],
+            ch.group,
+            ch.rank,
+            self.served,
+            tags=[_DATA, _DATA],
+            chunk_numel=ch.chunk_to(active),
+            batched=ch.batched,
+        )
+        pending.wait(ch.timeout)
+        if ch.check_finite:
+            check_finite(incoming, rank=ch.rank, peer=active, step=self.served)
+        diff = incoming.sub_(reply)  # x_a - x_snapshot
+        moved = 0.5 * float(diff.sum(dtype=torch.float64))
+        for start, stop in spans(flat.numel(), flat.device):
+            with self.lock:
+                flat[start:stop].add_(diff[start:stop], alpha=0.5)
+        with self.lock:
+            self.moved[active] = self.moved.get(active, 0.0) + moved
+        return reply.nbytes
+
+    # ------------------------------------------------------------------ classic
     def _loop(self, flat: torch.Tensor) -> None:
         """Answer requests until every partner has said goodbye."""
         ch = self.channel
@@ -342,9 +484,19 @@ class _Passive:
     def check(self) -> None:
         if self._responder is not None and self._responder.done():
             self._responder.result()  # re-raises the responder's error, if it had one
+        if self._raised < len(self.lost):  # fault tolerant: each loss is raised once
+            self._raised += 1
+            raise self.lost[self._raised - 1]
 
     def finish(self, wait: float) -> None:
         if self._responder is None:
+            return
+        if self.fault_tolerant:
+            try:  # every partner says goodbye or is found lost; a straggler is left
+                self._responder.result(timeout=wait if math.isfinite(wait) else None)
+            except TimeoutError:
+                self._asks.put(_STOP)  # the exchange being served finishes first
+                self._responder.result(timeout=self.channel.timeout)
             return
         try:
             self._responder.result(timeout=wait if math.isfinite(wait) else None)
@@ -376,11 +528,18 @@ class AsyncBilateral:
             [`PushSum`][gossip_comm.PushSum]).
         reference: With compression, the common starting value of the public copies.
 
+    With ``config.fault_tolerant`` (a job that goes on without lost ranks), a passive
+    listens to each partner separately, so a partner that dies is noticed at once; it
+    applies each exchange whole or not at all; and it records a lost partner (``check``
+    raises it, once) and serves the others on. ``finish`` skips lost partners and, after
+    its timeout, stops waiting for the others.
+
     Attributes:
         rank: This rank, in ``config.process_group``.
         topology: The bipartite graph partners are drawn from.
         timeout: Seconds an active rank waits for its partner's reply.
         is_passive: Whether this rank is passive: it only answers requests.
+        fault_tolerant: ``config.fault_tolerant``.
 
     Raises:
         TypeError: If ``topology`` is not a ``Topology``.
@@ -417,6 +576,7 @@ class AsyncBilateral:
                 process_group=gossip_group,
                 timeout=config.timeout,
                 check_finite=config.check_finite,
+                fault_tolerant=config.fault_tolerant,
             ),
             owner="AsyncBilateral",
             extra=[] if setup is None else setup.agreement,
@@ -434,10 +594,11 @@ class AsyncBilateral:
         self.topology = topology
         self.timeout = channel.timeout
         self.is_passive = topology.is_passive(self.rank)
+        self.fault_tolerant = config.fault_tolerant
         self._role: _Active | _Passive = (
-            _Passive(channel, topology, self._codec)
+            _Passive(channel, topology, self._codec, self.fault_tolerant)
             if self.is_passive
-            else _Active(channel, topology, self._codec)
+            else _Active(channel, topology, self._codec, self.fault_tolerant)
         )
         self._finished = False
 
@@ -460,6 +621,20 @@ class AsyncBilateral:
     def bytes_sent(self) -> int:
         """Bytes this rank has sent so far: requests and headers, or replies."""
         return self._role.bytes_sent
+
+    @property
+    def lost(self) -> list[int]:
+        """Fault tolerant, passive: partners found gone so far (an active's own losses
+        reach ``handle.wait()``); empty otherwise."""
+        return [e.peer for e in self._role.lost] if isinstance(self._role, _Passive) else []
+
+    def moved_with(self, peer: int) -> float:
+        """Fault tolerant, passive: the sum over elements of what the exchanges with
+        ``peer`` applied so far moved this rank's shared value by (0.0 otherwise)."""
+        if not isinstance(self._role, _Passive):
+            return 0.0
+        with self._role.lock:
+            return self._role.moved.get(peer, 0.0)
 
     def state_dict(self) -> dict[str, Any]:
         """The request counter (an active's position in its schedule).
@@ -504,7 +679,8 @@ class AsyncBilateral:
 
         Call it at every training step; [`finish`][gossip_comm.AsyncBilateral.finish]
         re-raises such an error too. A no-op on active ranks, whose errors reach
-        ``handle.wait()``.
+        ``handle.wait()``. Fault tolerant: raises each lost partner once, while the
+        responder serves the others on.
 
         Raises:
             GossipPeerError: Naming this rank, the active it was serving and the exchange.
@@ -542,7 +718,9 @@ class AsyncBilateral:
     def finish(self, timeout: float | None = None) -> None:
         """End this rank's part: actives tell their passives; passives wait for all actives.
 
-        Call after an active's last request has completed.
+        Call after an active's last request has completed. Fault tolerant: lost partners
+        are skipped, and a passive stops waiting after ``timeout`` (see
+        ``fault_tolerant``) instead of raising.
 
         Raises:
             GossipError: If a passive's responder failed, or did not end within ``timeout``.

@@ -40,10 +40,12 @@ class ExchangeLedger:
         self.sent = torch.zeros(dist.get_world_size(group), dtype=torch.int64)
         self._device = comm_device_for(group, None)
 
-    def note_request(self) -> None:
-        """An active is about to send its next request: count it against its partner."""
+    def note_request(self) -> int:
+        """An active is about to send its next request: count it against its partner
+        (returned)."""
         (peer,) = self.topology.out_peers(self.rank, self.pairs.step)
         self.sent[peer] += 1
+        return peer
 
     def drain(self) -> None:
         """A collective: return once every request sent to this rank has been applied.

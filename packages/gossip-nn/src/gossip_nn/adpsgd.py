@@ -21,8 +21,10 @@ changes only by the optimizer updates.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -30,7 +32,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim import Optimizer
 
-from gossip_comm import AsyncBilateral, GossipHandle, common_references
+from gossip_comm import (
+    AsyncBilateral,
+    GossipHandle,
+    GossipPeerError,
+    MembershipError,
+    common_references,
+    resolve_group,
+)
 from gossip_nn._async_exact import ExchangeLedger
 from gossip_nn._base import (
     DataParallelModule,
@@ -41,10 +50,17 @@ from gossip_nn._base import (
 )
 from gossip_nn._buffers import BufferSync, floating_buffers
 from gossip_nn.averaging import ExactAveragingSchedule
+from gossip_nn.fault_tolerance import (
+    GenerationChange,
+    _joiner_payload,
+    _receive_from_sponsor,
+    _send_to_joiners,
+)
 from gossip_nn.options import GossipOptions
 from gossip_nn.progress import GlobalProgress
 from gossip_nn.slowmo import SlowMo
 from gossip_nn.validate import checked_parameters
+from gossip_topology import EvenOddExponential, Generation, RankRecord, Topology, topology_at
 
 __all__ = ["ADPSGD_TOPOLOGY", "BilateralGossipDataParallel"]
 
@@ -67,6 +83,10 @@ class _ActiveRole:
     def __init__(self, pairs: AsyncBilateral, buf: torch.Tensor, ledger: ExchangeLedger) -> None:
         self.pairs, self.buf, self.ledger = pairs, buf, ledger
         self.adopted = 0
+        # fault tolerance: the partner of the exchange in flight, and what each
+        # partner's exchanges moved this rank's sum by
+        self.partner = -1
+        self.moved: dict[int, float] = {}
         self._pending: GossipHandle[torch.Tensor] | None = None
         self._spare: torch.Tensor | None = None  # the last snapshot, reused
         self._sent = torch.empty_like(buf)  # buf when the snapshot in flight was taken
@@ -77,6 +97,9 @@ class _ActiveRole:
         if pending is None or not (wait or pending.is_completed()):
             return False
         averaged = pending.wait()
+        if self.pairs.fault_tolerant:
+            moved = float(averaged.sum(dtype=torch.float64) - self._sent.sum(dtype=torch.float64))
+            self.moved[self.partner] = self.moved.get(self.partner, 0.0) + moved
         self.buf.sub_(self._sent).add_(averaged)  # buf + (averaged - sent)
         self._pending, self._spare = None, averaged
         self.adopted += 1
@@ -89,8 +112,16 @@ class _ActiveRole:
         self._spare = None
         snapshot.copy_(self.buf)
         self._sent.copy_(self.buf)
-        self.ledger.note_request()
+        self.partner = self.ledger.note_request()
         self._pending = self.pairs.request(snapshot)
+
+    def settle(self) -> None:
+        """Fault tolerance: adopt the exchange in flight if it completes; if its partner
+        is lost it is dropped, and this rank stays as it was (its snapshot comes home)."""
+        try:
+            self.sync()
+        except GossipPeerError:
+            self._pending = None
 
     def restored(self) -> None:
         self._pending = None
@@ -116,8 +147,9 @@ class _PassiveRole:
         self.base = buf.clone()  # buf as of the last sync: what shared already holds of it
         pairs.serve(self.shared)
 
-    def sync(self) -> None:
-        self.pairs.check()  # a responder error surfaces in the training thread
+    def sync(self, *, check: bool = True) -> None:
+        if check:
+            self.pairs.check()  # a responder error surfaces in the training thread
         buf, base, shared, lock = self.buf, self.base, self.shared, self.pairs.lock
         # In cache-sized chunks on CPU (a third less memory traffic than four whole
         # passes), each holding the lock only for its own add.
@@ -137,6 +169,10 @@ class _PassiveRole:
 
     def after_update(self) -> None:
         self.sync()
+
+    def settle(self) -> None:
+        """Fault tolerance, once the responder has stopped: adopt the shared value."""
+        self.sync(check=False)
 
     def restored(self) -> None:
         with self.pairs.lock:
@@ -197,7 +233,11 @@ class BilateralGossipDataParallel(DataParallelModule):
                 "asynchronous ranks do not make; use 'average' or 'local'"
             )
         self.module, self.options = module, options
-        self._group, params = checked_parameters(module, optimizer, options.process_group)
+        self._ft = options.fault_tolerance
+        joining = self._ft is not None and self._ft.joined_from is not None
+        self._group, params = checked_parameters(
+            module, optimizer, options.process_group, same_model=not joining
+        )
         averaged = floating_buffers(module) if options.buffers == "average" else []
         if len({(t.dtype, t.device) for t in [*params, *averaged]}) != 1:
             raise ValueError(
@@ -206,28 +246,16 @@ class BilateralGossipDataParallel(DataParallelModule):
                 + " in one dtype and on one device"
                 + (" (or buffers='local')" if averaged else "")
             )
-        self.topology = options.build_topology(dist.get_world_size(self._group))
+        n = dist.get_world_size(self._group)
+        self.topology = options.build_topology(n) if self._ft is None else self._topology_at(n)
         self._buf = bind_flat([*params, *averaged]).buffers[0]
         self._buffer_sync = BufferSync(module, options.buffers, self._group, bind=not averaged)
-        comm = dataclasses.replace(options, mixing=None, wire_dtype=None)
-        compressed: dict[str, Any] = {}
+        self._compressed: dict[str, Any] = {}
         if options.compression is not None:  # shapes for per-tensor compressors
-            compressed["layout"] = [t.shape for t in [*params, *averaged]]
-            compressed["reference"] = common_references([self._buf], self._group)[0]
-        self._pairs = AsyncBilateral(
-            self.topology,
-            self._buf,
-            config=comm.comm_config(options.process_group),
-            **compressed,
-        )
+            self._compressed["layout"] = [t.shape for t in [*params, *averaged]]
+            self._compressed["reference"] = common_references([self._buf], self._group)[0]
+        self._connect(self.topology)
         edited = sum(p.numel() for p in params)
-        self._ledger = ExchangeLedger(self._pairs, self.topology, self._group, options.timeout)
-        self._role: _ActiveRole | _PassiveRole = (
-            _PassiveRole(self._pairs, self._buf)
-            if self._pairs.is_passive
-            else _ActiveRole(self._pairs, self._buf, self._ledger)
-        )
-        self._progress = GlobalProgress(process_group=options.process_group)
         self._exact = ExactAveragingSchedule(
             every=options.global_average_every, warmup_steps=options.allreduce_warmup_steps
         )
@@ -237,7 +265,35 @@ class BilateralGossipDataParallel(DataParallelModule):
         self._edited = edited
         options.warn_ignored("adpsgd")
         self._closed = False
+        self._bounded = False  # fault tolerance: collectives bounded by the gossip timeout
+        if self._ft is not None:
+            self._ft.use_gossip_timeout(options.timeout)
         self._hook(optimizer)
+        if joining:
+            self._receive_state()
+
+    def _topology_at(self, n: int) -> Topology:
+        """Fault tolerance: the chosen graph at ``n`` ranks; where a bipartite graph does
+        not exist at that size (an odd one), the even-odd exponential one."""
+        return topology_at(self.options.topology, n, fallback=EvenOddExponential)
+
+    def _connect(self, topology: Topology) -> None:
+        """Build the pairs, the exchange ledger, this rank's role and the global step
+        counter on the current group (collectives: every rank builds them together)."""
+        comm = dataclasses.replace(self.options, mixing=None, wire_dtype=None)
+        self._pairs = AsyncBilateral(
+            topology,
+            self._buf,
+            config=comm.comm_config(self.options.process_group),
+            **self._compressed,
+        )
+        self._ledger = ExchangeLedger(self._pairs, topology, self._group, self.options.timeout)
+        self._role: _ActiveRole | _PassiveRole = (
+            _PassiveRole(self._pairs, self._buf)
+            if self._pairs.is_passive
+            else _ActiveRole(self._pairs, self._buf, self._ledger)
+        )
+        self._progress = GlobalProgress(process_group=self.options.process_group)
 
     def _fixed_topology_reason(self) -> str:
         return (
@@ -296,6 +352,16 @@ class BilateralGossipDataParallel(DataParallelModule):
         return self._progress.value
 
     @torch.no_grad()
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._ft is None or self._closed:
+            return
+        if not self._bounded:  # from the first step on, as the push-sum wrapper does
+            dist.set_timeout(timedelta(seconds=self.options.timeout), self._group)
+            self._bounded = True
+        if self._ft.end_requested() is not None:
+            self._recover(None)  # another member asked: change generation between steps
+
+    @torch.no_grad()
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._closed:
             return
@@ -303,9 +369,124 @@ class BilateralGossipDataParallel(DataParallelModule):
         outer = self._slowmo is not None and self._slowmo.advance()
         if exact or outer:
             self._average_exactly(float(optimizer.param_groups[0]["lr"]) if outer else None)
-        else:
+        elif self._ft is None:
             self._role.after_update()
+        else:
+            try:
+                self._role.after_update()
+            except GossipPeerError as err:  # a partner is lost: go on without it
+                self._recover(err)
         self._progress.add(1)
+
+    # --------------------------------------------------------------- fault tolerance
+    def _recover(self, err: GossipPeerError | None) -> None:
+        """Settle this generation's exchanges and pair up again with the survivors.
+
+        An active brings its exchange in flight home (or drops it, if its partner is
+        lost: it stays as it was) and says goodbye to its partners; a passive serves
+        every live partner until its goodbye, then adopts its shared value. So every
+        exchange between two survivors counts on both ends or on neither. Then the
+        survivors agree on the next generation and rebuild the pairs at its size.
+        """
+        ft, entered, started = self._ft, time.time(), time.monotonic()
+        assert ft is not None
+        if err is not None:
+            ft.report(err)
+        ended = ft.generation
+        self._role.settle()
+        self._pairs.finish(timeout=ft.membership.settle_timeout)
+        self._role.settle()
+        ft.membership.publish_posted(-1, progress=self._updates)
+        reason = ft.end_requested() or "requested"
+        following = ft.membership.next()  # MembershipError: too few left, or left out
+        lost = [r for r, m in enumerate(ended.members) if m not in following.members]
+        moved = sum(
+            self._role.moved.get(r, 0.0)
+            if isinstance(self._role, _ActiveRole)
+            else self._pairs.moved_with(r)
+            for r in lost
+        )
+        following = self._regroup(following, self._progress.value)
+        _send_to_joiners(ft, ended, following, self._state_for_joiner)
+        ft.history.append(
+            GenerationChange(
+                ended=ended,
+                started=following,
+                reason=reason,
+                lost=tuple(m for m in ended.members if m not in following.members),
+                joined=tuple(m for m in following.members if m not in ended.members),
+                at=entered,
+                seconds=time.monotonic() - started,
+                record=RankRecord(completed=self._updates),
+                weight=1.0,
+                moved_from_lost=moved,
+            )
+        )
+
+    def _regroup(self, following: Generation, total: int) -> Generation:
+        """Pair up in ``following``'s group, on the graph rebuilt at its size; the
+        global step count carries over. A member lost while the group forms ends that
+        generation too, as many times as it takes; the generation formed is returned."""
+        ft = self._ft
+        assert ft is not None
+        while True:
+            try:
+                ft.membership.init_process_group(ft.backend, timeout=ft.membership.settle_timeout)
+                self._group = self._buffer_sync.group = resolve_group(None)
+                dist.set_timeout(timedelta(seconds=ft.setup_timeout), self._group)
+                self._bounded = False
+                topology = self._topology_at(following.world_size)
+                self._connect(topology)
+                self._progress.load_state_dict({"global_step": total})
+                break
+            except MembershipError:
+                raise
+            except (RuntimeError, ValueError) as err:  # a member missing from the group
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                ft.membership.request_end(f"generation {following.number} did not form: {first}")
+                ft.membership.publish_posted(-1, progress=self._updates)
+                following = ft.membership.next()
+        self.topology = topology
+        return following
+
+    def _state_for_joiner(self) -> dict[str, Any]:
+        """The module and optimizer state, and the step count, for a joiner."""
+        assert self._ft is not None and self._optimizer is not None
+        return _joiner_payload(self._ft, self.module, self._optimizer, updates=self._updates)
+
+    def _receive_state(self) -> None:
+        """A joiner: take its sponsor's model, optimizer state and step count (AD-PSGD
+        has no weight: the joiner starts as a copy of its sponsor)."""
+        ft = self._ft
+        assert ft is not None and self._optimizer is not None
+        self._progress.load_state_dict({"global_step": 0})  # as the members' regroup does
+        payload = _receive_from_sponsor(ft, self.module, self._optimizer)
+        self._role.restored()  # the shared copy and base follow the received model
+        self._updates = ft.start_step = int(payload["updates"])
+
+    @torch.no_grad()
+    def recover(self, error: BaseException) -> None:
+        """Fault tolerance: a collective outside gossip failed (an evaluation's
+        all-reduce, a checkpoint's barrier), most likely because a member is gone. Move to
+        the next generation with the survivors, so that the caller can run the collective
+        again there (see [`GossipDataParallel.recover`][gossip_nn.GossipDataParallel.recover]).
+
+        Without ``fault_tolerance`` this raises ``error`` again.
+
+        Args:
+            error: What the collective raised (named in the generation's end reason).
+
+        Raises:
+            MembershipError: If this process is left out of the next generation, or
+                fewer than ``min_members`` remain.
+        """
+        if self._ft is None:
+            raise error
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self._ft.membership.request_end(
+            f"member {self._ft.membership.member}: a collective failed: {first}"
+        )
+        self._recover(None)
 
     def _average_exactly(self, slowmo_lr: float | None) -> None:
         """Every rank takes the exact average (then SlowMo's outer step, if due).

@@ -17,7 +17,11 @@ step that fails (a peer's connection closed, or a timeout) does not end the job:
    ``optimizer.step()`` call: the training loop does not see the change.
 
 The store must outlive every worker: a ``TCPStore`` served by a process that is not a
-worker (``sgp-imagenet coordinator``). Supported now: SGP, OSGP and D-PSGD on gloo, with one
+worker (``sgp-imagenet coordinator``). AD-PSGD settles differently, having no global step:
+each active brings its exchange in flight home (or drops it if its partner is lost) and
+says goodbye; each passive serves its live partners until their goodbyes; so an exchange
+between two survivors counts on both ends or neither. Supported now: SGP, OSGP, D-PSGD
+and AD-PSGD on gloo, with one
 flat gossip buffer (parameters of one dtype and device), without compression, periodic
 exact averages, SlowMo, a hierarchy or ``buffers="broadcast"``; the wrapper refuses the
 others at construction. A new or restarted process joins a running job with
@@ -30,6 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+import torch.distributed as dist
+from torch import nn
 from torch.distributed.distributed_c10d import Store
 
 from gossip_comm import GossipPeerError, GossipTimeoutError, Membership, Settled
@@ -61,6 +68,10 @@ class GenerationChange:
         exchanges: Each exchange settled (SGP and D-PSGD: the failed step; OSGP: every
             round in flight), as ``(gossip step, out-peers whose share came back,
             in-peers whose message was added)``, in ranks of ``ended``.
+        moved_from_lost: AD-PSGD: the sum over the model's elements of what this
+            process's exchanges with the members lost in ``ended`` moved it by (the lost
+            ranks' share it took in); 0.0 for the push-sum algorithms, whose
+            ``record`` says the same.
     """
 
     ended: Generation
@@ -73,6 +84,7 @@ class GenerationChange:
     record: RankRecord
     weight: float
     exchanges: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = ()
+    moved_from_lost: float = 0.0
 
 
 class FaultTolerance:
@@ -240,3 +252,58 @@ def _settled_record(
         returned=frozenset(returned),
         received_from_lost=frozenset(received),
     )
+
+
+def _joiner_payload(
+    ft: FaultTolerance | None,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    **counters: Any,
+) -> dict[str, Any]:
+    """What a sponsor hands a joiner: the module's and optimizer's state, the wrapper's
+    ``counters`` (weight, step counts) and the application's ``extra_state``."""
+    extra = None if ft is None else ft.extra_state
+    return {
+        # cloned: a parameter is a view of the flat gossip buffer, and pickling a view
+        # writes its whole storage (the model once per parameter)
+        "module": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "extra": None if extra is None else extra(),
+        **counters,
+    }
+
+
+def _send_to_joiners(
+    ft: FaultTolerance,
+    ended: Generation,
+    following: Generation,
+    state: Callable[[], dict[str, Any]],
+) -> int:
+    """Send ``state()`` to each joiner of ``following`` this process sponsors (in the
+    new generation's default group); how many it sponsored."""
+    sponsored = 0
+    for joiner, sponsor in following.sponsors(ended).items():
+        if sponsor == ft.membership.member:
+            sponsored += 1
+            dist.send_object_list([state()], dst=following.rank(joiner))
+    return sponsored
+
+
+def _receive_from_sponsor(
+    ft: FaultTolerance, module: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """A joiner: load the module and optimizer state its sponsor hands over; the
+    payload (with the wrapper's counters) is returned, ``extra`` set aside in
+    ``ft.received_state``."""
+    assert ft.joined_from is not None
+    g, member = ft.generation, ft.membership.member
+    assert member is not None
+    sponsor = g.sponsors(ft.joined_from)[member]
+    box: list[Any] = [None]
+    dist.recv_object_list(box, src=g.rank(sponsor))
+    payload: dict[str, Any] = box[0]
+    module.load_state_dict(payload["module"])
+    optimizer.load_state_dict(payload["optimizer"])
+    ft.received_state = payload["extra"]
+    ft.joined_from = None
+    return payload

@@ -39,7 +39,13 @@ from gossip_nn._base import (
 from gossip_nn._buffers import BufferSync
 from gossip_nn._steps import Compression, GossipStep, build_step
 from gossip_nn.averaging import ExactAveragingSchedule
-from gossip_nn.fault_tolerance import GenerationChange, _settled_record
+from gossip_nn.fault_tolerance import (
+    GenerationChange,
+    _joiner_payload,
+    _receive_from_sponsor,
+    _send_to_joiners,
+    _settled_record,
+)
 from gossip_nn.hierarchy import Hierarchy, Shards, build_hierarchy
 from gossip_nn.options import GossipOptions
 from gossip_nn.slowmo import SlowMo
@@ -355,47 +361,36 @@ class GossipDataParallel(DataParallelModule):
         """Give each joiner this process sponsors half of its push-sum mass: the same
         de-biased model and half the weight, with the optimizer state and step counts."""
         ft = self._ft
-        assert ft is not None and self._optimizer is not None
-        for joiner, sponsor in following.sponsors(ended).items():
-            if sponsor != ft.membership.member:
-                continue
+        assert ft is not None
+
+        def state() -> dict[str, Any]:
             self._step.weight /= 2  # x / 2 stays here, x / 2 leaves: the sum is unchanged
-            dist.send_object_list([self._state_for_joiner()], dst=following.rank(joiner))
+            return self._state_for_joiner()
+
+        _send_to_joiners(ft, ended, following, state)
 
     def _state_for_joiner(self) -> dict[str, Any]:
         """What a joiner receives: the module's state (de-biased), the optimizer's, this
         process's weight, the step counts and the application's ``extra_state``."""
         assert self._optimizer is not None
-        extra = None if self._ft is None else self._ft.extra_state
-        return {
-            # cloned: a parameter is a view of the flat gossip buffer, and pickling a view
-            # writes its whole storage (the model once per parameter)
-            "module": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()},
-            "optimizer": self._optimizer.state_dict(),
-            "weight": self._step.weight,
-            "updates": max(self._updates, self._gossip_from),
-            "gossip_from": self._gossip_from,
-            "extra": None if extra is None else extra(),
-        }
+        return _joiner_payload(
+            self._ft,
+            self.module,
+            self._optimizer,
+            weight=self._step.weight,
+            updates=max(self._updates, self._gossip_from),
+            gossip_from=self._gossip_from,
+        )
 
     def _receive_state(self) -> None:
         """A joiner: take the model, optimizer state, weight and step counts its sponsor
         hands over (the sponsor's half of its push-sum mass)."""
         ft = self._ft
-        assert ft is not None and ft.joined_from is not None and self._optimizer is not None
-        g, member = ft.generation, ft.membership.member
-        assert member is not None
-        sponsor = g.sponsors(ft.joined_from)[member]
-        box: list[Any] = [None]
-        dist.recv_object_list(box, src=g.rank(sponsor))
-        payload = box[0]
-        self.module.load_state_dict(payload["module"])
-        self._optimizer.load_state_dict(payload["optimizer"])
+        assert ft is not None and self._optimizer is not None
+        payload = _receive_from_sponsor(ft, self.module, self._optimizer)
         self._step.weight = float(payload["weight"])
         self._updates = ft.start_step = int(payload["updates"])
         self._gossip_from = int(payload["gossip_from"])
-        ft.received_state = payload["extra"]
-        ft.joined_from = None
 
     # --------------------------------------------------------------- lifecycle
     def _settle_for_checkpoint(self) -> None:

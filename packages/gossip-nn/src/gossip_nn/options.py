@@ -22,7 +22,7 @@ BUFFER_MODES: tuple[str, ...] = ("average", "local", "broadcast")
 DPSGD_ORDERS: tuple[str, ...] = ("mix-then-update", "update-then-mix")
 """D-PSGD's two update orders; see `GossipOptions`."""
 
-FAULT_TOLERANT_ALGORITHMS: tuple[str, ...] = ("sgp", "osgp", "dpsgd")
+FAULT_TOLERANT_ALGORITHMS: tuple[str, ...] = ("sgp", "osgp", "dpsgd", "adpsgd")
 """The algorithms that survive a lost rank with `GossipOptions.fault_tolerance`."""
 
 # The options each algorithm reads; any other option set to a non-default value does
@@ -50,7 +50,9 @@ _USED_BY: dict[str, frozenset[str]] = {
     "osgp": frozenset(_GOSSIP | {"synch_freq", "fault_tolerance"}),
     "dpsgd": frozenset(_GOSSIP | {"dpsgd_order", "fault_tolerance"}),
     # asynchronous pairs: no overlap bound, no hierarchy, and a plain average of each pair
-    "adpsgd": frozenset(_GOSSIP - {"mixing", "wire_dtype", "nprocs_per_node"}),
+    "adpsgd": frozenset(
+        _GOSSIP - {"mixing", "wire_dtype", "nprocs_per_node"} | {"fault_tolerance"}
+    ),
 }
 
 
@@ -106,7 +108,8 @@ class GossipOptions:
         slowmo: A slow momentum outer step every ``slowmo.every`` iterations (see
             [`SlowMoOptions`][gossip_nn.SlowMoOptions]); ``None`` for none.
         fault_tolerance: Survive lost ranks (see
-            [`FaultTolerance`][gossip_nn.FaultTolerance]); SGP, OSGP and D-PSGD, on gloo.
+            [`FaultTolerance`][gossip_nn.FaultTolerance]); SGP, OSGP, D-PSGD and
+            AD-PSGD, on gloo.
             ``None``: a lost rank raises on its peers, and the job ends.
 
     Raises:
@@ -176,8 +179,8 @@ class GossipOptions:
                 flags before any process, and so any store, exists).
 
         Raises:
-            ValueError: For an algorithm other than SGP, OSGP and D-PSGD, or an option that
-                needs every rank in a collective (or state a lost rank takes with it).
+            ValueError: For AR-SGD, or an option that needs every rank in a collective
+                (or state a lost rank takes with it).
         """
         if self.fault_tolerance is None and not planned:
             return

@@ -18,6 +18,7 @@ from gossip_topology.compress import (
 )
 from gossip_topology.graphs import (
     Complete,
+    EvenOddExponential,
     FromAdjacency,
     Hypercube,
     OnePeerExponential,
@@ -92,6 +93,7 @@ __all__ = [
     "DynamicBipartiteLinear",
     "DynamicDirectedExponential",
     "DynamicDirectedLinear",
+    "EvenOddExponential",
     "FromAdjacency",
     "Generation",
     "GenerationOutcome",

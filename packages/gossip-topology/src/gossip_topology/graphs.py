@@ -11,6 +11,7 @@ from gossip_topology._checks import (
     as_matrix_list,
     ceil_log2,
     check_int,
+    check_rank,
     floor_log,
     is_power_of_two,
 )
@@ -18,6 +19,7 @@ from gossip_topology.topology import Topology
 
 __all__ = [
     "Complete",
+    "EvenOddExponential",
     "FromAdjacency",
     "Hypercube",
     "OnePeerExponential",
@@ -112,6 +114,57 @@ class OnePeerExponential(Topology):
         if self.world_size == 1:
             return []
         return [(rank + 2**phase) % self.world_size]
+
+
+class EvenOddExponential(Topology):
+    """A bipartite one-peer graph at every size: odd ranks ask even ranks.
+
+    Even ranks are passive (``p = ceil(n / 2)`` of them), odd ranks active
+    (``floor(n / 2)``). At phase ``t`` the ``i``-th active, rank ``2i + 1``, sends to the
+    passive of index ``(i + d_t) mod p``, with offsets ``d = 0, 1, 2, 4, ...`` below
+    ``p``; no passive is asked twice at a step. It exists at odd sizes, where the 2019
+    bipartite graphs do not, which makes it the graph AD-PSGD falls back to when a
+    fault-tolerant job loses a rank (see
+    [`topology_at`][gossip_topology.topology_at]).
+
+    Args:
+        world_size: Number of ranks, at least 1.
+
+    Examples:
+        >>> g = EvenOddExponential(5)
+        >>> [g.out_peers(1, t) for t in range(g.period)]
+        [[0], [2], [4]]
+        >>> g.is_bipartite, g.is_passive(4)
+        (True, True)
+    """
+
+    name = "even-odd-exponential"
+
+    def __init__(self, world_size: int) -> None:
+        super().__init__(world_size, 1)
+        passives = (self.world_size + 1) // 2
+        self._passives = passives
+        hops = floor_log(2, passives - 1) + 1 if passives > 1 else 0
+        self._offsets = [0] + [2**i for i in range(hops)]
+
+    @property
+    def is_bipartite(self) -> bool:
+        """Always ``True``: even ranks are passive, odd ranks active."""
+        return True
+
+    def is_passive(self, rank: int) -> bool:
+        """Even ranks are passive."""
+        return check_rank(rank, self.world_size) % 2 == 0
+
+    @property
+    def period(self) -> int:
+        """How many offsets there are: ``1 + floor(log2(p - 1))`` for ``p > 1`` passives."""
+        return len(self._offsets)
+
+    def _out_peers(self, rank: int, phase: int) -> list[int]:
+        if rank % 2 == 0:
+            return []  # passive: it answers
+        return [2 * (((rank - 1) // 2 + self._offsets[phase]) % self._passives)]
 
 
 def _torus_shape(n: int) -> tuple[int, int]:

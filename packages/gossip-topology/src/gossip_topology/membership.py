@@ -14,7 +14,7 @@ the members is unchanged by the admission;
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,7 +139,7 @@ def topology_at(
     world_size: int,
     peers_per_itr: int | None = None,
     *,
-    fallback: str = FALLBACK_TOPOLOGY,
+    fallback: str | Callable[[int], Topology] = FALLBACK_TOPOLOGY,
 ) -> Topology:
     """The graph family of ``topology``, built for ``world_size`` ranks.
 
@@ -154,7 +154,9 @@ def topology_at(
         world_size: The new number of ranks, at least 1.
         peers_per_itr: Out-peers per step; the topology's own (1 for a name) by default.
             Lowered to what the fallback accepts at this size if needed.
-        fallback: A registry name that exists at every size.
+        fallback: A registry name that exists at every size, or a function that builds
+            the fallback graph at a size (AD-PSGD, which needs a bipartite graph, passes
+            [`EvenOddExponential`][gossip_topology.EvenOddExponential]).
 
     Returns:
         The topology for ``world_size`` ranks.
@@ -172,8 +174,11 @@ def topology_at(
         'dynamic-directed-exponential'
     """
     world_size = check_int("world_size", world_size, minimum=1)
-    if fallback not in TOPOLOGY_NAMES:
-        raise ValueError(f"fallback must be one of {', '.join(TOPOLOGY_NAMES)}; got {fallback!r}")
+    if not callable(fallback) and fallback not in TOPOLOGY_NAMES:
+        raise ValueError(
+            f"fallback must be one of {', '.join(TOPOLOGY_NAMES)} or a function of the "
+            f"size; got {fallback!r}"
+        )
     if isinstance(topology, Topology):
         name: str | int = topology.name
         # a fixed graph's out-degree follows from its size: rebuild it with the default
@@ -187,6 +192,15 @@ def topology_at(
         return make_topology(name, world_size, k)
     except ValueError as err:
         reason = str(err)
+    if callable(fallback):
+        built = fallback(world_size)
+        warnings.warn(
+            f"graph {name!r} does not exist for {world_size} ranks ({reason}); gossiping on "
+            f"{built.name!r} instead",
+            TopologyFallbackWarning,
+            stacklevel=2,
+        )
+        return built
     warnings.warn(
         f"graph {name!r} does not exist for {world_size} ranks ({reason}); gossiping on "
         f"{fallback!r} instead",

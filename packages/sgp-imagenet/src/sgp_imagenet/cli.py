@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="under SLURM, after a preemption checkpoint run 'scontrol requeue' (default on)",
     )
-    f = train.add_argument_group("fault tolerance (sgp, osgp, dpsgd; see 'Surviving failures')")
+    f = train.add_argument_group("fault tolerance (gossip algorithms; see 'Surviving failures')")
     f.add_argument(
         "--fault-tolerant",
         action="store_true",
