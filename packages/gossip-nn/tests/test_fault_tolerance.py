@@ -304,6 +304,75 @@ def test_adpsgd_a_restarted_process_joins_as_a_copy_of_its_sponsor(store_port: i
     assert after == pytest.approx(before, abs=1e-9)
 
 
+def _alone(index: int, n: int, port: int, backend: str, algorithm: str) -> Any:
+    """One member asks for a new generation mid-run: its groups are ended (NCCL's
+    aborted) and rebuilt, and training and a collective go on in the new ones."""
+    store = dist.TCPStore(HOST, port, is_master=False, timeout=timedelta(seconds=60))
+    device = torch.device("cuda" if backend == "nccl" else "cpu")
+    if backend == "nccl":
+        torch.cuda.set_device(0)
+    ft = FaultTolerance(store, world_size=1, min_members=1, backend=backend)
+    ft.start(timeout=60)
+    first = dist.group.WORLD
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1)).double().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    dp = make_data_parallel(algorithm, model, opt, timeout=10.0, fault_tolerance=ft)
+    x, y = (t.to(device) for t in _data(100))
+    losses = []
+    for step in range(STEPS):
+        if step == KILL_AT:
+            ft.membership.request_end("test: a generation change on its own")
+        loss = ((dp(x).squeeze(1) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    with dp.average_for_eval():  # an all-reduce in the new generation's group
+        averaged = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+    own = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    if algorithm == "adpsgd":
+        dp.close()
+    return {
+        "losses": losses,
+        "changes": [(c.ended, c.started, c.reason) for c in ft.history],
+        "backend": dist.get_backend(),
+        "new_group": dist.group.WORLD is not first,
+        "averaged_is_own": bool(torch.equal(averaged, own)),
+    }
+
+
+def _check_alone(result: Any, backend: str) -> None:
+    assert result["changes"] == [
+        (Generation(0, (0,)), Generation(1, (0,)), "test: a generation change on its own")
+    ]
+    assert result["backend"] == backend and result["new_group"]
+    assert len(result["losses"]) == STEPS and result["losses"][-1] < result["losses"][0]
+    assert result["averaged_is_own"]  # the average of one member is itself
+
+
+@pytest.mark.parametrize("algorithm", ["sgp", "adpsgd"])
+def test_one_member_goes_through_a_generation_change(store_port: int, algorithm: str) -> None:
+    [result] = run_distributed(
+        _alone, 1, (store_port, "gloo", algorithm), init_timeout=None, timeout=60
+    )
+    _check_alone(result, "gloo")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("algorithm", ["sgp", "adpsgd"])
+def test_on_nccl_a_generation_change_aborts_the_group_and_builds_a_new_one(
+    store_port: int, algorithm: str
+) -> None:
+    """A world of one on one GPU: the NCCL group is aborted and built again, gossip
+    goes on over gloo, and the new group's all-reduce works."""
+    [result] = run_distributed(
+        _alone, 1, (store_port, "nccl", algorithm), init_timeout=None, timeout=120
+    )
+    _check_alone(result, "nccl")
+
+
 def _join(index: int, n: int, port: int) -> Any:
     store = dist.TCPStore(HOST, port, is_master=False, timeout=timedelta(seconds=60))
     at = [0]  # the application's position: the step in progress
@@ -497,14 +566,32 @@ def test_what_cannot_survive_a_loss_is_refused_at_construction(
 
 def test_fault_tolerance_settings_are_checked() -> None:
     store = dist.TCPStore(HOST, 0, is_master=True, wait_for_workers=False)
-    with pytest.raises(ValueError, match="backend must be 'gloo'"):
-        FaultTolerance(store, world_size=2, backend="nccl")
+    with pytest.raises(ValueError, match="backend must be 'gloo' or 'nccl'"):
+        FaultTolerance(store, world_size=2, backend="mpi")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="backend='nccl' needs a CUDA device"):
+            FaultTolerance(store, world_size=2, backend="nccl")
     with pytest.raises(ValueError, match="world_size"):
         FaultTolerance(store, world_size=0)
     with pytest.raises(TypeError, match="fault_tolerance must be a FaultTolerance"):
         GossipOptions(fault_tolerance="yes")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match=r"call FaultTolerance\.start"):
         _ = FaultTolerance(store, world_size=2).generation
+
+
+def test_nccl_errors_are_made_to_end_the_communicator_not_the_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gossip_nn.fault_tolerance import _survivable_nccl
+
+    monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", raising=False)
+    monkeypatch.delenv("TORCH_NCCL_BLOCKING_WAIT", raising=False)
+    _survivable_nccl()
+    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "2"  # abort the communicator
+    assert os.environ["TORCH_NCCL_BLOCKING_WAIT"] == "1"  # a timeout raises in the caller
+    monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")  # torch's default
+    with pytest.raises(ValueError, match="ASYNC_ERROR_HANDLING=3 ends the process"):
+        _survivable_nccl()
 
 
 def test_a_command_line_can_check_fault_tolerance_before_any_store_exists() -> None:

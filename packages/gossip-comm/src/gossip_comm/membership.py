@@ -43,6 +43,21 @@ __all__ = ["Membership"]
 T = TypeVar("T")
 
 
+def _end_groups() -> None:
+    """End every process group of this process: abort them if the default one is NCCL
+    (an NCCL communicator with a lost peer could hang in ``destroy``), else destroy them.
+
+    ``_abort_process_group`` is torch's (2.14) one way to abort groups; it is marked
+    experimental, and this is the one place that calls it.
+    """
+    if dist.get_backend() == "nccl":
+        from torch.distributed.distributed_c10d import _abort_process_group
+
+        _abort_process_group()
+    else:
+        dist.destroy_process_group()
+
+
 class Membership:
     """One process's part in agreeing on a job's generations.
 
@@ -236,9 +251,10 @@ class Membership:
     def init_process_group(self, backend: str = "gloo", *, timeout: float = 300.0) -> None:
         """Make the current generation's process group the default one.
 
-        Destroys the previous generation's group (if any) and initialises a new one
-        on a prefix of the store: rank ``generation.rank(member)``, world size
-        ``generation.world_size``.
+        Ends the previous generation's groups (if any) and initialises a new one on a
+        prefix of the store: rank ``generation.rank(member)``, world size
+        ``generation.world_size``. NCCL groups are *aborted*, since destroying a
+        communicator with a lost peer may wait on it; gloo groups are destroyed.
 
         Raises:
             RuntimeError: Before ``form`` or ``join``.
@@ -246,7 +262,7 @@ class Membership:
         g = self._current()
         assert self.member is not None
         if dist.is_initialized():
-            dist.destroy_process_group()
+            _end_groups()
         dist.init_process_group(
             backend,
             store=PrefixStore(f"{self._prefix}g{g.number}/pg/", self._store),

@@ -17,19 +17,31 @@ step that fails (a peer's connection closed, or a timeout) does not end the job:
    ``optimizer.step()`` call: the training loop does not see the change.
 
 The store must outlive every worker: a ``TCPStore`` served by a process that is not a
-worker (``sgp-imagenet coordinator``). AD-PSGD settles differently, having no global step:
-each active brings its exchange in flight home (or drops it if its partner is lost) and
-says goodbye; each passive serves its live partners until their goodbyes; so an exchange
-between two survivors counts on both ends or neither. Supported now: SGP, OSGP, D-PSGD
-and AD-PSGD on gloo, with one
-flat gossip buffer (parameters of one dtype and device), without compression, periodic
-exact averages, SlowMo, a hierarchy or ``buffers="broadcast"``; the wrapper refuses the
-others at construction. A new or restarted process joins a running job with
-``start(join=True)``.
+worker (``sgp-imagenet coordinator``).
+
+AD-PSGD settles differently, having no global step: each active brings its exchange in
+flight home (or drops it, if its partner is lost) and says goodbye; each passive serves
+its live partners until their goodbyes; so an exchange between two survivors counts on
+both ends or on neither.
+
+With ``backend="nccl"`` each generation's default group is NCCL, for the application's
+collectives (an evaluation's all-reduce, a checkpoint's average), while gossip travels
+over a gloo group of the same members, staged through host memory: an NCCL communicator
+does not survive a lost peer, and a point-to-point operation on it cannot be settled.
+A generation change *aborts* the old groups (``destroy`` could wait on the lost peer)
+and builds new ones; ``start`` sets ``TORCH_NCCL_ASYNC_ERROR_HANDLING=2`` (abort the
+communicator, keep the process) and ``TORCH_NCCL_BLOCKING_WAIT=1`` (a collective that
+times out raises in the caller, which then calls ``recover``) unless they are set.
+
+Supported: SGP, OSGP, D-PSGD and AD-PSGD, with one flat gossip buffer (parameters of one
+dtype and device), without compression, periodic exact averages, SlowMo, a hierarchy or
+``buffers="broadcast"``; the wrapper refuses the others at construction. A new or
+restarted process joins a running job with ``start(join=True)``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,7 +114,9 @@ class FaultTolerance:
         settle_timeout: Seconds to wait for every member to check in after a generation
             ends; ``None``: the wrapper's gossip timeout plus 5 s (a member blocked on a
             peer that stopped notices after one gossip timeout).
-        backend: The process group backend (``"gloo"``).
+        backend: The generation's default process group backend: ``"gloo"``, or
+            ``"nccl"`` for the application's collectives on CUDA (gossip still travels
+            over gloo; see above).
         prefix: Store key prefix, to keep several jobs apart on one store.
         extra_state: Called by a sponsor when it hands its state to a joiner, inside the
             optimizer step that admits it: what the application needs beside the model
@@ -128,8 +142,8 @@ class FaultTolerance:
         backend: As given.
 
     Raises:
-        ValueError: If ``world_size`` or ``min_members`` is below 1, or ``backend`` is
-            not ``"gloo"``.
+        ValueError: If ``world_size`` or ``min_members`` is below 1, ``backend`` is not
+            ``"gloo"`` or ``"nccl"``, or ``"nccl"`` without CUDA.
         TypeError: If ``world_size`` is not an int.
     """
 
@@ -144,11 +158,10 @@ class FaultTolerance:
         prefix: str = "gossip/",
         extra_state: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        if backend != "gloo":
-            raise ValueError(
-                f"backend must be 'gloo' for fault-tolerant gossip (an NCCL communicator "
-                f"does not survive a lost peer); got {backend!r}"
-            )
+        if backend not in ("gloo", "nccl"):
+            raise ValueError(f"backend must be 'gloo' or 'nccl'; got {backend!r}")
+        if backend == "nccl" and not torch.cuda.is_available():
+            raise ValueError("backend='nccl' needs a CUDA device; none is available")
         self.world_size = check_int("world_size", world_size, minimum=1)
         self.backend = backend
         self.settle_timeout = settle_timeout
@@ -196,6 +209,8 @@ class FaultTolerance:
             MembershipError: If this process registered after the first ``world_size``
                 without ``join``, or nothing happened within ``timeout`` seconds.
         """
+        if self.backend == "nccl":
+            _survivable_nccl()
         if join:
             generation = self.membership.join(timeout=timeout)
             self.joined_from = self.membership.previous
@@ -307,3 +322,31 @@ def _receive_from_sponsor(
     ft.received_state = payload["extra"]
     ft.joined_from = None
     return payload
+
+
+#: NCCL's error handling modes (``TORCH_NCCL_ASYNC_ERROR_HANDLING``) that end the process
+#: on a communicator error: 1 aborts and tears down, 3 tears down (torch's default).
+_FATAL_NCCL_MODES = ("1", "3")
+
+
+def _survivable_nccl() -> None:
+    """Make an NCCL error (a lost peer) end the communicator, not the process."""
+    mode = os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
+    if mode in _FATAL_NCCL_MODES:
+        raise ValueError(
+            f"TORCH_NCCL_ASYNC_ERROR_HANDLING={mode} ends the process on an NCCL error, so "
+            "a lost peer would end every survivor too; unset it (fault tolerance sets 2: "
+            "abort the communicator only) or set 0 or 2"
+        )
+    os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
+
+
+def _gossip_group_of(group: dist.ProcessGroup) -> dist.ProcessGroup:
+    """The group a fault-tolerant wrapper gossips on: ``group`` itself on gloo; on NCCL a
+    gloo group of the same ranks (a collective: every rank of ``group`` builds it)."""
+    if dist.get_backend(group) == "gloo":
+        return group
+    ranks = dist.get_process_group_ranks(group)
+    gloo = dist.new_group(ranks, backend="gloo")
+    assert isinstance(gloo, dist.ProcessGroup)  # every rank of ``group`` is a member
+    return gloo

@@ -41,6 +41,7 @@ from gossip_nn._steps import Compression, GossipStep, build_step
 from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.fault_tolerance import (
     GenerationChange,
+    _gossip_group_of,
     _joiner_payload,
     _receive_from_sponsor,
     _send_to_joiners,
@@ -108,6 +109,8 @@ class GossipDataParallel(DataParallelModule):
         )
         self._hierarchy: Hierarchy | None = None
         self._gossip_group, self._participants = self._group, dist.get_world_size(self._group)
+        if ft is not None:
+            self._gossip_group = _gossip_group_of(self._group)
         if options.nprocs_per_node > 1:
             self._hierarchy = build_hierarchy(self._group, options.nprocs_per_node)
             self._gossip_group = self._hierarchy.plane_group
@@ -337,7 +340,8 @@ class GossipDataParallel(DataParallelModule):
             try:
                 ft.membership.init_process_group(ft.backend, timeout=ft.membership.settle_timeout)
                 group = resolve_group(None)
-                self._group = self._gossip_group = self._buffer_sync.group = group
+                self._group = self._buffer_sync.group = group
+                self._gossip_group = _gossip_group_of(group)
                 # a joiner builds its model and wrapper before the set-up collectives:
                 # bound them by the gossip timeout only from the next step on
                 dist.set_timeout(timedelta(seconds=ft.setup_timeout), group)
