@@ -194,7 +194,12 @@ def _pairs(index: int, n: int, port: int, victim: int, joins: bool) -> Any:
     agree): every value stays a dyadic rational, so float64 sums are exact until some
     50 halvings."""
     store = dist.TCPStore(HOST, port, is_master=False, timeout=timedelta(seconds=60))
-    ft = FaultTolerance(store, world_size=n - joins)
+
+    def slow_hand_over() -> dict[str, Any]:  # as a large model's would be
+        time.sleep(1.0)
+        return {}
+
+    ft = FaultTolerance(store, world_size=n - joins, extra_state=slow_hand_over)
     joiner = joins and index == n - 1
     if joiner:  # started again after the loss: it joins the survivors
         while not store.check(["test/lost"]):
@@ -244,6 +249,8 @@ def _pairs(index: int, n: int, port: int, victim: int, joins: bool) -> Any:
         "generation": ft.generation,
         "exchanges": dp.exchanges,
         "start": ft.start_step,
+        "passive": dp.is_passive,
+        "topology": dp.topology.name,
     }
 
 
@@ -280,7 +287,10 @@ def test_adpsgd_survivors_keep_every_exchange_on_both_ends_or_neither(
 
 
 def test_adpsgd_a_restarted_process_joins_as_a_copy_of_its_sponsor(store_port: int) -> None:
-    n = 5  # four start; member 1 is lost; a fifth process joins the three survivors
+    # five start; member 1 is lost; a sixth process joins the four survivors. At five
+    # members the bipartite graph does not exist (EvenOddExponential instead), and the
+    # joiner, rank 4, is passive: it must not answer before it holds its model
+    n = 6
     results = run_distributed(
         _pairs,
         n,
@@ -290,11 +300,12 @@ def test_adpsgd_a_restarted_process_joins_as_a_copy_of_its_sponsor(store_port: i
         allowed_exits=list(range(n)),
     )
     finished = sorted((r for r in results if r is not None), key=lambda r: r["member"])
-    assert [r["member"] for r in finished] == [0, 2, 3, 4]
+    assert [r["member"] for r in finished] == [0, 2, 3, 4, 5]
     joiner = next(r for r in finished if r["joiner"])
     assert joiner["changes"] == [] and 0 < joiner["start"] < STEPS
+    assert joiner["passive"] and joiner["topology"] == "even-odd-exponential"
     for r in finished:
-        assert r["generation"] == Generation(2, (0, 2, 3, 4))
+        assert r["generation"] == Generation(2, (0, 2, 3, 4, 5))
     assert all(len(r["changes"]) == 2 for r in finished if not r["joiner"])
     # the joiner starts as a copy of its sponsor's model (AD-PSGD has no weight to
     # split: the sum of the models grows by that copy, its "initial"); from then on

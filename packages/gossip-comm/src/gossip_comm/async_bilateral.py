@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
@@ -55,7 +56,7 @@ from gossip_comm._scratch import spans
 from gossip_comm._transport import Message, post
 from gossip_comm.compression import MessageSpec
 from gossip_comm.config import GossipConfig
-from gossip_comm.errors import GossipError, GossipPeerError, NonFiniteError
+from gossip_comm.errors import GossipError, GossipPeerError, NonFiniteError, PeerLostError
 from gossip_comm.handle import GossipHandle
 from gossip_topology import Topology
 
@@ -217,19 +218,25 @@ class _Active:
     def finish(self, wait: float) -> None:
         """Say goodbye to every partner; the sends take at most the channel's timeout.
 
-        Fault tolerant: each partner separately, and one that is gone is skipped (its
-        connection is closed, so the send fails at once).
+        Fault tolerant: each partner separately, all within one deadline, and one that
+        is gone is skipped (its connection is closed, so the send fails at once).
         """
         ch = self.channel
         header = torch.tensor([ch.rank, 0], dtype=torch.int64)
         if self.fault_tolerant:
+            deadline = time.monotonic() + min(wait, ch.timeout)
+            sent = []
             for p in self.partners:
                 try:
-                    post([Message(p, header, True)], ch.group, ch.rank, self.step, [_HEADER]).wait(
-                        min(wait, ch.timeout)
-                    )
+                    goodbye = [Message(p, header, True)]
+                    sent.append(post(goodbye, ch.group, ch.rank, self.step, tags=[_HEADER]))
                 except GossipPeerError:
                     continue  # lost: it waits for nothing
+            for pending in sent:
+                try:
+                    pending.wait(max(deadline - time.monotonic(), 0.0))
+                except GossipPeerError:
+                    continue
             self._worker.close(timeout=ch.timeout)
             return
         pending = post(
@@ -245,9 +252,6 @@ class _Active:
 
     def check(self) -> None:
         """Nothing runs in the background between requests; their errors reach ``wait``."""
-
-
-_STOP = -1  # a fault-tolerant responder's queue: stop serving
 
 
 class _Passive:
@@ -268,6 +272,7 @@ class _Passive:
         self._raised = 0
         self.moved: dict[int, float] = {}
         self._asks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._stop = threading.Event()  # finish's timeout passed: serve nothing more
         rank = channel.rank
         self.partners = sorted(
             {a for t in range(topology.period) for a in topology.in_peers(rank, t)}
@@ -300,31 +305,33 @@ class _Passive:
         """
         ch = self.channel
         header = torch.empty(2, dtype=torch.int64)
+        src = to_global_rank(ch.group, active)
         try:
             while True:
-                work = dist.irecv(header, src=active, group=ch.group, tag=_HEADER)
+                work = dist.irecv(header, src=src, group=ch.group, tag=_HEADER)
                 assert work is not None
                 work.wait()
                 if int(header[1]) == 0:
                     break
                 self._asks.put(active)
         except Exception as exc:  # its connection closed: the process is gone
-            self._lose(active, exc)
-        self._asks.put(-2 - active)  # this partner is done
-
-    def _lose(self, active: int, exc: BaseException) -> None:
-        with self.lock:
-            if any(e.peer == active for e in self.lost):
-                return
-            self.lost.append(
-                GossipPeerError(
-                    f"rank {self.channel.rank}: AD-PSGD partner rank {active} was lost at "
-                    f"exchange {self.served}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
-                    rank=self.channel.rank,
+            first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            self._lose(
+                PeerLostError(
+                    f"rank {ch.rank}: AD-PSGD partner rank {active} was lost at exchange "
+                    f"{self.served}: {first}",
+                    rank=ch.rank,
                     peer=active,
                     step=self.served,
                 )
             )
+        self._asks.put(-2 - active)  # this partner is done
+
+    def _lose(self, err: GossipPeerError) -> None:
+        """Record a lost partner (the first error about it), for ``check`` to raise."""
+        with self.lock:
+            if not any(e.peer == err.peer for e in self.lost):
+                self.lost.append(err)
 
     def _serve_each(self, flat: torch.Tensor) -> None:
         """Answer each partner's requests as its listener queues them, one at a time,
@@ -340,7 +347,7 @@ class _Passive:
         remaining = len(self.partners)
         while remaining:
             active = self._asks.get()
-            if active == _STOP:
+            if self._stop.is_set():
                 return
             if active < 0:
                 remaining -= 1
@@ -349,8 +356,8 @@ class _Passive:
                 sent = self._average_whole(active, flat, incoming, reply)
             except NonFiniteError:
                 raise  # poisoned, not lost: the job stops, as without fault tolerance
-            except GossipPeerError as err:
-                self._lose(active, err)
+            except GossipPeerError as err:  # lost, or timed out (its type says which)
+                self._lose(err)
                 continue
             with self.lock:
                 self.served += 1
@@ -495,8 +502,8 @@ class _Passive:
             try:  # every partner says goodbye or is found lost; a straggler is left
                 self._responder.result(timeout=wait if math.isfinite(wait) else None)
             except TimeoutError:
-                self._asks.put(_STOP)  # the exchange being served finishes first
-                self._responder.result(timeout=self.channel.timeout)
+                self._stop.set()  # checked before each request: none is served from now
+                self._asks.put(-1)  # wakes the server if it waits for a request
             return
         try:
             self._responder.result(timeout=wait if math.isfinite(wait) else None)

@@ -21,6 +21,7 @@ changes only by the optimizer updates.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from gossip_comm import (
     GossipHandle,
     GossipPeerError,
     MembershipError,
+    NonFiniteError,
     common_references,
     resolve_group,
 )
@@ -120,6 +122,8 @@ class _ActiveRole:
         is lost it is dropped, and this rank stays as it was (its snapshot comes home)."""
         try:
             self.sync()
+        except NonFiniteError:
+            raise  # poisoned, not lost: the job stops, as without fault tolerance
         except GossipPeerError:
             self._pending = None
 
@@ -141,11 +145,16 @@ class _PassiveRole:
     sees the training thread's own copy.
     """
 
-    def __init__(self, pairs: AsyncBilateral, buf: torch.Tensor) -> None:
+    def __init__(self, pairs: AsyncBilateral, buf: torch.Tensor, *, serve: bool = True) -> None:
         self.pairs, self.buf = pairs, buf
         self.shared = buf.detach().to("cpu", copy=True)
         self.base = buf.clone()  # buf as of the last sync: what shared already holds of it
-        pairs.serve(self.shared)
+        if serve:
+            pairs.serve(self.shared)
+
+    def start(self) -> None:
+        """Answer requests from now on (a joiner, once it holds its sponsor's model)."""
+        self.pairs.serve(self.shared)
 
     def sync(self, *, check: bool = True) -> None:
         if check:
@@ -254,7 +263,7 @@ class BilateralGossipDataParallel(DataParallelModule):
         if options.compression is not None:  # shapes for per-tensor compressors
             self._compressed["layout"] = [t.shape for t in [*params, *averaged]]
             self._compressed["reference"] = common_references([self._buf], self._group)[0]
-        self._connect(self.topology)
+        self._connect(self.topology, serve=not joining)  # a joiner first needs its model
         edited = sum(p.numel() for p in params)
         self._exact = ExactAveragingSchedule(
             every=options.global_average_every, warmup_steps=options.allreduce_warmup_steps
@@ -277,9 +286,10 @@ class BilateralGossipDataParallel(DataParallelModule):
         not exist at that size (an odd one), the even-odd exponential one."""
         return topology_at(self.options.topology, n, fallback=EvenOddExponential)
 
-    def _connect(self, topology: Topology) -> None:
+    def _connect(self, topology: Topology, *, serve: bool = True) -> None:
         """Build the pairs, the exchange ledger, this rank's role and the global step
-        counter on the current group (collectives: every rank builds them together)."""
+        counter on the current group (collectives: every rank builds them together);
+        ``serve=False``: a passive answers only once told to (``_PassiveRole.start``)."""
         comm = dataclasses.replace(self.options, mixing=None, wire_dtype=None)
         self._pairs = AsyncBilateral(
             topology,
@@ -289,7 +299,7 @@ class BilateralGossipDataParallel(DataParallelModule):
         )
         self._ledger = ExchangeLedger(self._pairs, topology, self._group, self.options.timeout)
         self._role: _ActiveRole | _PassiveRole = (
-            _PassiveRole(self._pairs, self._buf)
+            _PassiveRole(self._pairs, self._buf, serve=serve)
             if self._pairs.is_passive
             else _ActiveRole(self._pairs, self._buf, self._ledger)
         )
@@ -374,6 +384,8 @@ class BilateralGossipDataParallel(DataParallelModule):
         else:
             try:
                 self._role.after_update()
+            except NonFiniteError:
+                raise
             except GossipPeerError as err:  # a partner is lost: go on without it
                 self._recover(err)
         self._progress.add(1)
@@ -394,7 +406,9 @@ class BilateralGossipDataParallel(DataParallelModule):
             ft.report(err)
         ended = ft.generation
         self._role.settle()
-        self._pairs.finish(timeout=ft.membership.settle_timeout)
+        # a passive waits for its partners' goodbyes at most one gossip timeout, so that
+        # it checks in within the settle timeout of the first member that did
+        self._pairs.finish(timeout=self.options.timeout)
         self._role.settle()
         ft.membership.publish_posted(-1, progress=self._updates)
         reason = ft.end_requested() or "requested"
@@ -408,6 +422,8 @@ class BilateralGossipDataParallel(DataParallelModule):
         )
         following = self._regroup(following, self._progress.value)
         _send_to_joiners(ft, ended, following, self._state_for_joiner)
+        if any(m not in ended.members for m in following.members):
+            dist.barrier()  # no request before every joiner holds its model
         ft.history.append(
             GenerationChange(
                 ended=ended,
@@ -462,7 +478,10 @@ class BilateralGossipDataParallel(DataParallelModule):
         self._progress.load_state_dict({"global_step": 0})  # as the members' regroup does
         payload = _receive_from_sponsor(ft, self.module, self._optimizer)
         self._role.restored()  # the shared copy and base follow the received model
+        if isinstance(self._role, _PassiveRole):
+            self._role.start()
         self._updates = ft.start_step = int(payload["updates"])
+        dist.barrier()  # as the members: every joiner holds its model before any request
 
     @torch.no_grad()
     def recover(self, error: BaseException) -> None:
@@ -511,8 +530,19 @@ class BilateralGossipDataParallel(DataParallelModule):
             yield
 
     def close(self) -> None:
-        """End gossip on this rank (every rank must call it) and adopt the final state."""
+        """End gossip on this rank (every rank must call it) and adopt the final state.
+
+        With fault tolerance a partner lost near the end is skipped, and a passive waits
+        for every live partner's goodbye (a lost one's connection closes at once).
+        """
         if self._closed:
+            return
+        if self._ft is not None:
+            self._role.settle()
+            self._closed = True
+            self._pairs.finish(timeout=math.inf)
+            self._role.settle()
+            self._unhook()
             return
         self.finish_gossip()
         self._closed = True

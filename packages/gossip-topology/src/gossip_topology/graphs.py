@@ -158,7 +158,8 @@ class EvenOddExponential(Topology):
 
     @property
     def period(self) -> int:
-        """How many offsets there are: ``1 + floor(log2(p - 1))`` for ``p > 1`` passives."""
+        """How many offsets there are: ``2 + floor(log2(p - 1))`` for ``p > 1`` passives
+        (1 for one passive)."""
         return len(self._offsets)
 
     def _out_peers(self, rank: int, phase: int) -> list[int]:
