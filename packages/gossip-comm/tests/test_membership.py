@@ -222,3 +222,30 @@ def test_a_joiner_of_a_finished_job_is_told_at_once(store_port: int) -> None:
     joiner = _membership(store_port)
     with pytest.raises(MembershipError, match="member 1: the job is over; nothing to join"):
         joiner.join(timeout=60.0)
+
+
+def _two_joiners(index: int, n: int, port: int) -> Any:
+    m = _membership(port, settle_timeout=0.5)
+    if index == 2:  # the first joiner: setting up takes longer than settle_timeout
+        m.join(timeout=30.0)
+        time.sleep(2.0)  # building its model, receiving its state
+        m.mark_ready()
+    elif index == 3:  # the second joiner comes while the first is still setting up
+        time.sleep(1.0)
+        return m.join(timeout=30.0)
+    else:
+        m.form(2)
+        m.mark_ready()
+    while m.generation is not None and m.generation.number < 2:  # a training loop
+        while m.end_requested() is None:
+            time.sleep(0.01)
+        m.next()
+        m.mark_ready()
+    return m.generation
+
+
+def test_a_second_joiner_waits_until_the_first_one_trains(store_port: int) -> None:
+    # had the second joiner ended generation 1 at once, the first (still setting up)
+    # would have checked in too late and been left out
+    results = run_distributed(_two_joiners, 4, (store_port,), init_timeout=None, timeout=60)
+    assert results == [Generation(2, (0, 1, 2, 3))] * 4

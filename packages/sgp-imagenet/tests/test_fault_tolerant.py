@@ -24,7 +24,7 @@ import torch
 
 from gossip_topology import Generation
 from sgp_imagenet.cli import main
-from sgp_imagenet.fault_tolerant import Generations, parse_address
+from sgp_imagenet.fault_tolerant import Generations, leaves_on_signal, parse_address
 from sgp_imagenet.run import SIGNAL_HOOK
 
 SCRIPT = Path(sys.executable).parent / "sgp-imagenet"
@@ -320,3 +320,69 @@ def test_losing_the_coordinator_stops_every_rank_with_one_line_and_a_checkpoint(
         assert "the membership store did not answer" in text
     saved = sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint.rank*.pt"))
     assert saved == [f"checkpoint.rank{r}.pt" for r in range(n)]
+
+
+def _torchrun_host(tmp: Path, port: int, n: int, per_host: int, *flags: str) -> Any:
+    """One host's launcher: ``torchrun --max-restarts 1`` running ``per_host`` workers."""
+    argv = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc-per-node", str(per_host), "--max-restarts", "1", "--no-python",
+        str(SCRIPT), *DIGITS, "--fault-tolerant", "--coordinator", f"127.0.0.1:{port}",
+        "--world-size", str(n), "--gossip-timeout", str(GOSSIP_TIMEOUT), "--workers", "0",
+        "--batch-size", "16", "--warmup-epochs", "0", "--lr", "0.8", "--print-freq", "5",
+        "--progress", "lines", "--no-tensorboard", "--log-dir", str(tmp / "logs"),
+        "--checkpoint-dir", str(tmp / "ckpt"), "--seed", "3", *flags,
+    ]  # fmt: skip
+    env = _env(**{SIGNAL_HOOK: "1:5:SIGKILL"})  # the worker at rank 1 dies at iteration 5
+    return subprocess.Popen(
+        argv, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+@pytest.mark.slow
+def test_one_torchrun_per_host_restarts_its_workers_and_they_join_the_running_job(
+    tmp_path: Path,
+) -> None:
+    """torchrun restarts all of a host's workers when one dies: the job loses both, the
+    other host's workers train on, and the restarted pair joins them."""
+    n, per_host = 4, 2
+    flags = ("--epochs", "6")  # long enough for torchrun's restart (some 7 s here)
+    with _coordinator() as (port, coordinator):
+        hosts = [_torchrun_host(tmp_path, port, n, per_host, *flags) for _ in range(2)]
+        results = _finish(hosts, timeout=300)
+    for code, text in results:
+        assert code == 0, text[-3000:]
+    restarted = [text for _, text in results if "Restarting" in text or "restart" in text]
+    assert len(restarted) == 1, [text[-2000:] for _, text in results]
+    summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
+    lost = sorted(m for change in summary["generations"] for m in change["lost"])
+    joined = sorted(m for change in summary["generations"] for m in change["joined"])
+    assert len(lost) == per_host and len(joined) == per_host, summary["generations"]
+    assert summary["final_world_size"] == n and len(summary["epochs"]) == 6
+    assert any("joined" in line for line in coordinator)
+
+
+@pytest.mark.parametrize(
+    ("env", "leaves"),
+    [
+        ({}, False),  # plain processes, srun: a signal preempts the job
+        ({"TORCHELASTIC_RUN_ID": "j", "TORCHELASTIC_MAX_RESTARTS": "0"}, False),
+        ({"TORCHELASTIC_RUN_ID": "j", "TORCHELASTIC_MAX_RESTARTS": "2"}, True),
+        (  # restarts used up: torchrun will not start it again
+            {
+                "TORCHELASTIC_RUN_ID": "j",
+                "TORCHELASTIC_MAX_RESTARTS": "2",
+                "TORCHELASTIC_RESTART_COUNT": "2",
+            },
+            False,
+        ),
+    ],
+)
+def test_a_signal_means_leaving_only_under_a_torchrun_that_restarts(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], leaves: bool
+) -> None:
+    for name in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert leaves_on_signal() is leaves

@@ -239,6 +239,9 @@ class Membership:
             number = int(self._get("current"))
             g = Generation(number, tuple(json.loads(self._get(f"g{number}/members"))))
             self.generation = g
+            if not self._has(f"g{number}/end") and not self._settled_in(g):
+                time.sleep(self.poll_interval)  # a joiner of g is still setting up
+                continue
             self._claim(f"g{number}/end", f"member {member} asks to join")
             members = self._settle(g, until=deadline)
             if members is not None and member in members:
@@ -246,6 +249,26 @@ class Membership:
                 self.previous = g
                 return self._enter(number + 1, members)
         raise MembershipError(f"member {member}: not admitted within {timeout:g} s")
+
+    def mark_ready(self) -> None:
+        """Say that this process trains in the current generation (the wrappers call it
+        at their first step in each one): a process that joined it has its state and
+        polls for the next change, so another joiner may now ask for one."""
+        self._set(f"g{self._current().number}/ready/{self.member}", "1")
+
+    def _settled_in(self, g: Generation) -> bool:
+        """Whether every member that joined at ``g`` trains in it (see ``mark_ready``).
+
+        A joiner still building its model and receiving its state polls for nothing; a
+        second joiner that ended ``g`` meanwhile would have it left out after
+        ``settle_timeout``. So joiners come in one change at a time, unless a loss ends
+        ``g`` anyway (then they check in with the survivors).
+        """
+        if g.number == 0:
+            return True
+        before = set(json.loads(self._get(f"g{g.number - 1}/members")))
+        fresh = [m for m in g.members if m not in before]
+        return all(self._has(f"g{g.number}/ready/{m}") for m in fresh)
 
     # ---------------------------------------------------------------- a generation's group
     def init_process_group(self, backend: str = "gloo", *, timeout: float = 300.0) -> None:

@@ -368,6 +368,7 @@ class BilateralGossipDataParallel(DataParallelModule):
         if not self._bounded:  # from the first step on, as the push-sum wrapper does
             dist.set_timeout(timedelta(seconds=self.options.timeout), self._group)
             self._bounded = True
+            self._ft.membership.mark_ready()
         if self._ft.end_requested() is not None:
             self._recover(None)  # another member asked: change generation between steps
 

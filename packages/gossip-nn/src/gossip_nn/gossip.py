@@ -168,6 +168,8 @@ class GossipDataParallel(DataParallelModule):
         the settle timeout."""
         dist.set_timeout(timedelta(seconds=self.options.timeout), self._group)
         self._bounded = True
+        assert self._ft is not None
+        self._ft.membership.mark_ready()
 
     def _plan_compression(self) -> Compression | None:
         """Layouts and common starting values of the gossiped views, with compression."""

@@ -18,12 +18,18 @@ What changes for the training loop (see [`TrainingRun`][sgp_imagenet.run.Trainin
   in the next generation if a member is lost during them (`survive`);
 - a preemption signal makes the members agree, through the coordinator, on an iteration
   to stop after (`STOP_LEAD` iterations ahead), so every rank's checkpoint is taken at the
-  same iteration without any collective.
+  same iteration without any collective;
+- except under a ``torchrun`` that restarts its workers (``--max-restarts`` above 0):
+  torchrun stops every worker of a host when one of them fails, with the same SIGTERM,
+  and starts them all again. There a signal means "this worker is being restarted"
+  (`leaves_on_signal`): it leaves the job alone, the others carry on without it, and its
+  restart joins them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -34,13 +40,36 @@ import torch.distributed as dist
 from gossip_comm import StoreLostError
 from gossip_nn import FaultTolerance, GenerationChange
 
-__all__ = ["STOP_LEAD", "Generations", "connect", "parse_address", "survive"]
+__all__ = [
+    "STOP_LEAD",
+    "Generations",
+    "Leaving",
+    "connect",
+    "leaves_on_signal",
+    "parse_address",
+    "survive",
+]
 
 T = TypeVar("T")
 
 STOP_LEAD = 2
 """Iterations, beyond the world size, between a preemption signal and the agreed stop:
 ranks of a synchronous gossip job are at most ``world_size - 1`` iterations apart."""
+
+
+class Leaving(Exception):  # noqa: N818 - an event, not an error
+    """Raised out of the training loop when this worker leaves the job on its own (its
+    launcher restarts it; see `leaves_on_signal`)."""
+
+
+def leaves_on_signal() -> bool:
+    """Whether a SIGTERM means that this worker alone goes (to be restarted), not that the
+    job is preempted: under a ``torchrun`` with restarts left (``--max-restarts``), which
+    stops all of a host's workers with SIGTERM when one fails, and starts them again."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID"):
+        return False
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) < restarts
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -30,7 +30,13 @@ from gossip_nn import FaultTolerance, make_data_parallel
 from sgp_imagenet.checkpoint import Resume, checkpoint_path, save_atomic
 from sgp_imagenet.data import DataBundle, ResumableSampler, check_classes, make_loader
 from sgp_imagenet.evaluate import accuracy, kept_buffers, validate
-from sgp_imagenet.fault_tolerant import STOP_LEAD, Generations, survive
+from sgp_imagenet.fault_tolerant import (
+    STOP_LEAD,
+    Generations,
+    Leaving,
+    leaves_on_signal,
+    survive,
+)
 from sgp_imagenet.models import build_model, param_groups
 from sgp_imagenet.options import wrapper_options
 from sgp_imagenet.precise_bn import recompute_bn_stats
@@ -518,6 +524,16 @@ class TrainingRun:
         """
         assert self.ft is not None
         membership, pos = self.ft.membership, self.position
+        if self.preempt.received is not None and leaves_on_signal():
+            member, name = membership.member, self.preempt.received.name
+            assert member is not None  # registered before training
+            membership.request_end(f"member {member} left on {name}", lost=[member])
+            print(
+                f"sgp-imagenet: member {member} leaves the job on {name} at iteration "
+                f"{pos.global_itr}: torchrun restarts it, and it joins again",
+                flush=True,
+            )
+            raise Leaving
         if self.preempt.received is not None and membership.stop_step() is None:
             membership.propose_stop(pos.global_itr + self.world + STOP_LEAD)
         stop = membership.stop_step()

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from gossip_comm import MembershipError
 from sgp_imagenet.checkpoint import check_resume, choose_resume
 from sgp_imagenet.data import build_datasets
-from sgp_imagenet.fault_tolerant import connect
+from sgp_imagenet.fault_tolerant import Leaving, connect
 from sgp_imagenet.launch import LaunchEnv, choose_backend, describe, detect
 from sgp_imagenet.preempt import EXIT_PREEMPTED, Preemption, requeue
 from sgp_imagenet.run import Preempted, TrainingRun
@@ -94,7 +94,7 @@ def train(args: argparse.Namespace) -> int:
     parse_epoch_pairs(args.lr_schedule, flag="--lr-schedule", value=float)  # (the peers
     # schedule was checked with the gossip flags, at the command line)
     with Preemption() as preempt:
-        ft = None
+        ft, left = None, False
         try:
             if args.fault_tolerant:
                 ft = connect(args, args.world_size or env.world_size)
@@ -123,8 +123,11 @@ def train(args: argparse.Namespace) -> int:
         except MembershipError as err:  # the store is lost, too few left, or left out
             print(f"sgp-imagenet: stopped: {err}", flush=True)
             return EXIT_STOPPED
+        except Leaving:  # alone: the others train on, and its restart joins them
+            left = True
+            return EXIT_PREEMPTED
         finally:
-            if dist.is_initialized():
+            if dist.is_initialized() and not left:
                 _leave_together(fault_tolerant=ft is not None)
                 dist.destroy_process_group()
 
