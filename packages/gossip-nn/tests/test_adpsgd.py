@@ -80,8 +80,10 @@ def _held_answer(rank: int, n: int) -> dict[str, Any]:
     seen, first = (0, 0), np.zeros_like(start)
     if dp.is_passive:
         with dp._pairs.lock:  # the responder cannot answer while this is held ...
+            dist.barrier()  # (the active starts only once it is held)
             dist.barrier()  # ... until the active has taken all its steps
     else:
+        dist.barrier()
         for _ in range(HELD_STEPS):
             loss(dp, X[rank], y[rank]).backward()
             updates += -lr * net.weight.grad[0].numpy()

@@ -148,15 +148,20 @@ def _wait_for(lines: list[str], text: str, timeout: float = 180) -> None:
         time.sleep(0.1)
 
 
-def _launch(tmp: Path, port: int, n: int, *flags: str, hook: str = "") -> subprocess.Popen[str]:
-    """One worker process, launched on its own as a user would."""
-    argv = [
-        str(SCRIPT), *DIGITS, "--fault-tolerant", "--coordinator", f"127.0.0.1:{port}",
+def _train_argv(tmp: Path, port: int, n: int, *flags: str) -> list[str]:
+    """A worker's ``sgp-imagenet train --fault-tolerant`` command line."""
+    return [
+        *DIGITS, "--fault-tolerant", "--coordinator", f"127.0.0.1:{port}",
         "--world-size", str(n), "--gossip-timeout", str(GOSSIP_TIMEOUT), "--workers", "0",
         "--batch-size", "16", "--warmup-epochs", "0", "--lr", "0.8", "--print-freq", "5",
         "--progress", "lines", "--no-tensorboard", "--log-dir", str(tmp / "logs"),
         "--checkpoint-dir", str(tmp / "ckpt"), "--seed", "3", *flags,
     ]  # fmt: skip
+
+
+def _launch(tmp: Path, port: int, n: int, *flags: str, hook: str = "") -> subprocess.Popen[str]:
+    """One worker process, launched on its own as a user would."""
+    argv = [str(SCRIPT), *_train_argv(tmp, port, n, *flags)]
     env = _env(**({SIGNAL_HOOK: hook} if hook else {}))
     return subprocess.Popen(
         argv, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -327,11 +332,7 @@ def _torchrun_host(tmp: Path, port: int, n: int, per_host: int, *flags: str) -> 
     argv = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         "--nproc-per-node", str(per_host), "--max-restarts", "1", "--no-python",
-        str(SCRIPT), *DIGITS, "--fault-tolerant", "--coordinator", f"127.0.0.1:{port}",
-        "--world-size", str(n), "--gossip-timeout", str(GOSSIP_TIMEOUT), "--workers", "0",
-        "--batch-size", "16", "--warmup-epochs", "0", "--lr", "0.8", "--print-freq", "5",
-        "--progress", "lines", "--no-tensorboard", "--log-dir", str(tmp / "logs"),
-        "--checkpoint-dir", str(tmp / "ckpt"), "--seed", "3", *flags,
+        str(SCRIPT), *_train_argv(tmp, port, n, *flags),
     ]  # fmt: skip
     env = _env(**{SIGNAL_HOOK: "1:5:SIGKILL"})  # the worker at rank 1 dies at iteration 5
     return subprocess.Popen(

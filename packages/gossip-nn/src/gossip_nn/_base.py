@@ -12,7 +12,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -21,11 +21,14 @@ from torch.distributed import ProcessGroup
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.hooks import RemovableHandle
 
-from gossip_comm import FlatBuffer
+from gossip_comm import FlatBuffer, GossipPeerError
 from gossip_nn._buffers import restored_on_exit
 from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.slowmo import SlowMo
 from gossip_topology import Topology
+
+if TYPE_CHECKING:
+    from gossip_nn.fault_tolerance import FaultTolerance
 
 __all__ = [
     "DataParallelModule",
@@ -63,6 +66,7 @@ class DataParallelModule(nn.Module, ABC):
     """
 
     module: nn.Module
+    _ft: FaultTolerance | None = None  # fault-tolerant wrappers set their own
 
     def __init__(self) -> None:
         super().__init__()
@@ -129,6 +133,41 @@ class DataParallelModule(nn.Module, ABC):
     @abstractmethod
     def close(self) -> None:
         """Finish gossip and release hooks and threads (every rank must call it)."""
+
+    @torch.no_grad()
+    def recover(self, error: BaseException) -> None:
+        """Fault tolerance: a collective outside gossip failed (an evaluation's
+        all-reduce, a checkpoint's barrier), most likely because a member is gone. Move to
+        the next generation with the survivors, so that the caller can run the collective
+        again there.
+
+        Every member that was in the same collective must call this too. With fault
+        tolerance every collective of a generation's group times out after the gossip
+        ``timeout``, so a member blocked on one that already left fails too, within the
+        settle timeout (the gossip timeout plus 5 s). A member that never checks in is
+        left out after it.
+
+        Without ``fault_tolerance`` (and for AR-SGD, which cannot have it) this raises
+        ``error`` again.
+
+        Args:
+            error: What the collective raised (named in the generation's end reason).
+
+        Raises:
+            MembershipError: If this process is left out of the next generation, or
+                fewer than ``min_members`` remain.
+        """
+        if self._ft is None:
+            raise error
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self._ft.membership.request_end(
+            f"member {self._ft.membership.member}: a collective failed: {first}"
+        )
+        self._recover(None)
+
+    def _recover(self, err: GossipPeerError | None) -> None:
+        """Settle this generation and go on in the next one (fault-tolerant wrappers)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot change generation")
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Optimizer pre-step hook; wrappers that gossip around the update override it."""

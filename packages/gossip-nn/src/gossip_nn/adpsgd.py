@@ -37,10 +37,8 @@ from gossip_comm import (
     AsyncBilateral,
     GossipHandle,
     GossipPeerError,
-    MembershipError,
     NonFiniteError,
     common_references,
-    resolve_group,
 )
 from gossip_nn._async_exact import ExchangeLedger
 from gossip_nn._base import (
@@ -54,6 +52,7 @@ from gossip_nn._buffers import BufferSync, floating_buffers
 from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.fault_tolerance import (
     GenerationChange,
+    _form_group,
     _joiner_payload,
     _receive_from_sponsor,
     _send_to_joiners,
@@ -446,25 +445,15 @@ class BilateralGossipDataParallel(DataParallelModule):
         generation too, as many times as it takes; the generation formed is returned."""
         ft = self._ft
         assert ft is not None
-        while True:
-            try:
-                ft.membership.init_process_group(ft.backend, timeout=ft.membership.settle_timeout)
-                self._group = self._buffer_sync.group = resolve_group(None)
-                dist.set_timeout(timedelta(seconds=ft.setup_timeout), self._group)
-                self._bounded = False
-                topology = self._topology_at(following.world_size)
-                self._connect(topology)
-                self._progress.load_state_dict({"global_step": total})
-                break
-            except MembershipError:
-                raise
-            except (RuntimeError, ValueError) as err:  # a member missing from the group
-                first = str(err).splitlines()[0] if str(err) else type(err).__name__
-                ft.membership.request_end(f"generation {following.number} did not form: {first}")
-                ft.membership.publish_posted(-1, progress=self._updates)
-                following = ft.membership.next()
-        self.topology = topology
-        return following
+
+        def build(group: dist.ProcessGroup, g: Generation) -> None:
+            self._group = self._buffer_sync.group = group
+            self._bounded = False
+            self.topology = self._topology_at(g.world_size)
+            self._connect(self.topology)
+            self._progress.load_state_dict({"global_step": total})
+
+        return _form_group(ft, following, self._updates, build)
 
     def _state_for_joiner(self) -> dict[str, Any]:
         """The module and optimizer state, and the step count, for a joiner."""
@@ -483,30 +472,6 @@ class BilateralGossipDataParallel(DataParallelModule):
             self._role.start()
         self._updates = ft.start_step = int(payload["updates"])
         dist.barrier()  # as the members: every joiner holds its model before any request
-
-    @torch.no_grad()
-    def recover(self, error: BaseException) -> None:
-        """Fault tolerance: a collective outside gossip failed (an evaluation's
-        all-reduce, a checkpoint's barrier), most likely because a member is gone. Move to
-        the next generation with the survivors, so that the caller can run the collective
-        again there (see [`GossipDataParallel.recover`][gossip_nn.GossipDataParallel.recover]).
-
-        Without ``fault_tolerance`` this raises ``error`` again.
-
-        Args:
-            error: What the collective raised (named in the generation's end reason).
-
-        Raises:
-            MembershipError: If this process is left out of the next generation, or
-                fewer than ``min_members`` remain.
-        """
-        if self._ft is None:
-            raise error
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        self._ft.membership.request_end(
-            f"member {self._ft.membership.member}: a collective failed: {first}"
-        )
-        self._recover(None)
 
     def _average_exactly(self, slowmo_lr: float | None) -> None:
         """Every rank takes the exact average (then SlowMo's outer step, if due).

@@ -44,6 +44,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -51,7 +52,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.distributed_c10d import Store
 
-from gossip_comm import GossipPeerError, GossipTimeoutError, Membership, Settled
+from gossip_comm import (
+    GossipPeerError,
+    GossipTimeoutError,
+    Membership,
+    MembershipError,
+    Settled,
+)
 from gossip_topology import Generation, RankRecord
 from gossip_topology._checks import check_int
 
@@ -350,3 +357,34 @@ def _gossip_group_of(group: dist.ProcessGroup) -> dist.ProcessGroup:
     gloo = dist.new_group(ranks, backend="gloo")
     assert isinstance(gloo, dist.ProcessGroup)  # every rank of ``group`` is a member
     return gloo
+
+
+def _form_group(
+    ft: FaultTolerance,
+    following: Generation,
+    progress: int,
+    build: Callable[[dist.ProcessGroup, Generation], None],
+) -> Generation:
+    """Make ``following``'s group the default one and ``build`` the gossipers on it.
+
+    A member that dies before the group has formed (the group's rendezvous, or a
+    collective of ``build``, fails) ends that generation too: the others move on without
+    it, as many times as it takes. The generation formed is returned. Its collectives may
+    take ``ft.setup_timeout`` (a joiner builds its model and wrapper meanwhile); the
+    wrapper bounds them by the gossip timeout from its next step on.
+    """
+    while True:
+        try:
+            ft.membership.init_process_group(ft.backend, timeout=ft.membership.settle_timeout)
+            group = dist.group.WORLD
+            assert isinstance(group, dist.ProcessGroup)  # just initialised
+            dist.set_timeout(timedelta(seconds=ft.setup_timeout), group)
+            build(group, following)
+            return following
+        except MembershipError:
+            raise
+        except (RuntimeError, ValueError) as err:  # a member missing from the group
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            ft.membership.request_end(f"generation {following.number} did not form: {first}")
+            ft.membership.publish_posted(-1, progress=progress)
+            following = ft.membership.next()

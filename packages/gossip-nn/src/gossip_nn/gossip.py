@@ -23,10 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gossip_comm import (
     GossipPeerError,
-    MembershipError,
     comm_device_for,
     common_references,
-    resolve_group,
 )
 from gossip_nn._base import (
     DataParallelModule,
@@ -41,6 +39,7 @@ from gossip_nn._steps import Compression, GossipStep, build_step
 from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.fault_tolerance import (
     GenerationChange,
+    _form_group,
     _gossip_group_of,
     _joiner_payload,
     _receive_from_sponsor,
@@ -299,36 +298,6 @@ class GossipDataParallel(DataParallelModule):
             )
         )
 
-    @torch.no_grad()
-    def recover(self, error: BaseException) -> None:
-        """Fault tolerance: a collective outside gossip failed (an evaluation's
-        all-reduce, a checkpoint's barrier), most likely because a member is gone. Move to
-        the next generation with the survivors, so that the caller can run the collective
-        again there.
-
-        Every member that was in the same collective must call this too. With fault
-        tolerance every collective of a generation's group times out after the gossip
-        ``timeout``, so a member blocked on one that already left fails too, within the
-        settle timeout (the gossip timeout plus 5 s). A member that never checks in is
-        left out after it.
-
-        Without ``fault_tolerance`` this raises ``error`` again.
-
-        Args:
-            error: What the collective raised (named in the generation's end reason).
-
-        Raises:
-            MembershipError: If this process is left out of the next generation, or
-                fewer than ``min_members`` remain.
-        """
-        if self._ft is None:
-            raise error
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        self._ft.membership.request_end(
-            f"member {self._ft.membership.member}: a collective failed: {first}"
-        )
-        self._recover(None)
-
     def _regroup(self, following: Generation, algorithm: str, weight: float) -> Generation:
         """Gossip in ``following``'s group, on the graph rebuilt at its size.
 
@@ -336,31 +305,19 @@ class GossipDataParallel(DataParallelModule):
         gossipers' agreement fails) ends that generation too: the others move on without
         it, as many times as it takes, and the generation they gossip in is returned.
         """
-        ft = self._ft
+        ft, chosen = self._ft, self.topology
         assert ft is not None
-        while True:
-            try:
-                ft.membership.init_process_group(ft.backend, timeout=ft.membership.settle_timeout)
-                group = resolve_group(None)
-                self._group = self._buffer_sync.group = group
-                self._gossip_group = _gossip_group_of(group)
-                # a joiner builds its model and wrapper before the set-up collectives:
-                # bound them by the gossip timeout only from the next step on
-                dist.set_timeout(timedelta(seconds=ft.setup_timeout), group)
-                self._bounded = False
-                topology = topology_at(self.topology, following.world_size)
-                self._step = self._build_step(algorithm, topology, always_send_weight=True)
-                break
-            except MembershipError:
-                raise
-            except (RuntimeError, ValueError) as err:  # a member missing from the group
-                first = str(err).splitlines()[0] if str(err) else type(err).__name__
-                ft.membership.request_end(f"generation {following.number} did not form: {first}")
-                ft.membership.publish_posted(-1, progress=self._gossip_from)
-                following = ft.membership.next()
+
+        def build(group: dist.ProcessGroup, g: Generation) -> None:
+            self._group = self._buffer_sync.group = group
+            self._gossip_group = _gossip_group_of(group)
+            self._bounded = False
+            self.topology = topology_at(chosen, g.world_size)
+            self._step = self._build_step(algorithm, self.topology, always_send_weight=True)
+
+        following = _form_group(ft, following, self._gossip_from, build)
         self._participants = following.world_size
         self._step.weight = weight  # the schedule starts afresh at the new size
-        self.topology = topology
         return following
 
     def _hand_over(self, ended: Generation, following: Generation) -> None:
