@@ -49,8 +49,9 @@ __all__ = ["SIGNAL_HOOK", "Position", "Preempted", "TrainingRun"]
 T = TypeVar("T")
 
 SIGNAL_HOOK = "SGP_IMAGENET_TEST_SIGNAL"
-"""Testing aid: ``RANK:GLOBAL_ITR:SIGNAL`` makes that rank signal itself after that
-iteration, so tests can preempt a run at an exact, reproducible point."""
+"""Testing aid: ``RANK:GLOBAL_ITR:SIGNAL`` makes that rank (with ``--fault-tolerant``,
+that member id) signal itself after that iteration, so tests can preempt a run at an
+exact, reproducible point."""
 
 
 class Preempted(Exception):  # noqa: N818 - control flow, not an error
@@ -443,7 +444,11 @@ class TrainingRun:
     def _after_iteration(self) -> None:
         self._follow()
         pos = self.position
-        if self.injected is not None and self.injected[:2] == (self.rank, pos.global_itr):
+        # with --fault-tolerant the hook names a member: ranks are renumbered, and an
+        # asynchronous survivor renumbered to the victim's rank may not be past its
+        # iteration yet
+        who = self.rank if self.generations is None else self.generations.member
+        if self.injected is not None and self.injected[:2] == (who, pos.global_itr):
             os.kill(os.getpid(), self.injected[2])  # a real signal, through the real handler
         if self.args.checkpoint_every and pos.global_itr % self.args.checkpoint_every == 0:
             self.save()
