@@ -324,8 +324,9 @@ def cluster_faults(session: nox.Session) -> None:
     Fault-tolerant SGP on ResNet-50 at 1 Gbit/s: host 2's worker is killed mid-run and
     started again later, and joins. Reports the time to detect and to reconfigure, the
     survivors' throughput against the 4-host rate, the time for the replacement to
-    join, and a torchrun restart's cost modelled from the same run; writes
-    ``benchmarks/results/cluster_faults.{json,md,png}`` (about 5 minutes). Arguments
+    join; then the same job without fault tolerance under one torchrun per host, killed
+    the same way and restarted from its last checkpoint, for comparison. Writes
+    ``benchmarks/results/cluster_faults.{json,md,png}`` (about 8 minutes). Arguments
     after ``--`` go to ``benchmarks/cluster/bench_faults.py``.
     """
     _check_cluster_host(session)
