@@ -299,9 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "same SGP training, host 2's worker killed with SIGKILL. Left, with gossip-nn's "
         "fault tolerance (gossip timeout "
         f"{args.gossip_timeout:g} s); right, without it under one torchrun per host, which "
-        "restarts every worker from the last checkpoint (torchrun made "
-        f"{t['attempts'] - 1} restart). Four emulated hosts share 2 CPU cores with the "
-        "kernel's network stack. "
+        "restarts every worker from the last checkpoint (torchrun restarted the workers "
+        f"{t['attempts'] - 1} time{'s' if t['attempts'] != 2 else ''}). Four emulated hosts "
+        "share 2 CPU cores with the kernel's network stack. "
         + ("The 3 survivors iterate faster than the 4 did: CPU, not the link, sets the pace "
            "here." if cpu else "The 3 survivors do not iterate faster than the 4 did.")
     )  # fmt: skip
