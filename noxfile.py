@@ -95,9 +95,32 @@ def tests(session: nox.Session) -> None:
     The 15 slowest tests are listed at the end, to keep the suite under its 15 minutes.
     """
     python = _dev_python(session)
-    suites = [str(ROOT / "tests")] + [str(_pkg(name) / "tests") for name in PACKAGES]
-    args = session.posargs or ["--durations=15"]
-    session.run(python, "-m", "pytest", *suites, *args, external=True)
+    args = _and_marker(session.posargs or ["--durations=15"], "not faults")
+    session.run(python, "-m", "pytest", *_suites(), *args, external=True)
+
+
+def _suites() -> list[str]:
+    return [str(ROOT / "tests")] + [str(_pkg(name) / "tests") for name in PACKAGES]
+
+
+def _and_marker(args: list[str], marker: str) -> list[str]:
+    """``args`` with ``-m marker`` added, or joined to the ``-m`` expression they hold."""
+    if "-m" not in args:
+        return ["-m", marker, *args]
+    i = args.index("-m")
+    return [*args[:i], "-m", f"({args[i + 1]}) and {marker}", *args[i + 2 :]]
+
+
+@nox.session(venv_backend="none")
+def faults(session: nox.Session) -> None:
+    """Run the fault scenarios end to end (tests marked ``faults``; see docs/reliability.md).
+
+    Each kills, corrupts or starves a real run, so each takes tens of seconds; CI runs
+    them after ``tests``.
+    """
+    python = _dev_python(session)
+    args = _and_marker(session.posargs or ["--durations=10"], "faults")
+    session.run(python, "-m", "pytest", *_suites(), *args, external=True)
 
 
 def _declared_siblings(name: str) -> list[str]:

@@ -123,7 +123,7 @@ def _survive(rank: int, n: int) -> Any:
         time.sleep(0.01)
     ab.check()  # raised once only
     ab.finish(timeout=5)  # every partner is lost: nothing to wait for
-    return caught, ab.lost, ab.served, ab.moved_with(1), shared.tolist()
+    return caught, ab.lost, ab.served, ab.moved_with(1), shared.tolist(), ab.ended
 
 
 def test_fault_tolerant_passives_notice_a_partner_lost_between_exchanges() -> None:
@@ -134,3 +134,6 @@ def test_fault_tolerant_passives_notice_a_partner_lost_between_exchanges() -> No
     # passive 2 (value 2): each passive moved by half the difference, whole
     assert passive0[3] == 4 * 0.5 and passive0[4] == [0.5] * 4
     assert passive2[3] == 4 * -0.75 and passive2[4] == [1.25] * 4
+    # how each passive's partners ended: the only one was lost, between exchanges
+    lost_between = {"goodbye": 0, "lost": 1, "interrupted": 0, "unserved": 0}
+    assert passive0[5] == passive2[5] == lost_between

@@ -49,6 +49,12 @@ def _pairs(index: int, n: int, port: int, victim: int, joins: bool) -> Any:
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(torch.randint(-4, 5, p.shape))
+    topo, rank = dp.topology, dist.get_rank()  # the first generation's pairs (ranks
+    first_passive = dp.is_passive  # are member ids in it)
+    steps, world = range(topo.period), range(dist.get_world_size())
+    asks = {a for a in world for t in steps if rank in topo.out_peers(a, t)}
+    asked = {p for t in steps for p in topo.out_peers(rank, t)}
+    partners = sorted(asks if dp.is_passive else asked)
     flat = lambda: torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()  # noqa: E731
     initial, added = flat(), 0.0
     x, y = data(100 + (member or 0))
@@ -76,6 +82,9 @@ def _pairs(index: int, n: int, port: int, victim: int, joins: bool) -> Any:
         "final": float(flat().sum()),
         "added": added,
         "moved_from_lost": sum(c.moved_from_lost for c in ft.history),
+        "settled": [dict(c.settled) for c in ft.history],
+        "partners": partners,
+        "first_passive": first_passive,
         "changes": [(c.ended, c.started, c.lost, c.joined) for c in ft.history],
         "seconds": [c.seconds for c in ft.history],
         "generation": ft.generation,
@@ -116,6 +125,23 @@ def test_adpsgd_survivors_keep_every_exchange_on_both_ends_or_neither(
     before = sum(r["initial"] + r["added"] for r in survivors)
     after = sum(r["final"] - r["moved_from_lost"] for r in survivors)
     assert after == pytest.approx(before, abs=1e-9)
+    # and each settle path ran as the events say: every active brought its exchange in
+    # flight home, dropped it (its partner was lost) or had none; every passive served
+    # each live partner until its goodbye, and found each lost partner lost
+    actives = [r for r in survivors if not r["first_passive"]]
+    for r in actives:
+        (outcome,) = r["settled"][0].items()
+        assert outcome[1] == 1 and outcome[0] in ("adopted", "dropped", "none")
+    for r in (r for r in survivors if r["first_passive"]):
+        live = [p for p in r["partners"] if p != victim]
+        assert r["settled"][0] == {
+            "goodbye": len(live), "lost": len(r["partners"]) - len(live), "interrupted": 0,
+            "unserved": 0,
+        }  # fmt: skip
+    if victim == 2:  # a passive: an active whose request it was never answered dropped it
+        assert any(r["settled"][0] == {"dropped": 1} for r in actives)
+    else:  # an active: its passive partners found it lost
+        assert sum(r["settled"][0].get("lost", 0) for r in survivors) >= 1
 
 
 def test_adpsgd_a_restarted_process_joins_as_a_copy_of_its_sponsor(store_port: int) -> None:

@@ -182,7 +182,7 @@ def _finish(procs: list[subprocess.Popen[str]], timeout: float = 240) -> list[tu
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.faults  # a real run killed or stopped: nox -s faults
 def test_a_killed_rank_is_survived_its_restart_joins_and_a_preemption_resumes(
     tmp_path: Path,
 ) -> None:
@@ -249,7 +249,7 @@ def _final_top1(log_dir: Path) -> float:
     return float(summary["epochs"][-1]["average_top1"])
 
 
-@pytest.mark.slow
+@pytest.mark.faults  # a real run killed or stopped: nox -s faults
 def test_a_rank_lost_at_30_and_back_at_60_percent_costs_under_a_point(tmp_path: Path) -> None:
     # long enough that the replacement, started at 60%, is up (about 10 s on 2 cores)
     # well before the end
@@ -286,7 +286,7 @@ def test_a_rank_lost_at_30_and_back_at_60_percent_costs_under_a_point(tmp_path: 
     assert abs(calm_top1 - lossy_top1) <= 1.0
 
 
-@pytest.mark.slow
+@pytest.mark.faults  # a real run killed or stopped: nox -s faults
 @pytest.mark.parametrize("algorithm", ["osgp", "dpsgd", "adpsgd"])
 def test_every_gossip_algorithm_survives_a_killed_rank(tmp_path: Path, algorithm: str) -> None:
     n = 4
@@ -304,7 +304,7 @@ def test_every_gossip_algorithm_survives_a_killed_rank(tmp_path: Path, algorithm
     assert any("(lost [1])" in line for line in coordinator)
 
 
-@pytest.mark.slow
+@pytest.mark.faults  # a real run killed or stopped: nox -s faults
 def test_losing_the_coordinator_stops_every_rank_with_one_line_and_a_checkpoint(
     tmp_path: Path,
 ) -> None:
@@ -340,7 +340,7 @@ def _torchrun_host(tmp: Path, port: int, n: int, per_host: int, *flags: str) -> 
     )
 
 
-@pytest.mark.slow
+@pytest.mark.faults  # a real run killed or stopped: nox -s faults
 def test_one_torchrun_per_host_restarts_its_workers_and_they_join_the_running_job(
     tmp_path: Path,
 ) -> None:

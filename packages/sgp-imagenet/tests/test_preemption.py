@@ -64,7 +64,7 @@ def _assert_same(a: Any, b: Any, where: str) -> None:
         assert a == b, where
 
 
-@pytest.mark.slow
+@pytest.mark.faults  # a real run killed or stopped: nox -s faults
 @pytest.mark.parametrize(
     ("algorithm", "extra"),
     [
@@ -122,7 +122,7 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(
         _assert_same(a["optimizer"], b["optimizer"], f"rank {rank} optimizer")
 
 
-@pytest.mark.slow
+@pytest.mark.faults  # a real run killed or stopped: nox -s faults
 def test_adpsgd_ranks_agree_through_the_store_and_resume(tmp_path: Path) -> None:
     # rank 0 alone is signalled after its 7th iteration; the ranks agree every 2 local
     # iterations (through the store, so gossip in flight is never blocked) and all stop

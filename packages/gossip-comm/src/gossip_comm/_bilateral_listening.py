@@ -35,6 +35,10 @@ class ListeningPassive(Passive):
         self._raised = 0  # losses check() has raised
         self._asks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._stop = threading.Event()  # finish's timeout passed: serve nothing more
+        # how this generation's exchanges ended, beyond those applied (``served``): each
+        # partner's goodbye or loss, exchanges a loss cut short (left unapplied), and
+        # requests left unanswered when finish's timeout stopped the server
+        self.ended = {"goodbye": 0, "lost": 0, "interrupted": 0, "unserved": 0}
 
     def _listen(self, active: int) -> None:
         """Wait for ``active``'s headers on a thread of its own; queue its requests.
@@ -50,9 +54,11 @@ class ListeningPassive(Passive):
                 assert work is not None
                 work.wait()
                 if int(header[1]) == 0:
+                    self._count("goodbye")
                     break
                 self._asks.put(active)
         except Exception as exc:  # its connection closed: the process is gone
+            self._count("lost")
             first = str(exc).splitlines()[0] if str(exc) else repr(exc)
             self._lose(
                 PeerLostError(
@@ -64,6 +70,10 @@ class ListeningPassive(Passive):
                 )
             )
         self._asks.put(-2 - active)  # this partner is done
+
+    def _count(self, what: str, n: int = 1) -> None:
+        with self.lock:
+            self.ended[what] += n
 
     def _lose(self, err: GossipPeerError) -> None:
         """Record a lost partner (the first error about it), for ``check`` to raise."""
@@ -85,7 +95,9 @@ class ListeningPassive(Passive):
         remaining = len(self.partners)
         while remaining:
             active = self._asks.get()
-            if self._stop.is_set():
+            if self._stop.is_set():  # this request, and any queued, go unanswered
+                left = [active, *_drain(self._asks)]
+                self._count("unserved", sum(1 for a in left if a >= 0))
                 return
             if active < 0:
                 remaining -= 1
@@ -95,6 +107,7 @@ class ListeningPassive(Passive):
             except NonFiniteError:
                 raise  # poisoned, not lost: the job stops, as without fault tolerance
             except GossipPeerError as err:  # lost, or timed out (its type says which)
+                self._count("interrupted")
                 self._lose(err)
                 continue
             with self.lock:
@@ -136,3 +149,13 @@ class ListeningPassive(Passive):
         except TimeoutError:
             self._stop.set()  # checked before each request: none is served from now
             self._asks.put(-1)  # wakes the server if it waits for a request
+
+
+def _drain(asks: queue.SimpleQueue[int]) -> list[int]:
+    """Whatever is queued now."""
+    out = []
+    while True:
+        try:
+            out.append(asks.get_nowait())
+        except queue.Empty:
+            return out

@@ -226,6 +226,7 @@ class Engine(ABC, Generic[F]):
             return GossipHandle(future=self._worker.submit(lambda: self.finish(flight)))
         return GossipHandle(poll=flight.pending.is_completed, finish=lambda: self.finish(flight))
 
-    def close(self) -> None:
-        """Stop the background worker, if one was started."""
-        self._worker.close()
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the background worker, if one was started (``wait=False``: without
+        waiting for it)."""
+        self._worker.close(timeout=None if wait else 0.0)

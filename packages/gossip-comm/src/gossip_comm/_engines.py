@@ -147,6 +147,12 @@ class EngineGossiper:
         """
         self._engine.load_state_dict(state)
 
-    def close(self) -> None:
-        """Release the background thread used by ``start`` on CPU."""
-        self._engine.close()
+    def close(self, *, wait: bool = True) -> None:
+        """Release the background thread used by ``start`` on CPU.
+
+        Args:
+            wait: Wait for the thread to finish what it runs; ``False`` (a peer is
+                lost and the job ends): a step in flight is abandoned, and the thread
+                (a daemon) is told to stop but not waited for.
+        """
+        self._engine.close(wait=wait)

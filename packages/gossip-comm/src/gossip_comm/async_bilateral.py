@@ -174,6 +174,18 @@ class AsyncBilateral:
         reach ``handle.wait()``); empty otherwise."""
         return [e.peer for e in self._role.lost] if isinstance(self._role, Passive) else []
 
+    @property
+    def ended(self) -> dict[str, int]:
+        """Fault tolerant, passive: how its partners and exchanges ended, beyond the
+        exchanges applied (``served``): ``goodbye`` (partners that said goodbye),
+        ``lost`` (partners whose connection failed), ``interrupted`` (exchanges a loss
+        cut short, left unapplied) and ``unserved`` (requests left unanswered once
+        ``finish``'s timeout stopped the server); empty otherwise."""
+        if not isinstance(self._role, ListeningPassive):
+            return {}
+        with self._role.lock:
+            return dict(self._role.ended)
+
     def moved_with(self, peer: int) -> float:
         """Fault tolerant, passive: the sum over elements of what the exchanges with
         ``peer`` applied so far moved this rank's shared value by (0.0 otherwise)."""

@@ -208,6 +208,7 @@ class BilateralPushPull:
             raise RuntimeError("load_state_dict must be called before the first poll()")
         self._step = checked_step(state)
 
-    def close(self) -> None:
-        """Stop the background worker (an exchange still in flight is abandoned)."""
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the background worker (an exchange still in flight is abandoned, and the
+        worker is never waited for, whatever ``wait`` says)."""
         self._worker.close(timeout=0.0)

@@ -48,6 +48,10 @@ class Gossiper(Protocol):
         """Restore `state_dict`'s output."""
         ...
 
-    def close(self) -> None:
-        """Release background resources."""
+    def close(self, *, wait: bool = True) -> None:
+        """Release background resources.
+
+        ``wait=False`` (a peer is lost and the job ends): work still in flight is
+        abandoned; the background thread is told to stop but not waited for.
+        """
         ...

@@ -134,6 +134,21 @@ class DataParallelModule(nn.Module, ABC):
     def close(self) -> None:
         """Finish gossip and release hooks and threads (every rank must call it)."""
 
+    def abandon(self) -> None:
+        """Stop at once after a failure that ends the job (a peer lost, no fault tolerance).
+
+        Unlike `close` it waits for no peer and no gossip in flight: that gossip is
+        dropped, the parameters stay as they are (a checkpoint is no longer
+        consistent), the optimizer hooks are removed and the background threads, daemon
+        threads, are told to stop but not waited for. Any rank may call it alone, and
+        `close` is not needed after it.
+        """
+        self._unhook()
+        self._release_without_waiting()
+
+    def _release_without_waiting(self) -> None:
+        """`abandon`'s part beyond the hooks; nothing for wrappers without threads."""
+
     @torch.no_grad()
     def recover(self, error: BaseException) -> None:
         """Fault tolerance: a collective outside gossip failed (an evaluation's

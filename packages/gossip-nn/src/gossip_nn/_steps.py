@@ -161,10 +161,10 @@ class GossipStep:
         for g, s in zip(self.gossipers, state["gossip"], strict=True):
             g.load_state_dict(s)
 
-    def close(self) -> None:
-        """Release the gossipers' threads."""
+    def close(self, *, wait: bool = True) -> None:
+        """Release the gossipers' threads (``wait=False``: without waiting for them)."""
         for g in self.gossipers:
-            g.close()
+            g.close(wait=wait)
 
 
 @dataclass(frozen=True, kw_only=True)

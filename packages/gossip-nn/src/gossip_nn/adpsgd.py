@@ -116,15 +116,21 @@ class _ActiveRole:
         self.partner = self.ledger.note_request()
         self._pending = self.pairs.request(snapshot)
 
-    def settle(self) -> None:
+    def settle(self) -> str:
         """Fault tolerance: adopt the exchange in flight if it completes; if its partner
-        is lost it is dropped, and this rank stays as it was (its snapshot comes home)."""
+        is lost it is dropped, and this rank stays as it was (its snapshot comes home).
+
+        Returns:
+            What became of it: ``"adopted"``, ``"dropped"`` or ``"none"`` (none in
+            flight).
+        """
         try:
-            self.sync()
+            return "adopted" if self.sync() else "none"
         except NonFiniteError:
             raise  # poisoned, not lost: the job stops, as without fault tolerance
         except GossipPeerError:
             self._pending = None
+            return "dropped"
 
     def restored(self) -> None:
         self._pending = None
@@ -178,9 +184,10 @@ class _PassiveRole:
     def after_update(self) -> None:
         self.sync()
 
-    def settle(self) -> None:
+    def settle(self) -> str:
         """Fault tolerance, once the responder has stopped: adopt the shared value."""
         self.sync(check=False)
+        return "none"
 
     def restored(self) -> None:
         with self.pairs.lock:
@@ -405,7 +412,7 @@ class BilateralGossipDataParallel(DataParallelModule):
         if err is not None:
             ft.report(err)
         ended = ft.generation
-        self._role.settle()
+        in_flight = self._role.settle()
         # a passive waits for its partners' goodbyes at most one gossip timeout, so that
         # it checks in within the settle timeout of the first member that did
         self._pairs.finish(timeout=self.options.timeout)
@@ -420,6 +427,8 @@ class BilateralGossipDataParallel(DataParallelModule):
             else self._pairs.moved_with(r)
             for r in lost
         )
+        # (before the pairs and roles are rebuilt at the new size)
+        settled = {in_flight: 1} if isinstance(self._role, _ActiveRole) else self._pairs.ended
         following = self._regroup(following, self._progress.value)
         _send_to_joiners(ft, ended, following, self._state_for_joiner)
         if any(m not in ended.members for m in following.members):
@@ -436,6 +445,7 @@ class BilateralGossipDataParallel(DataParallelModule):
                 record=RankRecord(completed=self._updates),
                 weight=1.0,
                 moved_from_lost=moved,
+                settled=settled,
             )
         )
 
@@ -494,6 +504,10 @@ class BilateralGossipDataParallel(DataParallelModule):
         self.finish_gossip()
         with network_average([self._buf], 1.0, self._group), self._buffer_sync.plain_average():
             yield
+
+    def _release_without_waiting(self) -> None:
+        # no goodbyes: the job ends; the requester and responder threads are daemons
+        self._closed = True
 
     def close(self) -> None:
         """End gossip on this rank (every rank must call it) and adopt the final state.

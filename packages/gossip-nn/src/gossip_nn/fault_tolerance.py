@@ -42,8 +42,8 @@ restarted process joins a running job with ``start(join=True)``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -91,6 +91,13 @@ class GenerationChange:
             process's exchanges with the members lost in ``ended`` moved it by (the lost
             ranks' share it took in); 0.0 for the push-sum algorithms, whose
             ``record`` says the same.
+        settled: AD-PSGD: how this process's exchanges of ``ended`` were settled. An
+            active: its exchange in flight, ``{"adopted": 1}`` (it completed: kept on
+            both ends), ``{"dropped": 1}`` (its partner was lost: this rank stays as it
+            was) or ``{"none": 1}``. A passive: ``goodbye`` and ``lost`` (how each
+            partner ended), ``interrupted`` (exchanges a loss cut short, left
+            unapplied) and ``unserved`` (requests left unanswered when its wait for the
+            goodbyes timed out). Empty for the push-sum algorithms (see ``exchanges``).
     """
 
     ended: Generation
@@ -104,6 +111,7 @@ class GenerationChange:
     weight: float
     exchanges: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = ()
     moved_from_lost: float = 0.0
+    settled: Mapping[str, int] = field(default_factory=dict)
 
 
 class FaultTolerance:

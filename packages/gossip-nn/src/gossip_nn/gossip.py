@@ -462,6 +462,9 @@ class GossipDataParallel(DataParallelModule):
         self._step.load_state_dict(state)
         load_outer_state(state, self._exact, self._slowmo)
 
+    def _release_without_waiting(self) -> None:
+        self._step.close(wait=False)
+
     def close(self) -> None:
         """Finish gossip, remove the optimizer hooks and release gossip threads."""
         self.finish_gossip()

@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="deterministic kernels (torch.use_deterministic_algorithms), no cuDNN autotuning",
     )
     r.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the whole traceback when a lost peer stops the job (default: one line)",
+    )
+    r.add_argument(
         "--preempt-check-every",
         type=int,
         default=0,

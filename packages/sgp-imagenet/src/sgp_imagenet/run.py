@@ -30,6 +30,7 @@ from gossip_nn import FaultTolerance, make_data_parallel
 from sgp_imagenet.checkpoint import Resume, checkpoint_path, save_atomic
 from sgp_imagenet.data import DataBundle, ResumableSampler, check_classes, make_loader
 from sgp_imagenet.evaluate import accuracy, kept_buffers, validate
+from sgp_imagenet.failure import is_peer_failure
 from sgp_imagenet.fault_tolerant import (
     STOP_LEAD,
     Generations,
@@ -303,18 +304,31 @@ class TrainingRun:
     def __enter__(self) -> TrainingRun:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, err: BaseException | None, tb: object) -> None:
+        self.close(abandon=err is not None and is_peer_failure(err))
 
-    def close(self) -> None:
-        """Finish gossip, release the wrapper's hooks and threads, close the log files."""
+    def close(self, *, abandon: bool = False) -> None:
+        """Finish gossip, release the wrapper's hooks and threads, close the log files.
+
+        Args:
+            abandon: A peer is lost (the job stops): drop gossip in flight instead of
+                waiting for it (``DataParallelModule.abandon``).
+        """
         if self._closed:
             return
         self._closed = True
         try:
-            self.dp.close()
+            self.dp.abandon() if abandon else self.dp.close()
         finally:
             self.log.close()
+
+    def where(self) -> str:
+        """How far the run got, in words, for a message."""
+        pos = self.position
+        return (
+            f"iteration {pos.global_itr} (epoch {pos.epoch}, {pos.itr} of {self.per_epoch} "
+            "iterations done)"
+        )
 
     # ------------------------------------------------------------------- restore
     def restore(self, resume: Resume | None) -> None:

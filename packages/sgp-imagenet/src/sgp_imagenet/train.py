@@ -15,7 +15,9 @@ there: the same batches, learning rates and updates as a run that was never stop
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 from collections.abc import Mapping
 
 import torch
@@ -24,6 +26,7 @@ import torch.distributed as dist
 from gossip_comm import MembershipError
 from sgp_imagenet.checkpoint import check_resume, choose_resume
 from sgp_imagenet.data import build_datasets
+from sgp_imagenet.failure import Heartbeat, PeerFailure, is_peer_failure
 from sgp_imagenet.fault_tolerant import Leaving, connect
 from sgp_imagenet.launch import LaunchEnv, choose_backend, describe, detect
 from sgp_imagenet.preempt import EXIT_PREEMPTED, Preemption, requeue
@@ -33,7 +36,8 @@ from sgp_imagenet.schedule import parse_epoch_pairs
 __all__ = ["EXIT_STOPPED", "report_env", "train"]
 
 EXIT_STOPPED = 1
-"""A fault-tolerant run that could not go on (see ``--min-members``, the coordinator)."""
+"""A run that could not go on: a peer lost without ``--fault-tolerant``, or a
+fault-tolerant run left with too few members or without its coordinator."""
 
 
 def report_env(environ: Mapping[str, str]) -> str:
@@ -79,7 +83,8 @@ def train(args: argparse.Namespace) -> int:
 
     0 when training finished, `sgp_imagenet.preempt.EXIT_PREEMPTED` (75) when a
     preemption signal stopped it after a checkpoint, `EXIT_STOPPED` (1) when a
-    fault-tolerant run could not go on (too few members, or the coordinator lost).
+    run could not go on (a peer lost without ``--fault-tolerant``; too few members, or
+    the coordinator lost, with it).
     """
     env = detect()
     # fault tolerance gossips over gloo, whatever the devices (see --fault-tolerant)
@@ -93,13 +98,15 @@ def train(args: argparse.Namespace) -> int:
     check_resume(args.resume)
     parse_epoch_pairs(args.lr_schedule, flag="--lr-schedule", value=float)  # (the peers
     # schedule was checked with the gossip flags, at the command line)
-    with Preemption() as preempt:
-        ft, left = None, False
+    with Preemption() as preempt, contextlib.ExitStack() as stack:
+        ft, left, broken, heartbeat = None, False, False, None
         try:
             if args.fault_tolerant:
                 ft = connect(args, args.world_size or env.world_size)
-            else:
+            else:  # the heartbeat tells whom a failure lost (see sgp_imagenet.failure)
                 _init(env, backend)
+                heartbeat = Heartbeat(dist.get_rank(), dist.get_world_size())
+                stack.enter_context(heartbeat)
             joining = ft is not None and ft.joined_from is not None
             resume = None if joining else choose_resume(
                 args.resume, args.checkpoint_dir, dist.get_rank()
@@ -109,7 +116,7 @@ def train(args: argparse.Namespace) -> int:
                 fault_tolerance=ft,
             ) as run:  # fmt: skip
                 run.restore(resume)
-                _run(run)
+                _run(run, heartbeat)
             if ft is not None:
                 ft.membership.finish()  # a process that comes to join now is told
             return 0
@@ -126,8 +133,15 @@ def train(args: argparse.Namespace) -> int:
         except Leaving:  # alone: the others train on, and its restart joins them
             left = True
             return EXIT_PREEMPTED
+        except PeerFailure as failure:  # without fault tolerance: the job cannot go on
+            broken = True
+            print(failure.line, file=sys.stderr, flush=True)
+            return EXIT_STOPPED
+        except BaseException as err:
+            broken = is_peer_failure(err)  # (--debug: the traceback follows)
+            raise
         finally:
-            if dist.is_initialized() and not left:
+            if dist.is_initialized() and not left and not broken:
                 _leave_together(fault_tolerant=ft is not None)
                 dist.destroy_process_group()
 
@@ -144,8 +158,13 @@ def _leave_together(*, fault_tolerant: bool) -> None:
             raise
 
 
-def _run(run: TrainingRun) -> None:
-    """Train; a fault-tolerant run that cannot go on writes this rank's checkpoint first."""
+def _run(run: TrainingRun, heartbeat: Heartbeat | None) -> None:
+    """Train; a fault-tolerant run that cannot go on writes this rank's checkpoint first.
+
+    Raises:
+        PeerFailure: Without fault tolerance, when a peer is lost (not with ``--debug``,
+            which lets the error itself through).
+    """
     try:
         run.run()
     except MembershipError:
@@ -154,3 +173,7 @@ def _run(run: TrainingRun) -> None:
             who = f"member {run.generations.member}" if run.generations else f"rank {run.rank}"
             print(f"sgp-imagenet: {who} wrote its checkpoint in {run.args.checkpoint_dir}")
         raise
+    except Exception as err:
+        if heartbeat is None or run.args.debug or not is_peer_failure(err):
+            raise
+        raise PeerFailure(heartbeat.describe(err, where=run.where())) from err
