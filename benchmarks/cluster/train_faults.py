@@ -17,13 +17,12 @@ import json
 import os
 import time
 from datetime import timedelta
-from pathlib import Path
 
 STARTED = time.time()  # before torch is imported: a cold start's cost counts
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from train_step import build_model  # noqa: E402
+from train_step import add_job_flags, build_model  # noqa: E402
 
 from gossip_comm import MembershipError  # noqa: E402
 from gossip_nn import FaultTolerance, make_data_parallel  # noqa: E402
@@ -34,13 +33,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--coordinator", required=True, help="HOST:PORT")
     p.add_argument("--world-size", type=int, required=True)
     p.add_argument("--algorithm", choices=("sgp", "osgp", "dpsgd"), default="sgp")
-    p.add_argument("--steps", type=int, required=True, help="the job's optimizer steps")
-    p.add_argument("--gossip-timeout", type=float, default=30.0)
-    p.add_argument("--model", default="resnet50")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--image", type=int, default=32)
-    p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--out-dir", type=Path, required=True)
+    add_job_flags(p)
     return p.parse_args()
 
 

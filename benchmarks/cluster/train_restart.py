@@ -30,7 +30,7 @@ STARTED = time.time()  # before torch is imported: a cold start's cost counts
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from train_step import build_model  # noqa: E402
+from train_step import add_job_flags, build_model  # noqa: E402
 
 from gossip_nn import make_data_parallel  # noqa: E402
 
@@ -40,14 +40,8 @@ KEEP = 2
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, required=True, help="the job's optimizer steps")
+    add_job_flags(p)
     p.add_argument("--checkpoint-every", type=int, required=True)
-    p.add_argument("--gossip-timeout", type=float, default=30.0)
-    p.add_argument("--model", default="resnet50")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--image", type=int, default=32)
-    p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--checkpoint-dir", type=Path, required=True)
     return p.parse_args()
 

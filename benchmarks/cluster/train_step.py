@@ -171,6 +171,17 @@ def wrap(args: argparse.Namespace, model: torch.nn.Module, opt: torch.optim.Opti
     return make_data_parallel(args.algorithm, model, opt, **options)
 
 
+def add_job_flags(p: argparse.ArgumentParser) -> None:
+    """The flags the fault benchmark's two workers share: the run and its model."""
+    p.add_argument("--steps", type=int, required=True, help="the job's optimizer steps")
+    p.add_argument("--gossip-timeout", type=float, default=30.0)
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--image", type=int, default=32)
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--out-dir", type=Path, required=True)
+
+
 def build_model(name: str, image: int, classes: int) -> torch.nn.Module:
     """A torchvision model by name, or ``linear:OUT``: one wide layer, all bytes and no depth.
 

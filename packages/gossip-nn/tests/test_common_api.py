@@ -147,11 +147,19 @@ def test_ddp_is_a_registered_submodule_outside_the_checkpoint(algorithm: str) ->
         assert "module.bn.running_mean" in keys and "module.fc.weight" in keys
 
 
-def _settled(rank: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _settled(rank: int, n: int, slow_passive: bool) -> tuple[np.ndarray, np.ndarray]:
     X, y, theta0 = problem(n)
     net = model(theta0)
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
     dp = make_data_parallel("adpsgd", net, opt)
+    if slow_passive and dp.is_passive:  # a passive descheduled as it takes its state:
+        adopt = dp._role.sync  # its actives must not send meanwhile
+
+        def late(*args: Any, **kwargs: Any) -> None:
+            time.sleep(0.2)
+            adopt(*args, **kwargs)
+
+        dp._role.sync = late
     with torch.no_grad():
         net.weight.add_(float(rank))  # different models: averaging moves them
     start = net.weight.detach()[0].clone().numpy()
@@ -170,11 +178,12 @@ def _settled(rank: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return start, saved
 
 
-def test_adpsgd_checkpoint_settles_every_exchange_on_both_ends() -> None:
+@pytest.mark.parametrize("slow_passive", [False, True])
+def test_adpsgd_checkpoint_settles_every_exchange_on_both_ends(slow_passive: bool) -> None:
     # lr 0: only exchanges move the models, and each keeps the pair's sum; a checkpoint
     # taken while exchanges are in flight must hold each on both ends or on neither
     n = 4
-    res = run_distributed(_settled, n)
+    res = run_distributed(_settled, n, (slow_passive,))
     starts = np.stack([s for s, _ in res])
     saved = np.stack([m for _, m in res])
     np.testing.assert_allclose(saved.sum(axis=0), starts.sum(axis=0), rtol=0, atol=1e-12)

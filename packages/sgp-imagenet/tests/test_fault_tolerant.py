@@ -210,7 +210,7 @@ def test_a_killed_rank_is_survived_its_restart_joins_and_a_preemption_resumes(
     assert "joined [4]" in summary_lines
     positions = {
         path.name: torch.load(path, weights_only=False, map_location="cpu")["progress"]
-        for path in sorted((tmp_path / "ckpt").glob("checkpoint.rank*.pt"))
+        for path in sorted((tmp_path / "ckpt").glob("checkpoint.rank[0-9].pt"))
     }
     assert sorted(positions) == [f"checkpoint.rank{r}.pt" for r in range(n)]
     assert len({tuple(p.values()) for p in positions.values()}) == 1, positions
@@ -220,8 +220,11 @@ def test_a_killed_rank_is_survived_its_restart_joins_and_a_preemption_resumes(
     assert names == [f"member{m}.csv" for m in range(5)]
 
     # relaunch the job (a new coordinator, as a requeued job would start one): the four
-    # resume from their own checkpoints and finish the epoch after the one they were in
-    epochs = str(stop["epoch"] + 2)
+    # resume from their own checkpoints and finish the epoch after the one they were in,
+    # or the fourth (where the preemption came depends on the machine's pace: the run
+    # must be long enough to learn whatever it was)
+    last = max(stop["epoch"] + 1, 3)
+    epochs = str(last + 1)
     flags = ("--epochs", epochs, "--max-iters-per-epoch", "20")
     with _coordinator() as (port, _):
         results = _finish([_launch(tmp_path, port, n, *flags) for _ in range(n)])
@@ -231,7 +234,7 @@ def test_a_killed_rank_is_survived_its_restart_joins_and_a_preemption_resumes(
     assert "resuming from the ranks' own checkpoints" in resumed
     summary = json.loads((tmp_path / "logs" / "summary.json").read_text())
     assert summary["generations"] == [] and summary["final_world_size"] == n
-    assert summary["epochs"][-1]["epoch"] == stop["epoch"] + 1
+    assert summary["epochs"][-1]["epoch"] == last
     assert summary["epochs"][-1]["average_top1"] > 80.0  # it learned, through it all
 
 
@@ -323,7 +326,7 @@ def test_losing_the_coordinator_stops_every_rank_with_one_line_and_a_checkpoint(
         assert code == 1, text[-3000:]
         assert "sgp-imagenet: stopped: member" in text
         assert "the membership store did not answer" in text
-    saved = sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint.rank*.pt"))
+    saved = sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint.rank[0-9].pt"))
     assert saved == [f"checkpoint.rank{r}.pt" for r in range(n)]
 
 

@@ -25,6 +25,7 @@ from gossip_nn.options import (
 )
 from gossip_nn.progress import GlobalProgress
 from gossip_nn.slowmo import SlowMoOptions
+from gossip_nn.validate import check_same_setup
 
 __version__ = _version("gossip-nn")
 """The installed version of gossip-nn, from its package metadata."""
@@ -47,5 +48,6 @@ __all__ = [
     "GossipOptions",
     "SlowMoOptions",
     "__version__",
+    "check_same_setup",
     "make_data_parallel",
 ]

@@ -72,3 +72,10 @@ class ExchangeLedger:
                     step=self.pairs.served,
                 )
             time.sleep(0.0005)
+
+    def hold(self) -> None:
+        """A collective: return once every rank has arrived. Called after each rank has
+        taken its state, so that no active sends its next request (which its passive
+        might apply before taking its own state) until every rank has taken its own."""
+        zero = torch.zeros(1, dtype=torch.int64, device=self._device)
+        dist.all_reduce(zero, group=self.group)

@@ -251,7 +251,7 @@ class BilateralGossipDataParallel(DataParallelModule):
         self._ft = options.fault_tolerance
         joining = self._ft is not None and self._ft.joined_from is not None
         self._group, params = checked_parameters(
-            module, optimizer, options.process_group, same_model=not joining
+            module, optimizer, "adpsgd", options, same_model=not joining
         )
         averaged = floating_buffers(module) if options.buffers == "average" else []
         if len({(t.dtype, t.device) for t in [*params, *averaged]}) != 1:
@@ -349,13 +349,18 @@ class BilateralGossipDataParallel(DataParallelModule):
 
         A collective, at the same local iteration of every rank (as every checkpoint of
         every rank's own state is): an active adopts its open exchange and a passive
-        waits until its responder has applied every request sent to it, so the saved
+        waits until its responder has applied every request sent to it; then no rank
+        sends a new request until every rank has adopted its state (a passive could
+        otherwise apply an exchange its active's state does not hold). So the saved
         models hold each exchange on both ends or on neither, and their sum is exactly
         the sum of the models trained. After `close`, nothing is in flight.
         """
-        if not self._closed:
-            self._ledger.drain()
+        if self._closed:
+            self._role.sync()
+            return
+        self._ledger.drain()
         self._role.sync()
+        self._ledger.hold()
 
     @property
     def global_step(self) -> int:

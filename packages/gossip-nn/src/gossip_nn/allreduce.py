@@ -59,7 +59,7 @@ class AllReduceDataParallel(DataParallelModule):
         super().__init__()
         self.options = GossipOptions() if options is None else options
         self.options.check_fault_tolerance("ar")
-        group, params = checked_parameters(module, optimizer, self.options.process_group)
+        group, params = checked_parameters(module, optimizer, "ar", self.options)
         self.module = module
         self.options.warn_ignored("ar")
         self._buffer_sync = BufferSync(module, self.options.buffers, group)

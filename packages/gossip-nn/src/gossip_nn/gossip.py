@@ -104,7 +104,7 @@ class GossipDataParallel(DataParallelModule):
         ft = options.fault_tolerance
         joining = ft is not None and ft.joined_from is not None  # its model comes from a member
         self._group, self._params = checked_parameters(
-            module, optimizer, options.process_group, same_model=not joining
+            module, optimizer, algorithm, options, same_model=not joining
         )
         self._hierarchy: Hierarchy | None = None
         self._gossip_group, self._participants = self._group, dist.get_world_size(self._group)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import importlib.metadata
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -9,7 +15,100 @@ from torch.distributed import ProcessGroup
 
 from gossip_comm import comm_device_for, resolve_group
 
-__all__ = ["check_optimizer_owns", "check_same_model", "checked_parameters"]
+__all__ = [
+    "check_optimizer_owns",
+    "check_same_model",
+    "check_same_setup",
+    "checked_parameters",
+    "setup_of",
+]
+
+#: The packages whose versions every rank must share.
+VERSIONED = ("gossip-topology", "gossip-comm", "gossip-nn", "torch")
+
+
+def _describe(value: Any) -> str:
+    """A value as words that are equal on two ranks exactly when the values are."""
+    text = repr(value)
+    if " at 0x" not in text:
+        return text
+    name = getattr(value, "name", None)  # a default repr holds an address: not that
+    return f"{type(value).__name__} {name!r}" if isinstance(name, str) else type(value).__name__
+
+
+def _structure(module: nn.Module) -> list[str]:
+    """Each parameter's and buffer's name, shape and dtype."""
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    return [f"{n} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for n, t in named]
+
+
+def setup_of(algorithm: str, options: Any, module: nn.Module) -> dict[str, str]:
+    """What every rank of a job must agree on: the algorithm, every gossip option (bar the
+    process group and the fault-tolerance handle), the packages' versions and the
+    model's structure (a digest of its parameters' and buffers' names, shapes and
+    dtypes)."""
+    setup = {"algorithm": algorithm}
+    for f in dataclasses.fields(options):
+        if f.name not in ("process_group", "fault_tolerance"):
+            setup[f"option {f.name}"] = _describe(getattr(options, f.name))
+    for package in VERSIONED:
+        setup[f"{package} version"] = importlib.metadata.version(package)
+    digest = hashlib.sha256("\n".join(_structure(module)).encode()).hexdigest()[:16]
+    setup["model structure"] = digest
+    return setup
+
+
+def _who(values: list[str]) -> str:
+    """``rank 0, 1, 3: 'sgp'; rank 2: 'osgp'``."""
+    ranks: dict[str, list[int]] = {}
+    for r, v in enumerate(values):
+        ranks.setdefault(v, []).append(r)
+    return "; ".join(f"rank {', '.join(map(str, rs))}: {v!r}" for v, rs in ranks.items())
+
+
+def check_same_setup(
+    group: ProcessGroup, setup: Mapping[str, str], module: nn.Module | None = None
+) -> None:
+    """Raise on every rank unless every rank of ``group`` has the same ``setup``.
+
+    One ``all_gather_object`` of the small mapping. When the ``"model structure"`` entries
+    differ and ``module`` is given, a second one finds the first parameter or buffer that
+    differs, to name it.
+
+    Args:
+        group: The ranks that must agree.
+        setup: Names and values, e.g. `setup_of`'s; an application may add its own.
+        module: The model, to name the difference when the structures differ.
+
+    Raises:
+        ValueError: Naming the first entry the ranks disagree on, with each rank's value.
+    """
+    world = dist.get_world_size(group)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, dict(setup), group=group)
+    keys = sorted({k for g in gathered for k in g})
+    for key in keys:
+        values = [str(g.get(key, "(none)")) for g in gathered]
+        if len(set(values)) == 1:
+            continue
+        if key == "model structure" and module is not None:
+            raise ValueError(_structure_difference(group, module, world))
+        raise ValueError(
+            f"ranks disagree on the {key}: {_who(values)}; start every rank with the same setup"
+        )
+
+
+def _structure_difference(group: ProcessGroup, module: nn.Module, world: int) -> str:
+    everyone: list[Any] = [None] * world
+    dist.all_gather_object(everyone, _structure(module), group=group)
+    for i in range(max(len(s) for s in everyone)):
+        entries = [s[i] if i < len(s) else "(none)" for s in everyone]
+        if len(set(entries)) > 1:
+            return (
+                f"ranks disagree on the model structure: parameter or buffer {i} is "
+                f"{_who(entries)}; every rank must build the same model"
+            )
+    return "ranks disagree on the model structure; every rank must build the same model"
 
 
 def _fingerprint(t: torch.Tensor) -> tuple[float, float]:
@@ -53,22 +152,25 @@ def check_optimizer_owns(params: list[nn.Parameter], optimizer: torch.optim.Opti
 def checked_parameters(
     module: nn.Module,
     optimizer: torch.optim.Optimizer,
-    process_group: ProcessGroup | None,
+    algorithm: str,
+    options: Any,
     *,
     same_model: bool = True,
 ) -> tuple[ProcessGroup, list[nn.Parameter]]:
     """The checks every wrapper runs at construction; returns the group and trainable params.
 
-    ``same_model=False`` skips the cross-rank comparison (a collective): a process that
+    ``same_model=False`` skips the cross-rank comparisons (collectives): a process that
     joins a running job receives its model from a member instead.
 
     Raises:
         RuntimeError: If ``torch.distributed`` is not initialised.
-        ValueError: If the model differs across ranks, has no trainable parameters, or the
-            optimizer does not own exactly them.
+        ValueError: If the ranks disagree on the algorithm, an option, a package version
+            or the model's structure or values; if the model has no trainable
+            parameters, or the optimizer does not own exactly them.
     """
-    group = resolve_group(process_group)
+    group = resolve_group(options.process_group)
     if same_model:
+        check_same_setup(group, setup_of(algorithm, options, module), module)
         check_same_model(module, group, comm_device_for(group, None))
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:

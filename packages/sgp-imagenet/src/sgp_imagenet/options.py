@@ -17,7 +17,14 @@ import torch
 from gossip_nn import SET_TOPOLOGY_ALGORITHMS, GossipOptions
 from sgp_imagenet.schedule import PeersSchedule
 
-__all__ = ["FLAGS", "WIRE_DTYPES", "check_gossip_flags", "wrapper_options"]
+__all__ = [
+    "FLAGS",
+    "SHARED_FLAGS",
+    "WIRE_DTYPES",
+    "check_gossip_flags",
+    "shared_setup",
+    "wrapper_options",
+]
 
 WIRE_DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None,
@@ -122,3 +129,23 @@ def _check_fault_tolerant(args: argparse.Namespace, options: GossipOptions) -> N
         named = [flag for name, flag in FLAGS.items() if name in str(exc)]
         where = f" ({', '.join(named)})" if named else ""
         raise ValueError(f"--fault-tolerant: {exc}{where}") from None
+
+
+SHARED_FLAGS = (
+    "dataset", "image_size", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
+    "epochs", "lr_schedule", "warmup_epochs", "label_smoothing", "max_iters_per_epoch",
+    "peers_per_itr_schedule", "amp", "seed", "checkpoint_all",
+)  # fmt: skip
+"""The ``train`` flags every rank must share beyond gossip-nn's own check (the algorithm,
+the gossip options, the model): the data, the optimisation and the schedule."""
+
+
+def shared_setup(args: argparse.Namespace) -> dict[str, str]:
+    """What every rank must agree on, for gossip-nn's ``check_same_setup``: this
+    package's version and `SHARED_FLAGS`' values."""
+    from sgp_imagenet import __version__
+
+    setup = {"sgp-imagenet version": __version__}
+    for name in SHARED_FLAGS:
+        setup[f"flag --{name.replace('_', '-')}"] = repr(getattr(args, name))
+    return setup

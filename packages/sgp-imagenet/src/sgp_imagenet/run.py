@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gossip_nn import FaultTolerance, make_data_parallel
-from sgp_imagenet.checkpoint import Resume, checkpoint_path, save_atomic
+from gossip_nn import FaultTolerance, check_same_setup, make_data_parallel
+from sgp_imagenet.checkpoint import Resume, check_compatible, checkpoint_path, save_atomic
 from sgp_imagenet.data import DataBundle, ResumableSampler, check_classes, make_loader
 from sgp_imagenet.evaluate import accuracy, kept_buffers, validate
 from sgp_imagenet.failure import is_peer_failure
@@ -39,7 +39,7 @@ from sgp_imagenet.fault_tolerant import (
     survive,
 )
 from sgp_imagenet.models import build_model, param_groups
-from sgp_imagenet.options import wrapper_options
+from sgp_imagenet.options import shared_setup, wrapper_options
 from sgp_imagenet.precise_bn import recompute_bn_stats
 from sgp_imagenet.preempt import Preemption
 from sgp_imagenet.run_log import IterationTimes, RunLog
@@ -52,7 +52,8 @@ T = TypeVar("T")
 SIGNAL_HOOK = "SGP_IMAGENET_TEST_SIGNAL"
 """Testing aid: ``RANK:GLOBAL_ITR:SIGNAL`` makes that rank (with ``--fault-tolerant``,
 that member id) signal itself after that iteration, so tests can preempt a run at an
-exact, reproducible point."""
+exact, reproducible point. Only in a launcher's first attempt: a worker that torchrun
+restarted (``TORCHELASTIC_RESTART_COUNT`` above 0) is not signalled again."""
 
 
 class Preempted(Exception):  # noqa: N818 - control flow, not an error
@@ -145,7 +146,7 @@ class TrainingRun:
         peers: The peers-per-iteration schedule.
         check_every: Iterations between two preemption agreements.
         injected: The testing aid `SIGNAL_HOOK` parsed: ``(rank, global iteration,
-            signal)``, or ``None``.
+            signal)``, or ``None`` (also in a worker torchrun has restarted).
         log: The run's progress, CSV, TensorBoard and summary output.
         ft: ``fault_tolerance`` as given.
         generations: With fault tolerance, the generations seen (``None`` without).
@@ -161,6 +162,10 @@ class TrainingRun:
         self.generations = None if self.ft is None else Generations(self.ft)
         self.device, self.comm_device = device, comm_device
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if self.ft is None or self.ft.joined_from is None:  # (a joiner meets nobody yet)
+            world = dist.group.WORLD
+            assert world is not None
+            check_same_setup(world, shared_setup(args))  # every rank refuses a mismatch
         self.train_loader, self.val_loader, self.stats_loader = self._loaders()
         sampler = self.train_loader.sampler
         assert isinstance(sampler, ResumableSampler)
@@ -178,7 +183,9 @@ class TrainingRun:
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
         self.position = Position()
-        self.injected = injected_signal(os.environ.get(SIGNAL_HOOK))
+        # a fault injected once: a worker that torchrun restarted is not signalled again
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        self.injected = injected_signal(os.environ.get(SIGNAL_HOOK)) if first_attempt else None
         self._shard = (self.rank, self.world)  # the data shard of the current epoch
         member = None if self.generations is None else self.generations.member
         self.log = RunLog(args, self.rank, self.world, member=member)
@@ -335,11 +342,16 @@ class TrainingRun:
         """Continue from a checkpoint: the ranks' own states, or the network average.
 
         Raises:
+            CheckpointError: If this run cannot continue the checkpoint: another model,
+                or a rank's own state from another algorithm or number of ranks.
             ValueError: If the checkpoint's class count differs from the data's.
         """
         if resume is None:
             return
-        state = resume.state
+        state, a = resume.state, self.args
+        check_compatible(
+            state, resume.path, arch=a.arch, algorithm=a.algorithm, world_size=self.world
+        )
         fc = [p for p in self.model.parameters() if p.ndim == 2][-1]
         saved = int(state.get("num_classes", fc.shape[0]))
         check_classes(self.bundle.num_classes, saved, where=str(resume.path))
@@ -525,7 +537,7 @@ class TrainingRun:
         """What every checkpoint holds beside the model, as of position ``at``."""
         return {"progress": at.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "num_classes": self.bundle.num_classes,
-                "args": vars(self.args)}  # fmt: skip
+                "world_size": self.world, "args": vars(self.args)}  # fmt: skip
 
     def _write_average(self, at: Position) -> None:
         """Rank 0 writes the model ``dp`` holds (inside ``average_for_eval``)."""

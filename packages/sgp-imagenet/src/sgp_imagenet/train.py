@@ -51,7 +51,21 @@ def report_env(environ: Mapping[str, str]) -> str:
 
 
 def _init(env: LaunchEnv, backend: str) -> None:
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and attempt > 0:
+        # A worker that torchrun restarted: the agent's store outlives the attempts, and
+        # still holds the failed attempt's gloo addresses under the keys a plain env://
+        # init would read (gloo then connects to a dead process). Meet under a prefix
+        # of this attempt's own.
+        agent = dist.TCPStore(  # type: ignore[attr-defined]
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False
+        )
+        store = dist.PrefixStore(f"sgp_imagenet/attempt{attempt}/", agent)  # type: ignore[attr-defined]
+        dist.init_process_group(
+            backend, store=store, rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+        )  # fmt: skip
+    elif "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.init_process_group(backend)  # env:// from torchrun
     else:
         dist.init_process_group(
