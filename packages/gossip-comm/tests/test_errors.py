@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gossip_comm import FlatBuffer, GossipConfig, PushPull, PushSum, gossip_average
+from gossip_comm import FlatBuffer, GossipConfig, NonFiniteError, PushPull, PushSum, gossip_average
 from gossip_comm.testing import RankFailedError, run_distributed
 from gossip_topology import Star, make_topology
 
@@ -121,3 +121,28 @@ def test_gossip_config_is_keyword_only_and_checked_at_construction() -> None:
     config = GossipConfig(wire_dtype=torch.bfloat16, timeout=5)
     with pytest.raises(AttributeError):
         config.timeout = 1  # type: ignore[misc]
+
+
+def test_check_finite_is_exact_whatever_the_sum_does() -> None:
+    from gossip_comm._channel import check_finite
+
+    def raises(t: torch.Tensor) -> bool:
+        try:
+            check_finite(t, rank=0, peer=1, step=2)
+        except NonFiniteError:
+            return True
+        return False
+
+    big32 = torch.full((4,), 3e38)  # finite, but its sum overflows float32
+    big16 = torch.full((4,), 60000.0, dtype=torch.float16)  # likewise in float16
+    assert not raises(big32) and not raises(big16)
+    assert not raises(torch.randn(1000)) and not raises(torch.arange(5))  # ints pass
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        t = torch.randn(1000)
+        t[617] = bad
+        assert raises(t), bad
+    both = torch.zeros(10)
+    both[1], both[2] = float("inf"), float("-inf")  # the sum is NaN: still caught
+    assert raises(both)
+    big32[3] = float("nan")  # a NaN among values whose sum overflows
+    assert raises(big32)

@@ -216,7 +216,9 @@ def _nan_step(rank: int, n: int, algorithm: str) -> Any:
                 step(False)
         dp.close()
     except NonFiniteError as exc:
-        return {"rank": exc.rank, "peer": exc.peer, "step": exc.step, "msg": str(exc)}
+        finite = all(bool(torch.isfinite(p).all()) for p in net.parameters())
+        return {"rank": exc.rank, "peer": exc.peer, "step": exc.step, "msg": str(exc),
+                "finite": finite}  # fmt: skip
     except Exception as exc:  # a peer of the failing rank may time out instead
         return {"other": type(exc).__name__}
     return None
@@ -230,3 +232,4 @@ def test_check_finite_names_the_sender_of_a_nan(algorithm: str) -> None:
     for res in caught:  # only rank 0 sent NaN, so only rank 1 can name a sender
         assert (res["rank"], res["peer"]) == (1, 0), res
         assert "from rank 0" in res["msg"], res
+        assert res["finite"], res  # stopped before the NaN reached the receiver's model

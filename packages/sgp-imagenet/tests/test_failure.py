@@ -47,7 +47,7 @@ def test_the_rank_named_is_the_one_whose_heartbeat_stopped(store: dist.TCPStore)
     with me, alive:
         with messenger:
             pass
-        messenger._report()
+        messenger._report(None)
         err = PeerLostError("rank 0 lost peer 3", rank=0, peer=3, step=7)
         line = me.describe(err, where="iteration 9", lost_after=LOST_AFTER)
     assert line.startswith("sgp-imagenet: rank 0 stopped at iteration 9: rank 2 is lost")
@@ -94,3 +94,25 @@ def test_without_a_store_it_says_what_it_knows() -> None:
         "sgp-imagenet: rank 0 stopped at iteration 6: rank 0 received NaN from peer 2 at "
         "gossip step 5"
     )
+
+
+def test_a_rank_that_stops_after_a_poisoned_message_points_to_it(store: dist.TCPStore) -> None:
+    # rank 1 received NaN from rank 2 and stopped first; rank 0, whose exchange with rank 1
+    # then failed, says why rather than calling rank 1 lost; rank 2 is alive (diverged)
+    receiver = Heartbeat(1, 3, every=EVERY, store=_client(store))
+    me = Heartbeat(0, 3, every=EVERY, store=_client(store))
+    diverged = Heartbeat(2, 3, every=EVERY, store=_client(store))
+    with me, diverged:
+        with receiver:
+            poisoned = NonFiniteError(
+                "rank 1 received NaN or Inf from rank 2 at gossip step 5", rank=1, peer=2, step=5
+            )
+            first = receiver.describe(poisoned, where="iteration 6")
+        err = PeerLostError("rank 0 lost peer 1", rank=0, peer=1, step=6)
+        line = me.describe(err, where="iteration 7", lost_after=LOST_AFTER)
+    assert first.endswith(": rank 1 received NaN or Inf from rank 2 at gossip step 5")
+    assert line.startswith(
+        "sgp-imagenet: rank 0 stopped at iteration 7: it stopped after another rank did "
+        "(rank 1 received NaN or Inf from rank 2 at gossip step 5)"
+    ), line
+    assert "is lost" not in line

@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         "compressor's own)",
     )
     g.add_argument(
+        "--check-finite",
+        action="store_true",
+        help="check every received gossip message for NaN or Inf: the run stops naming the "
+        "rank that sent it, before it reaches the receiver's model (gossip algorithms)",
+    )
+    g.add_argument(
         "--nprocs-per-node",
         type=int,
         default=1,

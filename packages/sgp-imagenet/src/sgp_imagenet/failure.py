@@ -123,8 +123,10 @@ class Heartbeat:
         """
         head = f"sgp-imagenet: rank {self.rank} stopped at {where}: "
         if isinstance(err, NonFiniteError):  # poisoned, not lost: it names the sender
-            return head + str(err).splitlines()[0]
-        self._report()
+            reason = str(err).splitlines()[0]
+            self._report(reason)
+            return head + reason
+        self._report(None)
         lost = self._stalled(lost_after)
         peer = err.peer if isinstance(err, GossipPeerError) else None
         ranks = ", ".join(map(str, lost))
@@ -137,6 +139,8 @@ class Heartbeat:
             )
             if peer is not None and peer not in lost:
                 said += f"; this rank's exchange with rank {peer} failed on the news"
+        elif (first := self._first_reason()) is not None:  # another rank stopped first
+            said = f"it stopped after another rank did ({first})"
         elif isinstance(err, GossipTimeoutError):
             said = (
                 f"rank {peer} did not answer within the gossip timeout (its heartbeat goes on: "
@@ -156,11 +160,25 @@ class Heartbeat:
             )
         )
 
-    def _report(self) -> None:
-        """Tell the others that this rank stops on the news (it is not lost)."""
+    def _report(self, reason: str | None) -> None:
+        """Tell the others that this rank stops (it is not lost), and, if it is the first
+        to stop for a ``reason`` of its own (a poisoned message), why."""
         if self._store is not None:
             with contextlib.suppress(*_STORE_ERRORS):
                 self._store.set(f"{_KEY}/stopped/{self.rank}", "1")
+                if reason is not None:  # the first such reason stays
+                    self._store.compare_set(f"{_KEY}/first", "", reason)
+
+    def _first_reason(self) -> str | None:
+        """The reason the first rank to stop for one gave, if any did."""
+        if self._store is None:
+            return None
+        try:
+            if not self._store.check([f"{_KEY}/first"]):
+                return None
+            return self._store.get(f"{_KEY}/first").decode()
+        except _STORE_ERRORS:
+            return None
 
     def _beats(self) -> dict[int, int] | None:
         """Every other rank's beat count, or ``None`` if the store is out of reach."""

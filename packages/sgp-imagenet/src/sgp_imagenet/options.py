@@ -43,6 +43,7 @@ FLAGS: dict[str, str] = {
     "nprocs_per_node": "--nprocs-per-node",
     "synch_freq": "--synch-freq",
     "timeout": "--gossip-timeout",
+    "check_finite": "--check-finite",
 }
 """The `GossipOptions` field each gossip flag sets."""
 
@@ -75,6 +76,7 @@ def wrapper_options(args: argparse.Namespace, *, peers_per_itr: int = 1) -> dict
         "nprocs_per_node": args.nprocs_per_node,
         "synch_freq": args.synch_freq,
         "timeout": args.gossip_timeout,
+        "check_finite": args.check_finite,
     }
     if args.topology is not None:
         chosen["topology"] = _graph(args.topology)

@@ -45,7 +45,7 @@ from sgp_imagenet.preempt import Preemption
 from sgp_imagenet.run_log import IterationTimes, RunLog
 from sgp_imagenet.schedule import LRSchedule, PeersSchedule, parse_epoch_pairs
 
-__all__ = ["SIGNAL_HOOK", "Position", "Preempted", "TrainingRun"]
+__all__ = ["POISON_HOOK", "SIGNAL_HOOK", "Position", "Preempted", "TrainingRun"]
 
 T = TypeVar("T")
 
@@ -54,6 +54,21 @@ SIGNAL_HOOK = "SGP_IMAGENET_TEST_SIGNAL"
 that member id) signal itself after that iteration, so tests can preempt a run at an
 exact, reproducible point. Only in a launcher's first attempt: a worker that torchrun
 restarted (``TORCHELASTIC_RESTART_COUNT`` above 0) is not signalled again."""
+
+POISON_HOOK = "SGP_IMAGENET_TEST_POISON"
+"""Testing aid: ``RANK:GLOBAL_ITR`` makes that rank fill its first parameter with NaN
+after that iteration, as a diverged model would, so tests can check ``--check-finite``."""
+
+
+def _rank_and_iteration(text: str | None, name: str) -> tuple[int, int] | None:
+    """Parse ``RANK:GLOBAL_ITR`` (``None`` when unset)."""
+    if not text:
+        return None
+    try:
+        rank, itr = text.split(":")
+        return int(rank), int(itr)
+    except ValueError:
+        raise ValueError(f"{name} must be RANK:GLOBAL_ITR (e.g. 2:5); got {text!r}") from None
 
 
 class Preempted(Exception):  # noqa: N818 - control flow, not an error
@@ -147,6 +162,8 @@ class TrainingRun:
         check_every: Iterations between two preemption agreements.
         injected: The testing aid `SIGNAL_HOOK` parsed: ``(rank, global iteration,
             signal)``, or ``None`` (also in a worker torchrun has restarted).
+        poison: The testing aid `POISON_HOOK` parsed: ``(rank, global iteration)``, or
+            ``None``.
         log: The run's progress, CSV, TensorBoard and summary output.
         ft: ``fault_tolerance`` as given.
         generations: With fault tolerance, the generations seen (``None`` without).
@@ -186,6 +203,7 @@ class TrainingRun:
         # a fault injected once: a worker that torchrun restarted is not signalled again
         first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
         self.injected = injected_signal(os.environ.get(SIGNAL_HOOK)) if first_attempt else None
+        self.poison = _rank_and_iteration(os.environ.get(POISON_HOOK), POISON_HOOK)
         self._shard = (self.rank, self.world)  # the data shard of the current epoch
         member = None if self.generations is None else self.generations.member
         self.log = RunLog(args, self.rank, self.world, member=member)
@@ -476,6 +494,9 @@ class TrainingRun:
         who = self.rank if self.generations is None else self.generations.member
         if self.injected is not None and self.injected[:2] == (who, pos.global_itr):
             os.kill(os.getpid(), self.injected[2])  # a real signal, through the real handler
+        if self.poison == (who, pos.global_itr):
+            with torch.no_grad():  # this rank's model diverges: its next messages carry NaN
+                next(self.model.parameters()).fill_(float("nan"))
         if self.args.checkpoint_every and pos.global_itr % self.args.checkpoint_every == 0:
             self.save()
         self.check_preemption()
