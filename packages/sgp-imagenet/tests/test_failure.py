@@ -24,6 +24,11 @@ def _client(server: dist.TCPStore) -> dist.TCPStore:
     return dist.TCPStore("127.0.0.1", server.port, is_master=False, timeout=timedelta(seconds=10))
 
 
+def _hearts(server: dist.TCPStore, world: int, *ranks: int) -> list[Heartbeat]:
+    """A heartbeat for each of ``ranks`` of ``world``, each on a store client of its own."""
+    return [Heartbeat(r, world, every=EVERY, store=_client(server)) for r in ranks]
+
+
 def test_peer_failures_are_told_from_other_errors() -> None:
     lost = PeerLostError("rank 0 lost peer 2", rank=0, peer=2, step=3)
     assert is_peer_failure(lost)
@@ -41,9 +46,7 @@ def test_the_rank_named_is_the_one_whose_heartbeat_stopped(store: dist.TCPStore)
     # rank 0 stops on a failed exchange with rank 3; rank 1 is alive (still blocked, say,
     # but its heartbeat goes on); rank 2 died (no beat); rank 3 stopped on the news itself
     # and reported so before its heartbeat ended: only rank 2 is lost
-    me = Heartbeat(0, 4, every=EVERY, store=_client(store))
-    alive = Heartbeat(1, 4, every=EVERY, store=_client(store))
-    messenger = Heartbeat(3, 4, every=EVERY, store=_client(store))
+    me, alive, messenger = _hearts(store, 4, 0, 1, 3)
     with me, alive:
         with messenger:
             pass
@@ -57,8 +60,7 @@ def test_the_rank_named_is_the_one_whose_heartbeat_stopped(store: dist.TCPStore)
 
 
 def test_two_lost_ranks_after_a_failed_collective(store: dist.TCPStore) -> None:
-    me = Heartbeat(1, 4, every=EVERY, store=_client(store))
-    alive = Heartbeat(2, 4, every=EVERY, store=_client(store))
+    me, alive = _hearts(store, 4, 1, 2)
     with me, alive:
         err = RuntimeError("[pair.cc:545] Read error [127.0.0.1]:1234: Connection reset by peer")
         line = me.describe(err, where="iteration 4", lost_after=LOST_AFTER)
@@ -66,8 +68,7 @@ def test_two_lost_ranks_after_a_failed_collective(store: dist.TCPStore) -> None:
 
 
 def test_a_slow_peer_that_still_beats_is_not_called_dead(store: dist.TCPStore) -> None:
-    me = Heartbeat(0, 2, every=EVERY, store=_client(store))
-    slow = Heartbeat(1, 2, every=EVERY, store=_client(store))
+    me, slow = _hearts(store, 2, 0, 1)
     with me, slow:
         err = GossipTimeoutError("timed out", rank=0, peer=1, step=2)
         line = me.describe(err, where="iteration 2", lost_after=LOST_AFTER)
@@ -99,9 +100,7 @@ def test_without_a_store_it_says_what_it_knows() -> None:
 def test_a_rank_that_stops_after_a_poisoned_message_points_to_it(store: dist.TCPStore) -> None:
     # rank 1 received NaN from rank 2 and stopped first; rank 0, whose exchange with rank 1
     # then failed, says why rather than calling rank 1 lost; rank 2 is alive (diverged)
-    receiver = Heartbeat(1, 3, every=EVERY, store=_client(store))
-    me = Heartbeat(0, 3, every=EVERY, store=_client(store))
-    diverged = Heartbeat(2, 3, every=EVERY, store=_client(store))
+    receiver, me, diverged = _hearts(store, 3, 1, 0, 2)
     with me, diverged:
         with receiver:
             poisoned = NonFiniteError(

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -38,95 +36,30 @@ from sgp_imagenet.fault_tolerant import (
     leaves_on_signal,
     survive,
 )
+from sgp_imagenet.injection import POISON_HOOK, SIGNAL_HOOK, InjectedFaults, injected_signal
 from sgp_imagenet.models import build_model, param_groups
 from sgp_imagenet.options import shared_setup, wrapper_options
+from sgp_imagenet.position import Position, rng_state, set_rng_state
 from sgp_imagenet.precise_bn import recompute_bn_stats
 from sgp_imagenet.preempt import Preemption
 from sgp_imagenet.run_log import IterationTimes, RunLog
 from sgp_imagenet.schedule import LRSchedule, PeersSchedule, parse_epoch_pairs
 
-__all__ = ["POISON_HOOK", "SIGNAL_HOOK", "Position", "Preempted", "TrainingRun"]
+# (the testing hooks and Position live in their own modules; named here as before)
+__all__ = [
+    "POISON_HOOK",
+    "SIGNAL_HOOK",
+    "Position",
+    "Preempted",
+    "TrainingRun",
+    "injected_signal",
+]
 
 T = TypeVar("T")
-
-SIGNAL_HOOK = "SGP_IMAGENET_TEST_SIGNAL"
-"""Testing aid: ``RANK:GLOBAL_ITR:SIGNAL`` makes that rank (with ``--fault-tolerant``,
-that member id) signal itself after that iteration, so tests can preempt a run at an
-exact, reproducible point. Only in a launcher's first attempt: a worker that torchrun
-restarted (``TORCHELASTIC_RESTART_COUNT`` above 0) is not signalled again."""
-
-POISON_HOOK = "SGP_IMAGENET_TEST_POISON"
-"""Testing aid: ``RANK:GLOBAL_ITR`` makes that rank fill its first parameter with NaN
-after that iteration, as a diverged model would, so tests can check ``--check-finite``."""
-
-
-def _rank_and_iteration(text: str | None, name: str) -> tuple[int, int] | None:
-    """Parse ``RANK:GLOBAL_ITR`` (``None`` when unset)."""
-    if not text:
-        return None
-    try:
-        rank, itr = text.split(":")
-        return int(rank), int(itr)
-    except ValueError:
-        raise ValueError(f"{name} must be RANK:GLOBAL_ITR (e.g. 2:5); got {text!r}") from None
 
 
 class Preempted(Exception):  # noqa: N818 - control flow, not an error
     """Raised out of the training loop once the preemption checkpoint is written."""
-
-
-@dataclass
-class Position:
-    """Where a run stands: the next iteration to run.
-
-    Attributes:
-        epoch: The epoch, from 0.
-        itr: Iterations of ``epoch`` already run.
-        global_itr: Iterations run since the job began (over every epoch and restart).
-    """
-
-    epoch: int = 0
-    itr: int = 0
-    global_itr: int = 0
-
-    def state_dict(self) -> dict[str, int]:
-        """The checkpoint's ``progress`` entry."""
-        return {"epoch": self.epoch, "itr": self.itr, "global_itr": self.global_itr}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` saved."""
-        self.epoch, self.itr = int(state["epoch"]), int(state["itr"])
-        self.global_itr = int(state["global_itr"])
-
-
-def injected_signal(text: str | None) -> tuple[int, int, signal.Signals] | None:
-    """Parse `SIGNAL_HOOK`'s value: ``(rank, global iteration, signal)`` or ``None``.
-
-    Raises:
-        ValueError: If ``text`` is not ``RANK:GLOBAL_ITR:SIGNAME``.
-    """
-    if not text:
-        return None
-    try:
-        rank, itr, name = text.split(":")
-        return int(rank), int(itr), signal.Signals[name]
-    except (ValueError, KeyError):
-        raise ValueError(
-            f"{SIGNAL_HOOK} must be RANK:GLOBAL_ITR:SIGNAME (e.g. 1:5:SIGTERM); got {text!r}"
-        ) from None
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class TrainingRun:
@@ -160,10 +93,7 @@ class TrainingRun:
         lr: The learning-rate schedule.
         peers: The peers-per-iteration schedule.
         check_every: Iterations between two preemption agreements.
-        injected: The testing aid `SIGNAL_HOOK` parsed: ``(rank, global iteration,
-            signal)``, or ``None`` (also in a worker torchrun has restarted).
-        poison: The testing aid `POISON_HOOK` parsed: ``(rank, global iteration)``, or
-            ``None``.
+        faults: The testing aids' faults to inject (`sgp_imagenet.injection`).
         log: The run's progress, CSV, TensorBoard and summary output.
         ft: ``fault_tolerance`` as given.
         generations: With fault tolerance, the generations seen (``None`` without).
@@ -200,10 +130,7 @@ class TrainingRun:
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
         self.position = Position()
-        # a fault injected once: a worker that torchrun restarted is not signalled again
-        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-        self.injected = injected_signal(os.environ.get(SIGNAL_HOOK)) if first_attempt else None
-        self.poison = _rank_and_iteration(os.environ.get(POISON_HOOK), POISON_HOOK)
+        self.faults = InjectedFaults.from_environ(os.environ)
         self._shard = (self.rank, self.world)  # the data shard of the current epoch
         member = None if self.generations is None else self.generations.member
         self.log = RunLog(args, self.rank, self.world, member=member)
@@ -378,7 +305,7 @@ class TrainingRun:
         if state["kind"] == "rank":
             self.dp.load_state_dict(state["model"])
             if "rng" in state:
-                _set_rng_state(state["rng"])
+                set_rng_state(state["rng"])
         else:  # the network average: every rank starts from it, with weight 1
             self.dp.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -492,11 +419,7 @@ class TrainingRun:
         # asynchronous survivor renumbered to the victim's rank may not be past its
         # iteration yet
         who = self.rank if self.generations is None else self.generations.member
-        if self.injected is not None and self.injected[:2] == (who, pos.global_itr):
-            os.kill(os.getpid(), self.injected[2])  # a real signal, through the real handler
-        if self.poison == (who, pos.global_itr):
-            with torch.no_grad():  # this rank's model diverges: its next messages carry NaN
-                next(self.model.parameters()).fill_(float("nan"))
+        self.faults.after_iteration(who, pos.global_itr, self.model)
         if self.args.checkpoint_every and pos.global_itr % self.args.checkpoint_every == 0:
             self.save()
         self.check_preemption()
@@ -538,7 +461,7 @@ class TrainingRun:
         if own or a.checkpoint_all:
             model = self.dp.state_dict()  # the wrapper settles what is in flight first
             common = self._common(self.position)
-            state = {"kind": "rank", "model": model, "rng": _rng_state(), **common}
+            state = {"kind": "rank", "model": model, "rng": rng_state(), **common}
             save_atomic(state, checkpoint_path(a.checkpoint_dir, self.rank))
             return
         self._collective(self._save_average)

@@ -1,0 +1,89 @@
+"""Testing aids: faults injected into a real run at an exact iteration.
+
+Set in a worker's environment, they let end-to-end tests stop or poison one rank at a
+reproducible point of a real ``sgp-imagenet train`` run, through the real code paths (a
+real signal through the real handler; a real NaN in the real model).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["POISON_HOOK", "SIGNAL_HOOK", "InjectedFaults", "injected_signal"]
+
+SIGNAL_HOOK = "SGP_IMAGENET_TEST_SIGNAL"
+"""Testing aid: ``RANK:GLOBAL_ITR:SIGNAL`` makes that rank (with ``--fault-tolerant``,
+that member id) signal itself after that iteration, so tests can preempt a run at an
+exact, reproducible point. Only in a launcher's first attempt: a worker that torchrun
+restarted (``TORCHELASTIC_RESTART_COUNT`` above 0) is not signalled again."""
+
+POISON_HOOK = "SGP_IMAGENET_TEST_POISON"
+"""Testing aid: ``RANK:GLOBAL_ITR`` makes that rank fill its first parameter with NaN
+after that iteration, as a diverged model would, so tests can check ``--check-finite``."""
+
+
+def injected_signal(text: str | None) -> tuple[int, int, signal.Signals] | None:
+    """Parse `SIGNAL_HOOK`'s value: ``(rank, global iteration, signal)`` or ``None``.
+
+    Raises:
+        ValueError: If ``text`` is not ``RANK:GLOBAL_ITR:SIGNAME``.
+    """
+    if not text:
+        return None
+    try:
+        rank, itr, name = text.split(":")
+        return int(rank), int(itr), signal.Signals[name]
+    except (ValueError, KeyError):
+        raise ValueError(
+            f"{SIGNAL_HOOK} must be RANK:GLOBAL_ITR:SIGNAME (e.g. 1:5:SIGTERM); got {text!r}"
+        ) from None
+
+
+def _rank_and_iteration(text: str | None, name: str) -> tuple[int, int] | None:
+    """Parse ``RANK:GLOBAL_ITR`` (``None`` when unset)."""
+    if not text:
+        return None
+    try:
+        rank, itr = text.split(":")
+        return int(rank), int(itr)
+    except ValueError:
+        raise ValueError(f"{name} must be RANK:GLOBAL_ITR (e.g. 2:5); got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class InjectedFaults:
+    """The faults the environment asks this process to inject.
+
+    Attributes:
+        signal: `SIGNAL_HOOK` parsed: ``(rank, global iteration, signal)``, or ``None``
+            (also in a worker torchrun has restarted).
+        poison: `POISON_HOOK` parsed: ``(rank, global iteration)``, or ``None``.
+    """
+
+    signal: tuple[int, int, signal.Signals] | None = None
+    poison: tuple[int, int] | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> InjectedFaults:
+        """Read the hooks; a fault is injected once, so a restarted worker gets no signal.
+
+        Raises:
+            ValueError: If a hook's value is malformed.
+        """
+        first_attempt = environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        sig = injected_signal(environ.get(SIGNAL_HOOK)) if first_attempt else None
+        return cls(signal=sig, poison=_rank_and_iteration(environ.get(POISON_HOOK), POISON_HOOK))
+
+    def after_iteration(self, who: int, global_itr: int, model: nn.Module) -> None:
+        """Inject what is due after ``who``'s iteration ``global_itr``."""
+        if self.signal is not None and self.signal[:2] == (who, global_itr):
+            os.kill(os.getpid(), self.signal[2])  # a real signal, through the real handler
+        if self.poison == (who, global_itr):
+            with torch.no_grad():  # this rank's model diverges: its next messages carry NaN
+                next(model.parameters()).fill_(float("nan"))
