@@ -358,6 +358,26 @@ def cluster_faults(session: nox.Session) -> None:
     session.run(python, str(script), *session.posargs, external=True)
 
 
+@nox.session(venv_backend="none", name="cluster_network")
+def cluster_network(session: nox.Session) -> None:
+    """Training on a bad network: the emulated 4-host cluster (root, iproute2, a C compiler).
+
+    Delay (10, 50 ms), jitter (10 +- 5 ms) and packet loss (0.1%, 1%) on one host's link
+    and on every link, for AR-SGD, SGP, OSGP and AD-PSGD on ResNet-50: each one's
+    slowdown against its clean-network time from the same run. Then ``sgp-imagenet
+    train`` with one host's link cut for 5 s, below and above the gossip timeout, checked
+    (it continues; every rank stops with the lost-rank line). nftables is installed with
+    apt if missing. Writes ``benchmarks/results/cluster_network.{json,md,png}`` (about 35
+    minutes). Arguments after ``--`` go to ``benchmarks/cluster/bench_network.py``.
+    """
+    _check_cluster_host(session)
+    if shutil.which("cc") is None:
+        session.error("the delay line needs a C compiler (cc): apt-get install gcc")
+    python = _dev_python(session)
+    script = ROOT / "benchmarks" / "cluster" / "bench_network.py"
+    session.run(python, str(script), *session.posargs, external=True)
+
+
 @nox.session(venv_backend="none", name="time_to_accuracy")
 def time_to_accuracy(session: nox.Session) -> None:
     """Time to accuracy on the emulated 4-host cluster at 1 Gbit/s (the SGP paper's figure).

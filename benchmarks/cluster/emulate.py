@@ -147,7 +147,8 @@ class Cluster:
         hosts: Number of hosts (namespaces), 2 to 64.
         rate: Link rate in ``tc`` syntax, for example ``"1gbit"``.
         delay: Optional one-way ``netem`` delay added on each host's side, for example
-            ``"0.1ms"``; ``None`` for none.
+            ``"0.1ms"``; ``None`` for none. It needs a kernel with netem; the reference
+            machine's has none (`impair.Impairments` delays links without it).
 
     Raises:
         ValueError: On a bad ``hosts``, ``rate`` or ``delay``.
@@ -226,32 +227,25 @@ class Cluster:
     def set_rate(self, rate_bps: int) -> None:
         """Shape every link, both directions, to ``rate_bps`` (replacing any shaping)."""
         self.rate_bps = rate_bps
-        # burst: at least 1 ms at line rate and two 64 KiB GSO segments; queue: 20 ms.
-        burst = max(rate_bps // 8 // 1000, 2 * 65536)
-        limit = max(rate_bps // 8 // 50, 4 * burst)
-        tbf = ["tbf", "rate", f"{rate_bps}bit", "burst", str(burst), "limit", str(limit)]
         for i in range(self.hosts):
-            ns = self.namespace(i)
-            _ns(HUB, "tc", "qdisc", "replace", "dev", f"vh{i}", "root", *tbf)
-            _ns(ns, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
-            if self.delay is None:
-                _ns(ns, "tc", "qdisc", "add", "dev", "eth0", "root", *tbf)
-            else:
-                _ns(
-                    ns,
-                    "tc",
-                    "qdisc",
-                    "add",
-                    "dev",
-                    "eth0",
-                    "root",
-                    "handle",
-                    "1:",
-                    "netem",
-                    "delay",
-                    self.delay,
-                )
-                _ns(ns, "tc", "qdisc", "add", "dev", "eth0", "parent", "1:", "handle", "2:", *tbf)
+            self.shape(i, f"vh{i}")
+
+    def shape(self, i: int, hub_if: str) -> None:
+        """Shape host ``i``'s link to the rate: its ``eth0`` (with the cluster's delay) and
+        ``hub_if``, the hub's side of the link that sends to the host."""
+        # burst: at least 1 ms at line rate and two 64 KiB GSO segments; queue: 20 ms.
+        burst = max(self.rate_bps // 8 // 1000, 2 * 65536)
+        limit = max(self.rate_bps // 8 // 50, 4 * burst)
+        tbf = ["tbf", "rate", f"{self.rate_bps}bit", "burst", str(burst), "limit", str(limit)]
+        ns = self.namespace(i)
+        _ns(HUB, "tc", "qdisc", "replace", "dev", hub_if, "root", *tbf)
+        _ns(ns, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+        if self.delay is None:
+            _ns(ns, "tc", "qdisc", "add", "dev", "eth0", "root", *tbf)
+        else:
+            netem = ["root", "handle", "1:", "netem", "delay", self.delay]
+            _ns(ns, "tc", "qdisc", "add", "dev", "eth0", *netem)
+            _ns(ns, "tc", "qdisc", "add", "dev", "eth0", "parent", "1:", "handle", "2:", *tbf)
 
     def down(self) -> None:
         """Delete every namespace of this tool (links go with them)."""

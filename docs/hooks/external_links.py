@@ -56,10 +56,10 @@ def _python(names: str, page: str, *, anchor: bool = True) -> dict[str, str]:
 
 EXTERNAL_URLS: dict[str, str] = {
     # built-in types and exceptions, on the pages Python's own objects.inv puts them
-    **_python("bool float int", "functions.html"),
+    **_python("bool float int object", "functions.html"),
     **_python("dict frozenset list set str tuple", "stdtypes.html"),
     **_python(
-        "BaseException Exception ImportError RuntimeError TypeError UserWarning ValueError",
+        "BaseException Exception ImportError OSError RuntimeError TypeError UserWarning ValueError",
         "exceptions.html",
     ),
     # standard-library modules (their pages) and classes

@@ -119,7 +119,7 @@ DIGITS = ["train", "--dataset", "digits"]
             "changes the peers at epoch 5, which --algorithm adpsgd cannot do",
         ),
         (["train", "--dataset", "digits", "--precise-bn", "-1"], "--precise-bn must be >= 0"),
-        (["train", "--dataset", "digits", "--lr", "-1"], "--lr must be positive"),
+        (["train", "--dataset", "digits", "--lr", "-1"], "--lr: reference_lr must be > 0"),
         (["train", "--data", "/nonexistent/imagenet"], "/nonexistent/imagenet"),
         (["train", "--dataset", "digits", "--resume", "/nonexistent/ckpt.pt"], "--resume"),
         (["train", "--dataset", "digits", "--lr-schedule", "30-0.1"], "--lr-schedule"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -74,6 +76,67 @@ def test_a_slow_peer_that_still_beats_is_not_called_dead(store: dist.TCPStore) -
         line = me.describe(err, where="iteration 2", lost_after=LOST_AFTER)
     assert "rank 1 did not answer within the gossip timeout" in line
     assert "is lost" not in line
+
+
+class _Cuttable:
+    """A store client whose calls wait while ``cut`` is set: a rank's link gone down."""
+
+    def __init__(self, store: dist.TCPStore) -> None:
+        self.store, self.cut = store, threading.Event()
+
+    def add(self, key: str, value: int) -> int:
+        while self.cut.is_set():
+            time.sleep(0.01)
+        return int(self.store.add(key, value))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+
+def test_a_rank_cut_off_by_its_link_says_so_and_the_others_name_it(
+    store: dist.TCPStore,
+) -> None:
+    # rank 2's link goes down for 2 lost_after: its beats stall, the others' go on; the
+    # link comes back before rank 2 describes its own failure (a gossip timeout)
+    link = _Cuttable(_client(store))
+    cut_off = Heartbeat(2, 3, every=EVERY, store=link)  # type: ignore[arg-type]
+    me, other = _hearts(store, 3, 0, 1)
+    with me, other, cut_off:
+        time.sleep(3 * EVERY)
+        link.cut.set()
+        survivor = me.describe(
+            PeerLostError("rank 0 lost peer 2", rank=0, peer=2, step=4),
+            where="iteration 5", lost_after=LOST_AFTER,
+        )  # fmt: skip
+        time.sleep(LOST_AFTER)  # describe() above already waited lost_after
+        link.cut.clear()
+        time.sleep(3 * EVERY)
+        line = cut_off.describe(
+            GossipTimeoutError("timed out", rank=2, peer=1, step=4), where="iteration 5",
+            lost_after=LOST_AFTER,
+        )  # fmt: skip
+    assert "rank 2 is lost (no heartbeat for 0.5 s; it most likely died, or lost its link)" in (
+        survivor
+    )
+    gap = float(line.split("could not reach the job's store for ")[1].split(" s")[0])
+    assert 2 * LOST_AFTER - 0.1 <= gap <= 2 * LOST_AFTER + 0.5, line
+    assert "its own link most likely went down (meanwhile its exchange with rank 1 failed)" in line
+    assert "did not answer within the gossip timeout" not in line
+    # a stall long ago does not explain a failure now
+    assert cut_off.own_gap(within=0.0) < LOST_AFTER
+
+
+def test_the_store_s_host_lingers_until_every_live_rank_has_stopped(
+    store: dist.TCPStore,
+) -> None:
+    # rank 0 serves the store; rank 1 stops a moment later, rank 2 is dead (never beats),
+    # rank 3 is alive but still blocked: only rank 3 is waited for until the deadline
+    me, quitter, blocked = _hearts(store, 4, 0, 1, 3)
+    with me, quitter, blocked:
+        threading.Timer(0.2, quitter._report, args=(None,)).start()
+        assert me.linger(3 * LOST_AFTER, lost_after=LOST_AFTER) == [3]
+        blocked._report(None)
+        assert me.linger(3 * LOST_AFTER, lost_after=LOST_AFTER) == []
 
 
 def test_without_a_store_it_says_what_it_knows() -> None:

@@ -24,8 +24,14 @@ def resolve_group(process_group: ProcessGroup | None) -> ProcessGroup:
     """Return ``process_group``, or WORLD when ``None``.
 
     Raises:
+        TypeError: If ``process_group`` is neither a ``ProcessGroup`` nor ``None``.
         RuntimeError: If ``torch.distributed`` is unavailable or not initialised.
     """
+    if process_group is not None and not isinstance(process_group, ProcessGroup):
+        raise TypeError(
+            "process_group must be a torch.distributed.ProcessGroup or None; got "
+            f"{type(process_group).__name__} {process_group!r:.80}"
+        )
     if not dist.is_available():
         raise RuntimeError("torch.distributed is not available in this build of torch")
     if not dist.is_initialized():
@@ -61,8 +67,25 @@ def comm_device_for(group: ProcessGroup, requested: torch.device | str | None) -
     NCCL needs CUDA tensors and gloo CPU ones; ``requested`` overrides the choice.
 
     Raises:
-        ValueError: If ``requested`` is a device the group's backend cannot send from.
+        TypeError: If ``group`` is not a ``ProcessGroup``, or ``requested`` is neither a
+            device, a str nor ``None``.
+        ValueError: If ``requested`` is not a device name, or a device the group's
+            backend cannot send from.
     """
+    if requested is not None and not isinstance(requested, torch.device | str):
+        raise TypeError(
+            "requested must be a torch.device, a device name or None; got "
+            f"{type(requested).__name__} {requested!r}"
+        )
+    if requested is not None:
+        try:
+            torch.device(requested)
+        except RuntimeError as exc:
+            raise ValueError(f"requested: {requested!r} is not a device ({exc})") from None
+    if not isinstance(group, ProcessGroup):
+        raise TypeError(
+            f"group must be a torch.distributed.ProcessGroup; got {type(group).__name__}"
+        )
     backend = str(dist.get_backend(group)).lower()
     if requested is None:
         if "nccl" in backend:

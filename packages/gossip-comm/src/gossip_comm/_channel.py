@@ -93,6 +93,24 @@ class Channel:
         return torch.empty(self.numel, dtype=self.wire_dtype, device=self.device)
 
 
+def check_arguments(topology: object, like: object, config: object) -> None:
+    """The types every gossiper's constructor checks first, before any process group.
+
+    Raises:
+        TypeError: Naming ``topology``, ``like`` or ``config``.
+    """
+    if not isinstance(topology, Topology):
+        raise TypeError(
+            f"topology must be a gossip_topology.Topology; got {type(topology).__name__}"
+        )
+    if not isinstance(like, torch.Tensor) or not like.is_floating_point():
+        raise TypeError(f"like must be a floating-point torch.Tensor; got {like!r:.80}")
+    if like.dtype not in _DTYPE_CODES:
+        raise TypeError(f"like has unsupported dtype {like.dtype}")
+    if not isinstance(config, GossipConfig):
+        raise TypeError(f"config must be a GossipConfig or None; got {type(config).__name__}")
+
+
 def open_channel(
     topology: Topology,
     like: torch.Tensor,
@@ -110,14 +128,7 @@ def open_channel(
         ValueError: On any inconsistency, on every rank at once.
         RuntimeError: If ``torch.distributed`` is not initialised.
     """
-    if not isinstance(topology, Topology):
-        raise TypeError(f"topology must be a gossip_topology.Topology; got {type(topology)}")
-    if not isinstance(like, torch.Tensor) or not like.is_floating_point():
-        raise TypeError(f"like must be a floating-point torch.Tensor; got {like!r:.80}")
-    if like.dtype not in _DTYPE_CODES:
-        raise TypeError(f"like has unsupported dtype {like.dtype}")
-    if not isinstance(config, GossipConfig):
-        raise TypeError(f"config must be a GossipConfig; got {type(config).__name__}")
+    check_arguments(topology, like, config)
     group = resolve_group(config.process_group)
     device = comm_device_for(group, config.comm_device)
     wire_dtype = like.dtype if config.wire_dtype is None else config.wire_dtype

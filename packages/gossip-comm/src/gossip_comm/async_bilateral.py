@@ -41,7 +41,7 @@ from gossip_comm._backend import group_rank, group_size, resolve_group, to_globa
 from gossip_comm._bilateral_active import Active
 from gossip_comm._bilateral_listening import ListeningPassive
 from gossip_comm._bilateral_passive import Passive
-from gossip_comm._channel import check_pairwise, checked_step, open_channel
+from gossip_comm._channel import check_arguments, check_pairwise, checked_step, open_channel
 from gossip_comm._pair_wire import PairCodec
 from gossip_comm._public import PublicCopies, compression_setup
 from gossip_comm.compression import MessageSpec
@@ -102,18 +102,19 @@ class AsyncBilateral:
         reference: torch.Tensor | None = None,
     ) -> None:
         config = GossipConfig() if config is None else config
+        check_arguments(topology, like, config)
         check_pairwise(
             topology,
             config,
             owner="AsyncBilateral",
             unsupported=("mixing", "wire_dtype", "comm_device"),  # CPU, like's dtype
         )
+        setup = compression_setup(config, like, layout, reference, owner="AsyncBilateral")
         group = resolve_group(config.process_group)
         n = group_size(group)
         gossip_group = dist.new_group([to_global_rank(group, r) for r in range(n)], backend="gloo")
         assert isinstance(gossip_group, ProcessGroup)  # every rank is a member
         cpu_like = torch.empty(like.shape, dtype=like.dtype)
-        setup = compression_setup(config, like, layout, reference, owner="AsyncBilateral")
         channel = open_channel(
             topology,
             cpu_like,

@@ -34,10 +34,12 @@ def gossip_average(
         A new tensor: this rank's estimate of the average.
 
     Raises:
-        TypeError: If ``steps`` is not an int.
+        TypeError: If ``steps`` is not an int or ``tensor`` not a tensor.
         ValueError: If ``steps < 0`` or the ranks disagree on shape, dtype or topology.
     """
     steps = check_int("steps", steps, minimum=0)
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor must be a torch.Tensor; got {type(tensor).__name__}")
     work = tensor.detach().clone().contiguous()
     gossiper = PushSum(topology, work, config=config)
     weight = 1.0

@@ -21,6 +21,7 @@ import torch
 from gossip_comm._background import Worker
 from gossip_comm._channel import (
     Channel,
+    check_arguments,
     check_finite,
     check_pairwise,
     checked_step,
@@ -62,6 +63,7 @@ class BilateralPushPull:
         config: GossipConfig | None = None,
     ) -> None:
         config = GossipConfig() if config is None else config
+        check_arguments(topology, like, config)
         check_pairwise(topology, config, owner="BilateralPushPull", unsupported=("mixing",))
         self._channel: Channel = open_channel(topology, like, config, owner="BilateralPushPull")
         self._topology = topology

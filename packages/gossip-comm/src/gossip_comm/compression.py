@@ -164,7 +164,9 @@ class Int8(Compressor):
             raise ValueError(f"Int8 block must be an int >= 1; got {block!r}")
         if not isinstance(stochastic, bool):
             raise TypeError(f"Int8 stochastic must be a bool; got {stochastic!r}")
-        self.block, self.stochastic, self.seed = block, stochastic, int(seed)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"Int8 seed must be an int >= 0; got {seed!r}")
+        self.block, self.stochastic, self.seed = block, stochastic, seed
         self._scratch = Scratch()
         self.default_consensus_step = _twin.Int8(block).default_consensus_step
         if stochastic:
@@ -458,7 +460,12 @@ def common_references(
     Args:
         tensors: This rank's tensors, the same number and shapes on every rank.
         process_group: The group; WORLD when ``None``.
+
+    Raises:
+        TypeError: If ``tensors`` is not a sequence of tensors.
     """
+    if not isinstance(tensors, Sequence) or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise TypeError(f"tensors must be a sequence of torch.Tensor; got {tensors!r:.80}")
     group = resolve_group(process_group)
     sums = [checksum(t) for t in tensors]
     local = torch.tensor(sums, dtype=torch.int64, device=comm_device_for(group, None))

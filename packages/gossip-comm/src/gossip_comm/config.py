@@ -135,6 +135,18 @@ class GossipConfig:
             raise TypeError(
                 f"comm_device must be a torch.device, a string or None; got {self.comm_device!r}"
             )
+        if isinstance(self.comm_device, str):
+            try:
+                torch.device(self.comm_device)
+            except RuntimeError:
+                raise ValueError(
+                    f"comm_device: {self.comm_device!r} is not a device name (e.g. 'cpu', 'cuda:0')"
+                ) from None
+        if self.process_group is not None and not isinstance(self.process_group, ProcessGroup):
+            raise TypeError(
+                "process_group must be a torch.distributed.ProcessGroup or None; got "
+                f"{type(self.process_group).__name__}"
+            )
         if self.chunk_bytes is not None and (
             isinstance(self.chunk_bytes, bool)
             or not isinstance(self.chunk_bytes, int)

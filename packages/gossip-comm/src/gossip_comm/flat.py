@@ -37,6 +37,10 @@ class FlatBuffer:
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        if not isinstance(tensors, Sequence) or not all(
+            isinstance(t, torch.Tensor) for t in tensors
+        ):
+            raise TypeError(f"tensors must be a sequence of torch.Tensor; got {tensors!r:.80}")
         if not tensors:
             raise ValueError("tensors must not be empty")
         groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}

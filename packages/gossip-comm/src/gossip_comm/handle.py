@@ -28,6 +28,13 @@ class GossipHandle(Generic[T]):
         poll: Callable[[], bool] | None = None,
         finish: Callable[[], T] | None = None,
     ) -> None:
+        for name, value in (("poll", poll), ("finish", finish)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be a callable or None; got {value!r:.80}")
+        if future is not None and not isinstance(future, Future):
+            raise TypeError(
+                f"future must be a concurrent.futures.Future or None; got {future!r:.80}"
+            )
         if (future is None) == (finish is None):
             raise ValueError("GossipHandle needs exactly one of future or finish")
         self._future, self._poll, self._finish = future, poll, finish

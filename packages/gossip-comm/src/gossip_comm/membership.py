@@ -93,12 +93,18 @@ class Membership:
         prefix: str = "gossip/",
         poll_interval: float = 0.02,
     ) -> None:
+        if not isinstance(store, Store):
+            raise TypeError(f"store must be a torch.distributed.Store; got {type(store).__name__}")
         self.min_members = check_int("min_members", min_members, minimum=1)
-        if not settle_timeout > 0 or not poll_interval > 0:
-            raise ValueError(
-                f"settle_timeout and poll_interval must be > 0; got {settle_timeout}, "
-                f"{poll_interval}"
-            )
+        for name, value in (("settle_timeout", settle_timeout), ("poll_interval", poll_interval)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name} must be a number of seconds; got {value!r}")
+            if not 0 < value < math.inf:
+                raise ValueError(
+                    f"{name} must be a positive, finite number of seconds; got {value}"
+                )
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str; got {type(prefix).__name__}")
         self._store, self._prefix = store, prefix
         self.settle_timeout, self.poll_interval = float(settle_timeout), float(poll_interval)
         self.member: int | None = None

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from gossip_comm._channel import check_arguments
 from gossip_comm._engines import EngineGossiper, build_engine
 from gossip_comm.config import GossipConfig
 from gossip_topology import Topology, check_doubly_stochastic
@@ -59,6 +60,7 @@ class PushPull(EngineGossiper):
         reference: torch.Tensor | None = None,
     ) -> None:
         config = GossipConfig() if config is None else config
+        check_arguments(topology, like, config)
         check_doubly_stochastic(topology, config.mixing, owner="PushPull")
         self._engine = build_engine(
             topology,

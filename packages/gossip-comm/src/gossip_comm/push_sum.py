@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from gossip_comm._channel import check_arguments
 from gossip_comm._compressed import CompressedFlight
 from gossip_comm._engines import EngineGossiper, build_engine
 from gossip_comm._exchange import InFlight
@@ -111,13 +112,20 @@ class PushSum(EngineGossiper):
         layout: Sequence[torch.Size] | None = None,
         reference: torch.Tensor | None = None,
     ) -> None:
+        config = GossipConfig() if config is None else config
+        check_arguments(topology, like, config)
+        if not isinstance(always_send_weight, bool):
+            raise TypeError(
+                "always_send_weight must be a bool; got "
+                f"{type(always_send_weight).__name__} {always_send_weight!r}"
+            )
         self._engine = build_engine(
             topology,
             like,
-            config=GossipConfig() if config is None else config,
+            config=config,
             carries_weight=True,
             owner="PushSum",
-            force_weight=bool(always_send_weight),
+            force_weight=always_send_weight,
             layout=layout,
             reference=reference,
         )

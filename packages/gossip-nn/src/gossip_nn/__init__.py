@@ -14,7 +14,12 @@ from gossip_nn._base import DataParallelModule
 from gossip_nn.adpsgd import ADPSGD_TOPOLOGY, BilateralGossipDataParallel
 from gossip_nn.allreduce import AllReduceDataParallel
 from gossip_nn.averaging import ExactAveragingSchedule
-from gossip_nn.factory import ALGORITHMS, SET_TOPOLOGY_ALGORITHMS, make_data_parallel
+from gossip_nn.factory import (
+    ALGORITHMS,
+    SET_TOPOLOGY_ALGORITHMS,
+    gossip_options,
+    make_data_parallel,
+)
 from gossip_nn.fault_tolerance import FaultTolerance, GenerationChange
 from gossip_nn.gossip import GossipDataParallel
 from gossip_nn.options import (
@@ -49,5 +54,6 @@ __all__ = [
     "SlowMoOptions",
     "__version__",
     "check_same_setup",
+    "gossip_options",
     "make_data_parallel",
 ]

@@ -60,7 +60,7 @@ from gossip_nn.fault_tolerance import (
 from gossip_nn.options import GossipOptions
 from gossip_nn.progress import GlobalProgress
 from gossip_nn.slowmo import SlowMo
-from gossip_nn.validate import checked_parameters
+from gossip_nn.validate import check_wrapper_arguments, checked_parameters
 from gossip_topology import EvenOddExponential, Generation, RankRecord, Topology, topology_at
 
 __all__ = ["ADPSGD_TOPOLOGY", "BilateralGossipDataParallel"]
@@ -236,6 +236,7 @@ class BilateralGossipDataParallel(DataParallelModule):
         self, module: nn.Module, optimizer: Optimizer, *, options: GossipOptions | None = None
     ) -> None:
         super().__init__()
+        check_wrapper_arguments(module, optimizer, options)
         options = GossipOptions(topology=ADPSGD_TOPOLOGY) if options is None else options
         options.check_fault_tolerance("adpsgd")
         if options.synch_freq or options.nprocs_per_node != 1:

@@ -16,7 +16,7 @@ from gossip_nn._base import DataParallelModule, make_ddp
 from gossip_nn._buffers import BufferSync
 from gossip_nn._steps import GOSSIP_ALGORITHMS
 from gossip_nn.options import GossipOptions
-from gossip_nn.validate import checked_parameters
+from gossip_nn.validate import check_wrapper_arguments, checked_parameters
 
 __all__ = ["AllReduceDataParallel"]
 
@@ -57,6 +57,7 @@ class AllReduceDataParallel(DataParallelModule):
         self, module: nn.Module, optimizer: Optimizer, *, options: GossipOptions | None = None
     ) -> None:
         super().__init__()
+        check_wrapper_arguments(module, optimizer, options)
         self.options = GossipOptions() if options is None else options
         self.options.check_fault_tolerance("ar")
         group, params = checked_parameters(module, optimizer, "ar", self.options)

@@ -14,7 +14,7 @@ from gossip_nn.allreduce import AllReduceDataParallel
 from gossip_nn.gossip import GossipDataParallel
 from gossip_nn.options import GossipOptions
 
-__all__ = ["ALGORITHMS", "SET_TOPOLOGY_ALGORITHMS", "make_data_parallel"]
+__all__ = ["ALGORITHMS", "SET_TOPOLOGY_ALGORITHMS", "gossip_options", "make_data_parallel"]
 
 ALGORITHMS: tuple[str, ...] = ("ar", *GOSSIP_ALGORITHMS, "adpsgd")
 """The algorithms `make_data_parallel` builds."""
@@ -22,6 +22,36 @@ ALGORITHMS: tuple[str, ...] = ("ar", *GOSSIP_ALGORITHMS, "adpsgd")
 SET_TOPOLOGY_ALGORITHMS: tuple[str, ...] = GOSSIP_ALGORITHMS
 """The algorithms whose wrapper can change its graph or peer count while training
 ([`set_topology`][gossip_nn.DataParallelModule.set_topology]); the others raise."""
+
+
+def gossip_options(algorithm: str, **options: Any) -> GossipOptions:
+    """The [`GossipOptions`][gossip_nn.GossipOptions] `make_data_parallel` builds for
+    ``algorithm``: ``options`` with the algorithm's own defaults (AD-PSGD's
+    [`ADPSGD_TOPOLOGY`][gossip_nn.ADPSGD_TOPOLOGY]).
+
+    A launcher that checks its flags before any process exists asks here, then
+    [`check_world_size`][gossip_nn.GossipOptions.check_world_size] and
+    [`ignored_by`][gossip_nn.GossipOptions.ignored_by] on the result.
+
+    Args:
+        algorithm: One of `ALGORITHMS` (any case).
+        **options: Fields of [`GossipOptions`][gossip_nn.GossipOptions].
+
+    Returns:
+        The checked options.
+
+    Raises:
+        TypeError: If ``algorithm`` is not a str, or for an unknown option name or a
+            value of the wrong type.
+        ValueError: For an unknown algorithm or an out-of-range value.
+    """
+    if not isinstance(algorithm, str):
+        raise TypeError(f"algorithm must be a str; got {type(algorithm).__name__} {algorithm!r}")
+    if algorithm.lower() not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}")
+    if algorithm.lower() == "adpsgd":
+        return GossipOptions(**{"topology": ADPSGD_TOPOLOGY, **options})
+    return GossipOptions(**options)
 
 
 def make_data_parallel(
@@ -45,15 +75,13 @@ def make_data_parallel(
 
     Raises:
         ValueError: For an unknown algorithm or invalid options.
-        TypeError: For an unknown option name.
+        TypeError: For a non-str algorithm, an unknown option name or a value of the
+            wrong type.
     """
-    key = algorithm.lower() if isinstance(algorithm, str) else algorithm
-    if key not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}")
+    opts = gossip_options(algorithm, **options)
+    key = algorithm.lower()
     if key == "adpsgd":
-        opts = GossipOptions(**{"topology": ADPSGD_TOPOLOGY, **options})
         return BilateralGossipDataParallel(module, optimizer, options=opts)
-    opts = GossipOptions(**options)
     if key == "ar":
         return AllReduceDataParallel(module, optimizer, options=opts)
     return GossipDataParallel(module, optimizer, algorithm=key, options=opts)

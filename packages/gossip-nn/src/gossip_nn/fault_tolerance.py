@@ -173,6 +173,14 @@ class FaultTolerance:
         prefix: str = "gossip/",
         extra_state: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        if extra_state is not None and not callable(extra_state):
+            raise TypeError(f"extra_state must be a callable or None; got {extra_state!r:.80}")
+        if settle_timeout is not None and (
+            isinstance(settle_timeout, bool) or not isinstance(settle_timeout, int | float)
+        ):
+            raise TypeError(
+                f"settle_timeout must be a number of seconds or None; got {settle_timeout!r}"
+            )
         if backend not in ("gloo", "nccl"):
             raise ValueError(f"backend must be 'gloo' or 'nccl'; got {backend!r}")
         if backend == "nccl" and not torch.cuda.is_available():

@@ -35,7 +35,7 @@ from gossip_nn._base import (
     save_outer_state,
 )
 from gossip_nn._buffers import BufferSync
-from gossip_nn._steps import Compression, GossipStep, build_step
+from gossip_nn._steps import GOSSIP_ALGORITHMS, Compression, GossipStep, build_step
 from gossip_nn.averaging import ExactAveragingSchedule
 from gossip_nn.fault_tolerance import (
     GenerationChange,
@@ -49,7 +49,7 @@ from gossip_nn.fault_tolerance import (
 from gossip_nn.hierarchy import Hierarchy, Shards, build_hierarchy
 from gossip_nn.options import GossipOptions
 from gossip_nn.slowmo import SlowMo
-from gossip_nn.validate import checked_parameters
+from gossip_nn.validate import check_wrapper_arguments, checked_parameters
 from gossip_topology import Generation, Topology, topology_at
 
 __all__ = ["GossipDataParallel"]
@@ -98,6 +98,12 @@ class GossipDataParallel(DataParallelModule):
         options: GossipOptions | None = None,
     ) -> None:
         super().__init__()
+        check_wrapper_arguments(module, optimizer, options)
+        if algorithm not in GOSSIP_ALGORITHMS:
+            raise ValueError(
+                f"algorithm must be one of {', '.join(GOSSIP_ALGORITHMS)} (the gossip "
+                f"algorithms; AR-SGD and AD-PSGD have wrappers of their own); got {algorithm!r}"
+            )
         options = GossipOptions() if options is None else options
         options.check_fault_tolerance(algorithm)
         self.module, self.options = module, options

@@ -11,7 +11,14 @@ from torch.distributed import ProcessGroup
 from gossip_comm import Compressor, GossipConfig
 from gossip_nn.fault_tolerance import FaultTolerance
 from gossip_nn.slowmo import SlowMoOptions
-from gossip_topology import Mixing, Topology, make_topology
+from gossip_topology import (
+    LEGACY_IDS,
+    TOPOLOGY_NAMES,
+    Mixing,
+    Topology,
+    check_doubly_stochastic,
+    make_topology,
+)
 from gossip_topology._checks import check_int
 
 __all__ = ["BUFFER_MODES", "DPSGD_ORDERS", "FAULT_TOLERANT_ALGORITHMS", "GossipOptions"]
@@ -161,6 +168,12 @@ class GossipOptions:
             raise TypeError(
                 f"topology must be a Topology, a name or a graph id; got {type(self.topology)}"
             )
+        self._check_topology_name()
+        if self.process_group is not None and not isinstance(self.process_group, ProcessGroup):
+            raise TypeError(
+                "process_group must be a torch.distributed.ProcessGroup or None; got "
+                f"{type(self.process_group).__name__}"
+            )
         if self.fault_tolerance is not None and not isinstance(
             self.fault_tolerance, FaultTolerance
         ):
@@ -169,6 +182,83 @@ class GossipOptions:
                 f"{type(self.fault_tolerance).__name__}"
             )
         self.comm_config(None)  # the communication options are checked in one place
+
+    def _check_topology_name(self) -> None:
+        """A name or graph id must be one the registry builds, and ``legacy_phone_book``
+        needs a phone-book graph (the 2019 graphs, ids 0-5): checked here, before any
+        world size is known."""
+        if isinstance(self.topology, Topology):
+            if self.legacy_phone_book:
+                raise ValueError(
+                    "legacy_phone_book=True applies only to a topology given by name or "
+                    f"2019 graph id; got {self.topology!r}"
+                )
+            return
+        if isinstance(self.topology, int):
+            if self.topology not in LEGACY_IDS:
+                raise ValueError(
+                    f"topology: unknown graph id {self.topology}; known ids are "
+                    f"{sorted(LEGACY_IDS)}"
+                )
+            return
+        key = self.topology.strip().lower().replace("_", "-")  # as make_topology reads it
+        if key not in TOPOLOGY_NAMES:
+            raise ValueError(
+                f"topology: unknown topology {self.topology!r}; choose one of "
+                f"{', '.join(TOPOLOGY_NAMES)}"
+            )
+        if self.legacy_phone_book and key not in LEGACY_IDS.values():
+            raise ValueError(
+                "legacy_phone_book=True applies only to the 2019 graphs 0-5 "
+                f"({', '.join(LEGACY_IDS.values())}); got topology {self.topology!r}"
+            )
+
+    def check_world_size(self, algorithm: str, world_size: int) -> Topology | None:
+        """Check, before any process group exists, what a wrapper for ``algorithm`` would
+        refuse in a group of ``world_size`` ranks: a hierarchy that does not divide it, a
+        graph that does not exist at that size (too many peers, an odd bipartite graph),
+        or one the algorithm cannot gossip on.
+
+        A launcher knows the world size before it starts any process; it asks here, so a
+        job that cannot work stops before any rank joins a group.
+
+        Args:
+            algorithm: One of ``gossip_nn.ALGORITHMS``.
+            world_size: The ranks the group will hold.
+
+        Returns:
+            The topology the wrapper would build (``None`` for ``"ar"``, which has none).
+
+        Raises:
+            TypeError: If ``world_size`` is not an int.
+            ValueError: Naming the option and the world size.
+        """
+        check_int("world_size", world_size, minimum=1)
+        if algorithm not in _USED_BY:
+            raise ValueError(f"algorithm must be one of {', '.join(_USED_BY)}; got {algorithm!r}")
+        if algorithm == "ar":
+            return None
+        if world_size % self.nprocs_per_node:
+            raise ValueError(
+                f"nprocs_per_node={self.nprocs_per_node} must divide the world size "
+                f"{world_size} (every node holds the same number of processes)"
+            )
+        participants = world_size // self.nprocs_per_node
+        try:
+            topology = self.build_topology(participants)
+        except ValueError as exc:
+            raise ValueError(
+                f"topology {self.topology!r} with peers_per_itr={self.peers_per_itr} does "
+                f"not exist for {participants} gossiping participants: {exc}"
+            ) from None
+        if algorithm == "adpsgd" and (not topology.is_bipartite or topology.peers_per_itr != 1):
+            raise ValueError(
+                f"topology: AD-PSGD needs a bipartite graph with one peer per step; "
+                f"{topology!r} is not: try dynamic-bipartite-exponential"
+            )
+        if algorithm == "dpsgd":
+            check_doubly_stochastic(topology, self.mixing, owner="topology: D-PSGD")
+        return topology
 
     def check_fault_tolerance(self, algorithm: str, *, planned: bool = False) -> None:
         """Refuse ``fault_tolerance`` where it cannot work yet, naming why.

@@ -85,6 +85,16 @@ class GlobalProgress:
             raise TypeError(f"key must be a str; got {type(key).__name__}")
         if not key:
             raise ValueError("key must be a non-empty string")
+        if store is not None and not isinstance(store, Store):
+            raise TypeError(f"store must be a torch.distributed.Store or None; got {store!r:.80}")
+        group_given: object = process_group  # (a non-member's sentinel is named below)
+        if group_given not in (None, dist.GroupMember.NON_GROUP_MEMBER) and not isinstance(
+            group_given, ProcessGroup
+        ):
+            raise TypeError(
+                "process_group must be a torch.distributed.ProcessGroup or None; got "
+                f"{type(process_group).__name__}"
+            )
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(
                 "GlobalProgress needs an initialised process group: call "

@@ -19,6 +19,7 @@ __all__ = [
     "check_optimizer_owns",
     "check_same_model",
     "check_same_setup",
+    "check_wrapper_arguments",
     "checked_parameters",
     "setup_of",
 ]
@@ -81,8 +82,20 @@ def check_same_setup(
         module: The model, to name the difference when the structures differ.
 
     Raises:
+        TypeError: If ``group`` is not a ``ProcessGroup``, ``setup`` not a mapping of
+            str to str, or ``module`` neither a module nor ``None``.
         ValueError: Naming the first entry the ranks disagree on, with each rank's value.
     """
+    if not isinstance(setup, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in setup.items()
+    ):
+        raise TypeError(f"setup must be a mapping of str to str; got {setup!r:.80}")
+    if module is not None and not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module or None; got {type(module).__name__}")
+    if not isinstance(group, ProcessGroup):
+        raise TypeError(
+            f"group must be a torch.distributed.ProcessGroup; got {type(group).__name__}"
+        )
     world = dist.get_world_size(group)
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, dict(setup), group=group)
@@ -146,6 +159,26 @@ def check_optimizer_owns(params: list[nn.Parameter], optimizer: torch.optim.Opti
         raise ValueError(
             "optimizer must hold exactly the module's trainable parameters "
             f"({len(params)}); it holds {len(owned)}, missing {len(missing)}"
+        )
+
+
+def check_wrapper_arguments(module: object, optimizer: object, options: object) -> None:
+    """The types every wrapper checks first, before any process group.
+
+    Raises:
+        TypeError: Naming ``module``, ``optimizer`` or ``options``.
+    """
+    from gossip_nn.options import GossipOptions
+
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}"
+        )
+    if options is not None and not isinstance(options, GossipOptions):
+        raise TypeError(
+            f"options must be a gossip_nn.GossipOptions or None; got {type(options).__name__}"
         )
 
 

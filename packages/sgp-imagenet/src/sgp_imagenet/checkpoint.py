@@ -86,14 +86,16 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
 
     Returns:
         The path written.
+
+    Raises:
+        OSError: If the temporary file cannot be written (a full disk, a lost mount):
+            ``filename`` is ``path``, ``strerror`` says why, the partial temporary file
+            is removed, and ``path`` and its previous checkpoint are untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({**state, "format": FORMAT}, f)
-        f.flush()
-        os.fsync(f.fileno())
+    _write(state, tmp, path)
     if path.exists():
         prev, link = previous_path(path), path.with_name(path.name + ".prev.tmp")
         link.unlink(missing_ok=True)
@@ -105,6 +107,50 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path
+
+
+class _Recorder:
+    """A file's ``write`` for ``torch.save``, remembering the ``OSError`` it raised: torch's
+    writer turns it into a ``RuntimeError`` that no longer says why."""
+
+    def __init__(self, f: Any) -> None:
+        self.f: Any = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            written: int = self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+        return written
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _write(state: dict[str, Any], tmp: Path, path: Path) -> None:
+    """Write ``state`` to ``tmp`` and fsync it; on failure remove ``tmp`` and raise an
+    ``OSError`` naming ``path`` (see `save_atomic`)."""
+    try:
+        with open(tmp, "wb") as f:
+            recorder = _Recorder(f)
+            try:
+                torch.save({**state, "format": FORMAT}, recorder)  # type: ignore[arg-type]
+            except RuntimeError:
+                if recorder.error is None:
+                    raise
+                raise recorder.error from None
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # a partial file only takes the space a retry needs
+        raise OSError(
+            exc.errno,
+            f"{exc.strerror or exc} while writing a checkpoint (the partial file is removed; "
+            "the last complete checkpoint is kept)",
+            str(path),
+        ) from exc
 
 
 def check_resume(resume: str) -> Path | None:

@@ -11,8 +11,9 @@ outlives every worker). Every rank beats a [`Heartbeat`][sgp_imagenet.failure.He
 there from a thread of its own, which keeps beating while the training thread is
 blocked on a peer. A rank that stops reports so first. The lost ranks are those whose
 heartbeat stands still for `LOST_AFTER` seconds without such a report: a process that
-died, or one that hangs as a whole. A survivor that stops on the news, or one still
-blocked on another survivor, is not named.
+died, one that hangs as a whole, or one cut off by its link. A survivor that stops on
+the news, or one still blocked on another survivor, is not named. A rank whose own beats
+could not reach the store for that long says so: it was most likely the one cut off.
 """
 
 from __future__ import annotations
@@ -26,13 +27,18 @@ from torch.distributed.distributed_c10d import Store
 
 from gossip_comm import GossipError, GossipPeerError, GossipTimeoutError, NonFiniteError
 
-__all__ = ["BEAT_EVERY", "LOST_AFTER", "Heartbeat", "PeerFailure", "is_peer_failure"]
+__all__ = [
+    "BEAT_EVERY", "LOST_AFTER", "RECENT_GAP", "Heartbeat", "PeerFailure", "is_peer_failure",
+]  # fmt: skip
 
 BEAT_EVERY = 1.0
 """Seconds between two beats of a rank's heartbeat."""
 
 LOST_AFTER = 4.0
 """Seconds a heartbeat must stand still (with no report) for its rank to count as lost."""
+
+RECENT_GAP = 60.0
+"""Seconds since a rank's own beats last stalled for the stall to explain its failure."""
 
 _KEY = "sgp_imagenet/heartbeat"
 #: What a store whose server is gone raises (torch's DistStoreError is a RuntimeError).
@@ -89,6 +95,11 @@ class Heartbeat:
         self._store = _store() if store is None else store
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # this rank's own longest stretch without a beat reaching the store, and when it
+        # ended (monotonic s); a stretch still going on counts up to now
+        self._last_ok = time.monotonic()
+        self._gap = (0.0, 0.0)
+        self._lost: list[int] = []
 
     def __enter__(self) -> Heartbeat:
         if self._store is not None:
@@ -108,7 +119,19 @@ class Heartbeat:
                 self._store.add(f"{_KEY}/{self.rank}", 1)
             except _STORE_ERRORS:
                 return  # the store went with a lost rank: nothing to say through it
+            now = time.monotonic()
+            if now - self._last_ok - self.every > self._gap[0]:
+                self._gap = (now - self._last_ok - self.every, now)
+            self._last_ok = now
             self._stop.wait(self.every)
+
+    def own_gap(self, *, within: float = RECENT_GAP) -> float:
+        """The longest time this rank's beats could not reach the store, among stretches
+        that ended in the last ``within`` seconds or go on now (its link's outage)."""
+        now = time.monotonic()
+        ongoing = now - self._last_ok - self.every if self._thread is not None else 0.0
+        gap, ended = self._gap
+        return max(ongoing, gap if now - ended <= within else 0.0)
 
     def describe(self, err: BaseException, *, where: str, lost_after: float = LOST_AFTER) -> str:
         """Report that this rank stops, find whom it lost, and say so in one line.
@@ -127,7 +150,7 @@ class Heartbeat:
             self._report(reason)
             return head + reason
         self._report(None)
-        lost = self._stalled(lost_after)
+        lost = self._lost = self._stalled(lost_after)
         peer = err.peer if isinstance(err, GossipPeerError) else None
         ranks = ", ".join(map(str, lost))
         plural = len(lost) > 1
@@ -135,12 +158,18 @@ class Heartbeat:
             said = (
                 f"rank{'s' if plural else ''} {ranks} {'are' if plural else 'is'} lost (no "
                 f"heartbeat for {lost_after:g} s; {'they' if plural else 'it'} most likely "
-                "died)"
+                f"died, or lost {'their links' if plural else 'its link'})"
             )
             if peer is not None and peer not in lost:
                 said += f"; this rank's exchange with rank {peer} failed on the news"
         elif (first := self._first_reason()) is not None:  # another rank stopped first
             said = f"it stopped after another rank did ({first})"
+        elif (gap := self.own_gap()) >= max(lost_after, self.every):  # its own beats stalled
+            said = (
+                f"this rank could not reach the job's store for {gap:.1f} s, so its own link "
+                "most likely went down"
+                + ("" if peer is None else f" (meanwhile its exchange with rank {peer} failed)")
+            )
         elif isinstance(err, GossipTimeoutError):
             said = (
                 f"rank {peer} did not answer within the gossip timeout (its heartbeat goes on: "
@@ -159,6 +188,38 @@ class Heartbeat:
                 "lost rank; --debug shows the traceback"
             )
         )
+
+    def linger(self, timeout: float, *, lost_after: float = LOST_AFTER) -> list[int]:
+        """Keep this process (and the store it serves) up until every other rank has
+        said that it stops, or is lost, for at most ``timeout`` seconds.
+
+        Without torchrun's agent, rank 0's process serves the store. If it exits at
+        once, a survivor that stops later finds no store, and cannot tell whom it lost.
+        A rank counts as lost once `describe` named it, or once its heartbeat stands
+        still for ``lost_after`` seconds while this waits.
+
+        Returns:
+            The ranks it stopped waiting for at the deadline.
+        """
+        if self._store is None:
+            return []
+        deadline = time.monotonic() + timeout
+        waiting = {r for r in range(self.world) if r != self.rank} - set(self._lost)
+        beats, moved = self._beats() or {}, {r: time.monotonic() for r in waiting}
+        while waiting and time.monotonic() < deadline:
+            try:
+                waiting -= {r for r in waiting if self._store.check([f"{_KEY}/stopped/{r}"])}
+            except _STORE_ERRORS:
+                return sorted(waiting)
+            now, latest = time.monotonic(), self._beats() or {}
+            for r in list(waiting):
+                if latest.get(r) != beats.get(r):
+                    moved[r] = now
+                elif now - moved[r] >= lost_after:
+                    waiting.discard(r)  # gone meanwhile
+            beats = latest
+            time.sleep(min(0.1, self.every))
+        return sorted(waiting)
 
     def _report(self, reason: str | None) -> None:
         """Tell the others that this rank stops (it is not lost), and, if it is the first

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from gossip_nn import SET_TOPOLOGY_ALGORITHMS, GossipOptions
+from gossip_nn import SET_TOPOLOGY_ALGORITHMS, GossipOptions, gossip_options
 from sgp_imagenet.schedule import PeersSchedule
 
 __all__ = [
@@ -84,14 +84,21 @@ def wrapper_options(args: argparse.Namespace, *, peers_per_itr: int = 1) -> dict
     return {k: v for k, v in chosen.items() if k == "topology" or getattr(defaults, k) != v}
 
 
-def check_gossip_flags(args: argparse.Namespace) -> None:
+def check_gossip_flags(args: argparse.Namespace, world_size: int | None = None) -> None:
     """Check the gossip flags with gossip-nn, as the ranks will use them.
 
     Every peer count in ``--peers-per-itr-schedule`` is checked, not only the first.
 
+    Args:
+        args: The parsed ``sgp-imagenet train`` arguments.
+        world_size: The job's ranks, when the launcher has said (``WORLD_SIZE``,
+            ``SLURM_NTASKS``): the graph, the peer counts and ``--nprocs-per-node`` are
+            then checked at that size too. Not with ``--fault-tolerant``, whose members
+            come and go.
+
     Raises:
-        ValueError: Naming the flag, if a value is invalid or if ``--algorithm`` ignores
-            a flag that was set.
+        ValueError: Naming the flag, if a value is invalid, if ``--algorithm`` ignores
+            a flag that was set, or if the job cannot work at ``world_size``.
     """
     schedule = PeersSchedule.parse(args.peers_per_itr_schedule)
     changes = [epoch for epoch in schedule.milestones if schedule.changes_at(epoch) and epoch]
@@ -103,10 +110,9 @@ def check_gossip_flags(args: argparse.Namespace) -> None:
         )
     for peers in sorted({1, *schedule.milestones.values()}):
         try:
-            options = GossipOptions(**wrapper_options(args, peers_per_itr=peers))
+            options = gossip_options(args.algorithm, **wrapper_options(args, peers_per_itr=peers))
         except (TypeError, ValueError) as exc:
-            named = [flag for name, flag in FLAGS.items() if name in str(exc)]
-            raise ValueError(f"{', '.join(named) or 'gossip flags'}: {exc}") from None
+            raise ValueError(f"{_named(exc)}: {exc}") from None
         if args.fault_tolerant:
             _check_fault_tolerant(args, options)
         ignored = [FLAGS[name] for name in options.ignored_by(args.algorithm)]
@@ -116,6 +122,20 @@ def check_gossip_flags(args: argparse.Namespace) -> None:
                 f"--algorithm {args.algorithm}; leave {'it' if len(ignored) == 1 else 'them'} "
                 "unset"
             )
+        if world_size is not None and not args.fault_tolerant:
+            try:
+                options.check_world_size(args.algorithm, world_size)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{_named(exc)}: {exc} (the launcher starts {world_size} "
+                    f"rank{'s' if world_size != 1 else ''})"
+                ) from None
+
+
+def _named(exc: BaseException) -> str:
+    """The flags whose `GossipOptions` field ``exc``'s message names."""
+    named = [flag for name, flag in FLAGS.items() if name in str(exc)]
+    return ", ".join(named) or "gossip flags"
 
 
 def _check_fault_tolerant(args: argparse.Namespace, options: GossipOptions) -> None:

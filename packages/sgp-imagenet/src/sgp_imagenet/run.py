@@ -25,7 +25,13 @@ import torch.distributed as dist
 from torch import nn
 
 from gossip_nn import FaultTolerance, check_same_setup, make_data_parallel
-from sgp_imagenet.checkpoint import Resume, check_compatible, checkpoint_path, save_atomic
+from sgp_imagenet.checkpoint import (
+    CheckpointError,
+    Resume,
+    check_compatible,
+    checkpoint_path,
+    save_atomic,
+)
 from sgp_imagenet.data import DataBundle, ResumableSampler, check_classes, make_loader
 from sgp_imagenet.evaluate import accuracy, kept_buffers, validate
 from sgp_imagenet.failure import is_peer_failure
@@ -288,8 +294,8 @@ class TrainingRun:
 
         Raises:
             CheckpointError: If this run cannot continue the checkpoint: another model,
-                or a rank's own state from another algorithm or number of ranks.
-            ValueError: If the checkpoint's class count differs from the data's.
+                a rank's own state from another algorithm or number of ranks, or
+                another class count than the data's.
         """
         if resume is None:
             return
@@ -299,7 +305,10 @@ class TrainingRun:
         )
         fc = [p for p in self.model.parameters() if p.ndim == 2][-1]
         saved = int(state.get("num_classes", fc.shape[0]))
-        check_classes(self.bundle.num_classes, saved, where=str(resume.path))
+        try:
+            check_classes(self.bundle.num_classes, saved, where="the checkpoint")
+        except ValueError as exc:  # another run's file: a run-time failure, not a flag
+            raise CheckpointError(resume.path, str(exc).removeprefix("the checkpoint: ")) from None
         self.position.load_state_dict(state["progress"])
         self._use_peers_of(self.position.epoch)
         if state["kind"] == "rank":

@@ -26,12 +26,12 @@ import torch.distributed as dist
 from gossip_comm import MembershipError
 from sgp_imagenet.checkpoint import check_resume, choose_resume
 from sgp_imagenet.data import build_datasets
-from sgp_imagenet.failure import Heartbeat, PeerFailure, is_peer_failure
+from sgp_imagenet.failure import LOST_AFTER, Heartbeat, PeerFailure, is_peer_failure
 from sgp_imagenet.fault_tolerant import Leaving, connect
 from sgp_imagenet.launch import LaunchEnv, choose_backend, describe, detect
 from sgp_imagenet.preempt import EXIT_PREEMPTED, Preemption, requeue
+from sgp_imagenet.preflight import check_outputs
 from sgp_imagenet.run import Preempted, TrainingRun
-from sgp_imagenet.schedule import parse_epoch_pairs
 
 __all__ = ["EXIT_STOPPED", "report_env", "train"]
 
@@ -107,11 +107,12 @@ def train(args: argparse.Namespace) -> int:
     )
     device = _device(env, args)
     comm_device = device if backend == "nccl" else torch.device("cpu")
-    # bad data, a bad --resume path or a bad schedule fail here, before any process group
+    # bad data, an unknown model, an unusable output directory or --resume path fail
+    # here, on every rank, before any process group (the flags' values were checked by
+    # the command line)
     bundle = build_datasets(args.dataset, args.data, image_size=args.image_size, seed=args.seed)
+    check_outputs(args, bundle.num_classes, env.rank)
     check_resume(args.resume)
-    parse_epoch_pairs(args.lr_schedule, flag="--lr-schedule", value=float)  # (the peers
-    # schedule was checked with the gossip flags, at the command line)
     with Preemption() as preempt, contextlib.ExitStack() as stack:
         ft, left, broken, heartbeat = None, False, False, None
         try:
@@ -150,6 +151,8 @@ def train(args: argparse.Namespace) -> int:
         except PeerFailure as failure:  # without fault tolerance: the job cannot go on
             broken = True
             print(failure.line, file=sys.stderr, flush=True)
+            if heartbeat is not None and _serves_store():  # the others still need it
+                heartbeat.linger(args.gossip_timeout + LOST_AFTER)
             return EXIT_STOPPED
         except BaseException as err:
             broken = is_peer_failure(err)  # (--debug: the traceback follows)
@@ -158,6 +161,13 @@ def train(args: argparse.Namespace) -> int:
             if dist.is_initialized() and not left and not broken:
                 _leave_together(fault_tolerant=ft is not None)
                 dist.destroy_process_group()
+
+
+def _serves_store() -> bool:
+    """Whether this process serves the job's c10d store: rank 0 of an ``env://`` group,
+    unless torchrun's agent serves it."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    return dist.is_initialized() and dist.get_rank() == 0 and not agent
 
 
 def _leave_together(*, fault_tolerant: bool) -> None:
