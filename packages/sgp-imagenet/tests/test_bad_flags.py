@@ -510,3 +510,41 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.mark.faults
+def test_a_rank_whose_disk_fills_stops_the_job_and_the_other_says_why(
+    tmpfs: object, tmp_path: Path
+) -> None:
+    # 2 ranks under torchrun; rank 0 writes the checkpoints, and its disk fills after
+    # iteration 3: it stops with its own line, and rank 1, whose next exchange with it
+    # fails, gives rank 0's reason instead of calling it lost; neither waits for the
+    # gossip timeout (a hang fails at the torchrun timeout)
+    where = tmpfs("size=8m")  # type: ignore[operator]
+    logs = tmp_path / "torchrun"
+    args = [
+        "--standalone", "--nproc-per-node=2", "--max-restarts=0", "--log-dir", str(logs),
+        "--redirects", "3", "--no-python", str(SCRIPT), "train", *BASE, "--batch-size", "16",
+        "--epochs", "1", "--max-iters-per-epoch", "8", "--checkpoint-dir", str(where / "ckpt"),
+        "--checkpoint-every", "2", "--progress", "lines", "--no-tensorboard",
+        "--gossip-timeout", "100",
+    ]  # fmt: skip
+    os.environ[FILL_HOOK] = f"0:3:{where / 'filler'}"
+    try:
+        done = run_torchrun(args, tmp_path, timeout=90)
+    finally:
+        del os.environ[FILL_HOOK]
+    errs = {int(p.parent.name): p.read_text() for p in logs.rglob("stderr.log")}
+    assert done.returncode != 0 and sorted(errs) == [0, 1], done.stderr[-3000:]
+    said = {
+        r: [ln for ln in e.splitlines() if ln.startswith("sgp-imagenet:")] for r, e in errs.items()
+    }
+    assert len(said[0]) == 1 and "No space left on device" in said[0][0], errs[0][-3000:]
+    # (torchrun SIGTERMs rank 1 once rank 0 has exited; the line it prints then is not
+    # the one that says why it stopped)
+    stopped = [ln for ln in said[1] if " stopped at " in ln]
+    assert len(stopped) == 1, errs[1][-3000:]
+    assert stopped[0].startswith("sgp-imagenet: rank 1 stopped at iteration "), stopped
+    assert "it stopped after another rank did (rank 0 failed: " in stopped[0], stopped
+    assert "No space left on device" in stopped[0] and "is lost" not in stopped[0]
+    assert "exitcode  : 1" in done.stderr and "Traceback" not in errs[1]

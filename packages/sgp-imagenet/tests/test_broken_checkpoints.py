@@ -130,7 +130,9 @@ def test_a_save_killed_mid_write_leaves_the_last_good_checkpoint(tmp_path: Path)
 def _choose(rank: int, n: int, directory: str, resume: str) -> Any:
     try:
         found = choose_resume(resume, directory, rank)
-    except ValueError as exc:
+    except CheckpointError as exc:  # the files' contents: the command exits 1
+        return f"checkpoint error: {exc}"
+    except ValueError as exc:  # the command line: exits 2
         return f"error: {exc}"
     return None if found is None else (found.path.name, found.state["progress"]["global_itr"])
 
@@ -169,4 +171,6 @@ def test_resume_auto_skips_an_unreadable_newest_checkpoint(tmp_path: Path) -> No
         for path in (newest, previous_path(newest)):
             path.write_bytes(b"")
     for message in run_distributed(_choose, 2, (str(tmp_path), "auto")):
-        assert message.startswith(f"error: --resume: no checkpoint in {tmp_path} can be read")
+        assert message.startswith(
+            f"checkpoint error: checkpoint {tmp_path}: no checkpoint in it can be read"
+        ), message

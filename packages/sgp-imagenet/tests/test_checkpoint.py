@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gossip_comm.testing import run_distributed
-from sgp_imagenet.checkpoint import checkpoint_path, choose_resume, save_atomic
+from sgp_imagenet.checkpoint import CheckpointError, checkpoint_path, choose_resume, save_atomic
 
 
 def _write(directory: Path, rank: int | None, global_itr: int) -> None:
@@ -20,7 +20,9 @@ def _write(directory: Path, rank: int | None, global_itr: int) -> None:
 def _choose(rank: int, n: int, directory: str, resume: str) -> Any:
     try:
         found = choose_resume(resume, directory, rank)
-    except ValueError as exc:
+    except CheckpointError as exc:  # the files' contents: the command exits 1
+        return f"checkpoint error: {exc}"
+    except ValueError as exc:  # the command line: exits 2
         return f"error: {exc}"
     if found is None:
         return None
@@ -51,6 +53,7 @@ def test_the_ranks_agree_on_what_to_resume_from(tmp_path: Path) -> None:
     # ... else a clear error rather than ranks starting from different states
     errors = _case(tmp_path / "e", [30, 25], None)
     for message in errors:
+        assert message.startswith(f"checkpoint error: checkpoint {tmp_path / 'e'}: ")
         assert "not one consistent state" in message
         assert "rank 0: 30, rank 1: 25" in message and "--resume none" in message
     assert _case(tmp_path / "e", [30, 25], None, resume="none") == [None, None]

@@ -126,6 +126,22 @@ def test_a_rank_cut_off_by_its_link_says_so_and_the_others_name_it(
     assert cut_off.own_gap(within=0.0) < LOST_AFTER
 
 
+def test_a_rank_that_fails_on_its_own_tells_the_others_why(store: dist.TCPStore) -> None:
+    # rank 0's disk filled: it says so and goes; rank 1, whose exchange with it then
+    # fails, gives that reason instead of calling rank 0 lost
+    failed, me = _hearts(store, 2, 0, 1)
+    with me:
+        with failed:
+            failed.report_stop("rank 0 failed: /ckpt/checkpoint.pt: No space left on device")
+        err = PeerLostError("rank 1 lost peer 0", rank=1, peer=0, step=3)
+        line = me.describe(err, where="iteration 4", lost_after=LOST_AFTER)
+    assert line.startswith(
+        "sgp-imagenet: rank 1 stopped at iteration 4: it stopped after another rank did "
+        "(rank 0 failed: /ckpt/checkpoint.pt: No space left on device)"
+    ), line
+    assert "is lost" not in line
+
+
 def test_the_store_s_host_lingers_until_every_live_rank_has_stopped(
     store: dist.TCPStore,
 ) -> None:

@@ -308,6 +308,7 @@ def choose_resume(resume: str, directory: str | Path | None, rank: int) -> Resum
     own, avg, problems = _readable(Path(where), rank) if where is not None else ({}, {}, [])
     for problem in problems:
         print(f"sgp-imagenet: rank {rank}: --resume skips {problem}", flush=True)
+    place = where if where is not None else "(none given to this rank)"  # for the errors
     seen: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(seen, (sorted(own), sorted(avg), len(problems)))
     best_own = max(set.intersection(*(set(s[0]) for s in seen)), default=-1)
@@ -317,23 +318,23 @@ def choose_resume(resume: str, directory: str | Path | None, rank: int) -> Resum
     if best_avg >= 0:
         return Resume(avg[best_avg], load_checkpoint(avg[best_avg], mmap=True))
     if any(s[1] for s in seen):
-        raise ValueError(
-            f"--resume: rank {rank} cannot read the network average in {where} that other "
-            "ranks read; the checkpoint directory must be shared"
-        )
+        raise CheckpointError(
+            place, f"rank {rank} cannot read the network average that other ranks read; "
+            "the checkpoint directory must be shared (--resume)",
+        )  # fmt: skip
     if any(s[0] for s in seen):
         found = ", ".join(
             f"rank {r}: {'/'.join(map(str, s[0][::-1])) or 'none'}" for r, s in enumerate(seen)
         )
-        raise ValueError(
-            f"--resume: the per-rank checkpoints in {where} are not one consistent state "
-            f"(iterations per rank: {found}); pass --resume none to start fresh"
-        )
+        raise CheckpointError(
+            place, f"the per-rank checkpoints are not one consistent state (iterations per "
+            f"rank: {found}); pass --resume none to start fresh",
+        )  # fmt: skip
     if any(s[2] for s in seen):
-        raise ValueError(
-            f"--resume: no checkpoint in {where} can be read (each rank said which and why "
-            "above); pass --resume none to start fresh"
-        )
+        raise CheckpointError(
+            place, "no checkpoint in it can be read (each rank said which and why above); "
+            "pass --resume none to start fresh",
+        )  # fmt: skip
     if named is not None:
         raise ValueError(f"--resume: no checkpoint.pt or checkpoint.rank*.pt in {named}")
     return None

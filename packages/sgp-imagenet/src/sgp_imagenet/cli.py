@@ -9,19 +9,17 @@ the flag or the file and what is wrong.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from gossip_nn import ALGORITHMS
 from sgp_imagenet.checkpoint import CheckpointError
 from sgp_imagenet.data import DATASETS
-from sgp_imagenet.launch import BACKENDS, detect
-from sgp_imagenet.options import WIRE_DTYPES, check_gossip_flags
-from sgp_imagenet.schedule import LRSchedule, parse_epoch_pairs
+from sgp_imagenet.launch import BACKENDS
+from sgp_imagenet.options import WIRE_DTYPES
+from sgp_imagenet.usage import FT_DEFAULTS, check_train_flags
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 
@@ -35,9 +33,6 @@ EXIT_CODES: dict[int, str] = {
     75: "preempted: a checkpoint was saved (EX_TEMPFAIL: requeue and resume)",
 }
 """The exit statuses of ``sgp-imagenet train``, and what each means."""
-
-_FT_DEFAULTS: dict[str, object] = {"world_size": 0, "min_members": 2, "membership_timeout": 600.0}
-"""The defaults of the flags that only ``--fault-tolerant`` reads."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,19 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--world-size",
         type=int,
-        default=_FT_DEFAULTS["world_size"],
+        default=FT_DEFAULTS["world_size"],
         help="processes that form the job (0: WORLD_SIZE or SLURM_NTASKS); later ones join",
     )
     f.add_argument(
         "--min-members",
         type=int,
-        default=_FT_DEFAULTS["min_members"],
+        default=FT_DEFAULTS["min_members"],
         help="fewest members to train on with",
     )
     f.add_argument(
         "--membership-timeout",
         type=float,
-        default=_FT_DEFAULTS["membership_timeout"],
+        default=FT_DEFAULTS["membership_timeout"],
         help="seconds to wait for the job to form, or to be admitted to it",
     )
     f.add_argument(
@@ -295,115 +290,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flag(name: str) -> str:
-    return f"--{name.replace('_', '-')}"
-
-
-def _check_numbers(args: argparse.Namespace) -> None:
-    """Each number flag on its own: the range it must lie in."""
-    for name in ("batch_size", "epochs", "print_freq", "nprocs_per_node", "min_members"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"{_flag(name)} must be >= 1; got {getattr(args, name)}")
-    if args.image_size is not None and args.image_size < 1:
-        raise ValueError(f"--image-size must be >= 1; got {args.image_size}")
-    for name in (
-        "synch_freq", "workers", "checkpoint_every", "max_iters_per_epoch", "preempt_check_every",
-        "precise_bn", "world_size",
-    ):  # fmt: skip
-        if getattr(args, name) < 0:
-            raise ValueError(f"{_flag(name)} must be >= 0; got {getattr(args, name)}")
-    if not 0 <= args.seed < 2**63:
-        raise ValueError(f"--seed must be in [0, 2**63); got {args.seed}")
-    for name, low, high, rule in (
-        ("momentum", 0.0, 1.0, "in [0, 1)"),
-        ("weight_decay", 0.0, math.inf, ">= 0 and finite"),
-        ("label_smoothing", 0.0, 1.0, "in [0, 1)"),
-    ):
-        value = getattr(args, name)
-        if not low <= value < high:
-            raise ValueError(f"{_flag(name)} must be {rule}; got {value}")
-    if not 0 < args.membership_timeout < math.inf:
-        raise ValueError(
-            f"--membership-timeout must be a positive number of seconds; got "
-            f"{args.membership_timeout}"
-        )
-    with warnings.catch_warnings():  # (the run itself warns about milestones in warm-up)
-        warnings.simplefilter("ignore")
-        try:  # the schedule's owner checks the rate, the warm-up and the decays
-            LRSchedule(
-                reference_lr=args.lr, global_batch=args.batch_size,
-                warmup_epochs=args.warmup_epochs,
-                decays=parse_epoch_pairs(args.lr_schedule, flag="--lr-schedule", value=float),
-            )  # fmt: skip
-        except (TypeError, ValueError) as exc:
-            text = str(exc)
-            for name, flag in (("reference_lr", "--lr"), ("warmup_epochs", "--warmup-epochs"),
-                               ("decays", "--lr-schedule")):  # fmt: skip
-                if text.startswith(name):
-                    raise ValueError(f"{flag}: {text}") from None
-            raise ValueError(text) from None
-
-
-def _check_combinations(args: argparse.Namespace) -> None:
-    """Flags that do not go together, or that need another flag."""
-    if args.dataset is None:
-        args.dataset = "imagefolder" if args.data else None
-        if args.dataset is None:
-            raise ValueError("give --data DIR (an ImageFolder root) or --dataset synthetic|digits")
-    if args.dataset == "imagefolder" and not args.data:
-        raise ValueError("--dataset imagefolder needs --data DIR (an ImageFolder root)")
-    if args.data and args.dataset != "imagefolder":
-        raise ValueError(
-            f"--data applies only to --dataset imagefolder; --dataset {args.dataset} reads "
-            "no files: leave --data unset"
-        )
-    for name in ("checkpoint_every", "checkpoint_all"):
-        if getattr(args, name) and not args.checkpoint_dir:
-            raise ValueError(f"{_flag(name)} needs --checkpoint-dir DIR (where checkpoints go)")
-    if args.coordinator and not args.fault_tolerant:
-        raise ValueError("--coordinator is for --fault-tolerant runs; add --fault-tolerant")
-    if not args.fault_tolerant:
-        set_ = [_flag(k) for k, default in _FT_DEFAULTS.items() if getattr(args, k) != default]
-        if set_:
-            raise ValueError(
-                f"{', '.join(set_)} only {'applies' if len(set_) == 1 else 'apply'} with "
-                "--fault-tolerant (the launcher sets the world size otherwise); add "
-                f"--fault-tolerant or leave {'it' if len(set_) == 1 else 'them'} unset"
-            )
-    else:
-        from sgp_imagenet.fault_tolerant import parse_address
-
-        if args.coordinator:  # (without one, the gossip flags' check says what to add)
-            parse_address(args.coordinator)
-        if args.backend == "nccl":
-            raise ValueError(
-                "--fault-tolerant gossips over gloo (an NCCL communicator does not survive "
-                "a lost peer); leave --backend at auto or set gloo"
-            )
-        if args.world_size and args.min_members > args.world_size:
-            raise ValueError(
-                f"--min-members {args.min_members} must be <= --world-size {args.world_size}"
-            )
-    if args.compile is not None:
-        import torch
-
-        backends = torch.compiler.list_backends(exclude_tags=())
-        if args.compile not in backends:
-            raise ValueError(
-                f"--compile: unknown torch.compile backend {args.compile!r}; choose one of "
-                f"{', '.join(backends)}"
-            )
-
-
-def _validate(args: argparse.Namespace) -> None:
-    """Check ``train``'s flags before any process starts: each value, the combinations,
-    and (through gossip-nn) the gossip flags at the world size the launcher gives."""
-    _check_numbers(args)
-    _check_combinations(args)
-    world_size = detect().world_size  # (a malformed launcher variable is named here)
-    check_gossip_flags(args, world_size)  # gossip-nn knows which option applies to which
-
-
 def _say(exc: BaseException) -> str:
     """The one line a failure prints."""
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
@@ -454,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Path(args.table).write_text(table + "\n")
             print(f"wrote {plot_runs(runs, args.out)}")
             return 0
-        _validate(args)
+        check_train_flags(args)
         from sgp_imagenet.train import train
 
         return train(args)

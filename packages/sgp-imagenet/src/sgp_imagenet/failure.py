@@ -28,7 +28,8 @@ from torch.distributed.distributed_c10d import Store
 from gossip_comm import GossipError, GossipPeerError, GossipTimeoutError, NonFiniteError
 
 __all__ = [
-    "BEAT_EVERY", "LOST_AFTER", "RECENT_GAP", "Heartbeat", "PeerFailure", "is_peer_failure",
+    "BEAT_EVERY", "LOST_AFTER", "RECENT_GAP", "Heartbeat", "PeerFailure", "first_line",
+    "is_peer_failure",
 ]  # fmt: skip
 
 BEAT_EVERY = 1.0
@@ -178,7 +179,7 @@ class Heartbeat:
         elif peer is not None:
             said = f"rank {peer} is lost (its connection closed; it most likely died)"
         else:
-            said = f"a collective failed ({_first_line(err)})"
+            said = f"a collective failed ({first_line(err)})"
         return (
             head
             + said
@@ -220,6 +221,11 @@ class Heartbeat:
             beats = latest
             time.sleep(min(0.1, self.every))
         return sorted(waiting)
+
+    def report_stop(self, reason: str) -> None:
+        """Tell the others that this rank stops for ``reason`` of its own (a full disk, a
+        broken file): a rank that stops after it names the reason instead of a loss."""
+        self._report(reason)
 
     def _report(self, reason: str | None) -> None:
         """Tell the others that this rank stops (it is not lost), and, if it is the first
@@ -271,7 +277,8 @@ class Heartbeat:
         return stalled
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message (at most 200 characters), or its type's name."""
     text = str(err).strip()
     return text.splitlines()[0][:200] if text else type(err).__name__
 

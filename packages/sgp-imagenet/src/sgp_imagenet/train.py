@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Mapping
 
 import torch
@@ -26,7 +27,7 @@ import torch.distributed as dist
 from gossip_comm import MembershipError
 from sgp_imagenet.checkpoint import check_resume, choose_resume
 from sgp_imagenet.data import build_datasets
-from sgp_imagenet.failure import LOST_AFTER, Heartbeat, PeerFailure, is_peer_failure
+from sgp_imagenet.failure import LOST_AFTER, Heartbeat, PeerFailure, first_line, is_peer_failure
 from sgp_imagenet.fault_tolerant import Leaving, connect
 from sgp_imagenet.launch import LaunchEnv, choose_backend, describe, detect
 from sgp_imagenet.preempt import EXIT_PREEMPTED, Preemption, requeue
@@ -151,11 +152,14 @@ def train(args: argparse.Namespace) -> int:
         except PeerFailure as failure:  # without fault tolerance: the job cannot go on
             broken = True
             print(failure.line, file=sys.stderr, flush=True)
-            if heartbeat is not None and _serves_store():  # the others still need it
-                heartbeat.linger(args.gossip_timeout + LOST_AFTER)
+            _stay_for_the_others(heartbeat, args.gossip_timeout)
             return EXIT_STOPPED
-        except BaseException as err:
-            broken = is_peer_failure(err)  # (--debug: the traceback follows)
+        except BaseException as err:  # (--debug: the traceback follows)
+            broken = True  # the others are not at a barrier: go without one
+            if heartbeat is not None and isinstance(err, Exception) and not is_peer_failure(err):
+                # a failure of this rank's own (a full disk, a bad file): tell the others
+                heartbeat.report_stop(f"rank {dist.get_rank()} failed: {first_line(err)}")
+                _stay_for_the_others(heartbeat, args.gossip_timeout)
             raise
         finally:
             if dist.is_initialized() and not left and not broken:
@@ -163,11 +167,17 @@ def train(args: argparse.Namespace) -> int:
                 dist.destroy_process_group()
 
 
-def _serves_store() -> bool:
-    """Whether this process serves the job's c10d store: rank 0 of an ``env://`` group,
-    unless torchrun's agent serves it."""
+def _stay_for_the_others(heartbeat: Heartbeat | None, gossip_timeout: float) -> None:
+    """If this process serves the job's c10d store (rank 0 of an ``env://`` group, when
+    torchrun's agent does not), close its connections to the others, so that none waits
+    on it, but keep the store up until they have stopped (`Heartbeat.linger`)."""
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    return dist.is_initialized() and dist.get_rank() == 0 and not agent
+    if heartbeat is None or agent or not dist.is_initialized() or dist.get_rank() != 0:
+        return
+    closing = threading.Thread(target=dist.destroy_process_group, daemon=True)
+    closing.start()  # (the heartbeat holds the store: it stays up)
+    closing.join(timeout=5.0)
+    heartbeat.linger(gossip_timeout + LOST_AFTER)
 
 
 def _leave_together(*, fault_tolerant: bool) -> None:
