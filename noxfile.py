@@ -44,7 +44,7 @@ DEV_TOOLS = [
     "pyyaml",
     "griffelib",  # the docs' API checks, run as tests (tests/test_api_docs.py)
 ]
-DOCS_TOOLS = ["mkdocs", "mkdocs-material", "mkdocstrings[python]", "ruff"]
+DOCS_TOOLS = ["mkdocs", "mkdocs-material", "mkdocstrings[python]", "mkdocs-glightbox", "ruff"]
 BROWSER_TOOLS = ["playwright"]
 DEV_ENV = ROOT / ".nox" / "dev"
 
@@ -205,8 +205,10 @@ def docs_browser(session: nox.Session) -> None:
 
     Uses the system's Chromium (Debian: ``apt-get install -y chromium``) through
     Playwright's Python API; Playwright's own browser download is not needed. Checks the
-    home page, a tutorial, a concept page with math and the gossip-nn reference at 1280 px
-    and 390 px: headings, typeset math, the search box, the 404 page, console errors.
+    home page, a tutorial, the benchmarks, a concept page with math and the gossip-nn
+    reference at 1280 px and 390 px: headings, typeset math, figures that enlarge on
+    click, the search box, the 404 page (from any path, and from the folder), console
+    errors.
     Screenshots and ``report.json`` go to ``site-check/``.
     """
     python = _docs_python(session, *BROWSER_TOOLS)

@@ -16,7 +16,7 @@ compute-only iteration. Times are the median of ``--iters`` iterations after
 ``--warmup``, on the slowest rank (AD-PSGD: the mean over active ranks).
 
 Writes ``benchmarks/results/cluster.{json,md}``, ``cluster_chunks.{json,md}``,
-``cluster_straggler.{json,md}`` and ``cluster.png``.
+``cluster_straggler.{json,md}``, ``cluster.png`` and the home page's ``home.png``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 from emulate import Cluster, install_signal_teardown, parse_rate  # noqa: E402
 
 from _results import RESULTS, write_results  # noqa: E402
+from plot_home import plot_home  # noqa: E402
 
 #: (label, train_step.py arguments, floor kind)
 CONFIGS: list[tuple[str, list[str], str]] = [
@@ -187,32 +188,42 @@ def targets(
     return out
 
 
-def plot(rows: list[dict[str, object]], path: Path) -> None:
-    """Bars of seconds per iteration by algorithm, one panel per rate, floors marked."""
+def plot(rows: list[dict[str, object]], path: Path, *, hosts: int) -> None:
+    """Bars of seconds per iteration by algorithm, one panel per rate, floors marked.
+
+    Sized for the docs' text width (about 690 px): the panels are stacked, the bars
+    horizontal so that every label reads level, and the fonts 9 to 11 points at 100 dpi.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rates = sorted({float(r["rate_gbit"]) for r in rows})  # type: ignore[arg-type]
-    fig, axes = plt.subplots(1, len(rates), figsize=(6.5 * len(rates), 4.8), squeeze=False)
-    for ax, rate in zip(axes[0], rates, strict=True):
+    size = (6.9, 0.6 + 3.6 * len(rates))
+    fig, axes = plt.subplots(len(rates), 1, figsize=size, sharex=True, layout="constrained")
+    axes = [axes] if len(rates) == 1 else list(axes)
+    for ax, rate in zip(axes, rates, strict=True):
         sel = [r for r in rows if r["rate_gbit"] == rate]
-        labels = [str(r["label"]) for r in sel]
-        ys = [float(r["seconds"]) for r in sel]  # type: ignore[arg-type]
+        ys = range(len(sel))
+        seconds = [float(r["seconds"]) for r in sel]  # type: ignore[arg-type]
         floors = [float(r["floor_s"]) for r in sel]  # type: ignore[arg-type]
-        xs = range(len(sel))
-        ax.bar(xs, ys, color="#4c72b0", label="measured")
-        ax.scatter(xs, floors, marker="_", s=900, color="#dd5555", zorder=3, label="floor")
-        for x, y, r in zip(xs, ys, sel, strict=True):
-            ax.annotate(f"{r['vs_floor']:.2f}x", (x, y), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(list(xs), labels, rotation=35, ha="right", fontsize=8)
-        ax.set_ylabel("seconds per iteration (median)")
-        ax.set_title(f"4 hosts, {rate:g} Gbit/s links (label: time / floor)")
-        ax.legend(fontsize=8)
-    fig.suptitle("ResNet-50 training iteration on an emulated cluster (gloo, 1 thread per rank)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        ax.barh(ys, seconds, color="#4c72b0", height=0.7, label="measured (median)")
+        ax.scatter(floors, ys, marker="|", s=260, linewidths=2.5, color="#dd5555", label="floor")
+        for y, s, fl, r in zip(ys, seconds, floors, sel, strict=True):
+            note = f" {s:.3f} s, {r['vs_floor']:.2f}x floor"
+            ax.annotate(note, (max(s, fl), y), va="center", ha="left", fontsize=9)
+        ax.set_yticks(list(ys), [str(r["label"]) for r in sel], fontsize=10)
+        ax.invert_yaxis()
+        ax.set_title(f"{hosts} hosts, {rate:g} Gbit/s links", fontsize=11)
+        ax.grid(axis="x", alpha=0.3)
+    right = max(max(float(r["seconds"]), float(r["floor_s"])) for r in rows)  # type: ignore[arg-type]
+    axes[-1].set_xlim(0, right * 1.45)
+    axes[-1].set_xlabel("seconds per iteration (slowest rank)", fontsize=10)
+    title = "ResNet-50 training iteration, emulated cluster (gloo, 1 thread per rank)"
+    fig.suptitle(title, fontsize=11)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -233,7 +244,7 @@ def write_targets(
             ]
             for g in goals
         ],
-        title="Targets of issue 8, from this run",
+        title="Design targets, checked on this run",
         quick=quick,
         meta=meta,
     )
@@ -295,7 +306,11 @@ def write_cluster_table(
             + "; ".join(
                 f"{c['rate_gbit']:g} Gbit/s: {c['efficiency']:.2f} of the rate" for c in checks
             )
-            + ". `/ floor` uses the configured rate; `/ floor (measured link)` the rate the "
+            + ". Floors: compute + M/B for SGP and D-PSGD (M/(2B) with a bf16 wire), "
+            "max(compute, M/B) for OSGP and AD-PSGD, compute + 2(n-1)/n M/B for DDP, which "
+            "is a reference rather than a bound: DDP all-reduces buckets while backward "
+            "still runs, so it can beat it (`/ floor` under 1). "
+            "`/ floor` uses the configured rate; `/ floor (measured link)` the rate the "
             "self-check reached. The last two columns split the iteration (slowest rank's "
             "medians): forward and backward (DDP's all-reduce runs inside backward; "
             "overlapped gossip shares the CPU with it), and the optimizer step, inside "
@@ -318,9 +333,10 @@ def report_only() -> int:
         write_cluster_table(
             name, rows, data["link_checks"], data["runs"], str(meta["model"]), hosts, False, meta
         )
-        plot(rows, RESULTS / f"{name}.png")
+        plot(rows, RESULTS / f"{name}.png", hosts=hosts)
         if name != "cluster":
             continue
+        plot_home(rows, RESULTS / "home.png")
         straggler_path = RESULTS / "cluster_straggler.json"
         straggler = (
             json.loads(straggler_path.read_text())["rows"] if straggler_path.exists() else []
@@ -449,7 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"hosts": hosts, "model": model, "iters": iters, "warmup": warmup, "backend": "gloo"}
     if rows:
         write_cluster_table(f"cluster{suffix}", rows, checks, raw, model, hosts, args.quick, meta)
-        plot(rows, RESULTS / f"cluster{suffix}{'_quick' if args.quick else ''}.png")
+        plot(rows, RESULTS / f"cluster{suffix}{'_quick' if args.quick else ''}.png", hosts=hosts)
+        if not suffix and not args.quick:
+            plot_home(rows, RESULTS / "home.png")  # the docs' home page figure
     goals = targets(rows, straggler_rows) if hosts == 4 else []
     if goals:
         write_targets(f"cluster_targets{suffix}", goals, quick=args.quick, meta=meta)

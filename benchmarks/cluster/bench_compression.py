@@ -372,8 +372,10 @@ def _notes(
         "for DDP (ring all-reduce of the hook's payload, 2(n-1)/n of it per rank). Floors: "
         "C + M'/B for SGP and DDP, max(C, M'/B) for OSGP, C the same mode's compute-only "
         "row, B the configured rate (`/ floor (measured link)`: the rate the self-check "
-        "reached). `best DDP / this`: the fastest DDP row of the same rate and batch (plain "
-        f"or with a hook) over this row's time. Link self-checks: {links}. {_shared(rows)}"
+        "reached). DDP's floor is a reference, not a bound: DDP all-reduces buckets while "
+        "backward still runs, so it can beat it (`/ floor` under 1). `best DDP / this`: "
+        "the fastest DDP row of the same rate and batch (plain or with a hook) over this "
+        f"row's time. Link self-checks: {links}. {_shared(rows)}"
         + (
             " **The packages' source changed during this run**: rows before and after the "
             "change ran different code."

@@ -8,7 +8,11 @@ browser, and checks, at a desktop width (1280 px) and a phone width (390 px):
 - math is typeset (MathJax output present, no raw ``$$`` or ``\\(``) and typeset once;
 - the gossip-nn reference lists ``GossipDataParallel``;
 - the search box finds "PushSum";
-- the 404 page is styled under the subpath;
+- every figure loads, and one that the page scales down opens larger on click, and zooms
+  to full size on a second click on the desktop (the glightbox plugin);
+  screenshots show the most scaled-down figure and its enlarged view;
+- the 404 page holds no root-relative links, and is styled with working links at a
+  missing address three levels deep under the subpath and when opened from the folder;
 - no console errors, except requests this check blocks from leaving the machine.
 
 Screenshots go to ``site-check/`` with a ``report.json``. Exit status 0 means every check
@@ -22,6 +26,7 @@ import contextlib
 import functools
 import http.server
 import json
+import re
 import shutil
 import sys
 import threading
@@ -45,11 +50,15 @@ class PageCheck:
     heading: str
     math: bool = False
     must_contain: tuple[str, ...] = ()
+    figures: bool = False
 
 
 PAGES = (
-    PageCheck("home", "", "gossip"),
-    PageCheck("tutorial", "tutorials/topologies/", "Topologies, mixing and consensus"),
+    PageCheck("home", "", "gossip", figures=True),
+    PageCheck(
+        "tutorial", "tutorials/topologies/", "Topologies, mixing and consensus", figures=True
+    ),
+    PageCheck("benchmarks", "benchmarks/", "Benchmarks", figures=True),
     PageCheck("concept-math", "concepts/push-sum/", "Push-sum and mixing matrices", math=True),
     PageCheck(
         "reference-gossip-nn",
@@ -179,9 +188,70 @@ def _check_page(
     shot = out / f"{spec.slug}-{width}.png"
     page.screenshot(path=str(shot), full_page=False)
     entry["screenshot"] = shot.name
+    if spec.figures:
+        _check_figures(page, label, out / f"{spec.slug}-{width}", report, entry)
     entry["console_errors"] = errors
     report.check(not errors, f"{label}: no console errors {errors if errors else ''}".rstrip())
     report.pages.append(entry)
+
+
+_FIGURES = """[...document.querySelectorAll('article img')].map(i => ({
+    src: i.getAttribute('src'), natural: i.naturalWidth,
+    shown: Math.round(i.getBoundingClientRect().width), boxed: !!i.closest('a.glightbox')}))"""
+
+
+def _check_figures(
+    page: Any, label: str, stem: Path, report: Report, entry: dict[str, Any]
+) -> None:
+    """Every figure loads; a scaled-down one opens larger on click; screenshots of both."""
+    with contextlib.suppress(Exception):  # not loaded in time: the check below fails
+        page.wait_for_function(
+            "[...document.querySelectorAll('article img')].every(i => i.complete)",
+            timeout=20_000,
+        )
+    figures = page.evaluate(_FIGURES)
+    entry["figures"] = figures
+    if not report.check(bool(figures), f"{label}: the page shows figures"):
+        return
+    broken = [f["src"] for f in figures if not f["natural"]]
+    report.check(not broken, f"{label}: every figure loads {broken or ''}".rstrip())
+    squeezed = [f["src"] for f in figures if f["natural"] > f["shown"] + 1 and not f["boxed"]]
+    report.check(
+        not squeezed, f"{label}: every scaled-down figure opens on click {squeezed or ''}".rstrip()
+    )
+    # the most scaled-down figure: on screen, then enlarged
+    i = max(range(len(figures)), key=lambda k: figures[k]["natural"] / max(figures[k]["shown"], 1))
+    figure = page.locator("article img").nth(i)
+    figure.scroll_into_view_if_needed()
+    page.screenshot(path=f"{stem}-figure.png")
+    figure.click()
+    big = page.locator(".glightbox-container .gslide.current img")
+    with contextlib.suppress(Exception):  # no lightbox: the check below fails
+        big.wait_for(state="visible", timeout=10_000)
+        page.wait_for_timeout(800)  # the opening animation
+    shown, natural = figures[i]["shown"], figures[i]["natural"]
+    enlarged = round(big.bounding_box()["width"]) if big.count() else 0
+    entry["enlarged"] = {"src": figures[i]["src"], "shown": shown, "enlarged": enlarged}
+    report.check(
+        enlarged > shown or (enlarged and enlarged >= natural - 1),
+        f"{label}: clicking {figures[i]['src']} ({natural} px, shown at {shown}) "
+        f"opens it at {enlarged} px",
+    )
+    page.screenshot(path=f"{stem}-lightbox.png")
+    # still scaled to the screen: a click zooms to full size (on a phone, glightbox zooms
+    # by pinching instead, which this check does not do)
+    if 0 < enlarged < natural - 1 and page.viewport_size["width"] >= 1024:
+        big.click()
+        page.wait_for_timeout(800)
+        zoomed = round(big.bounding_box()["width"])
+        entry["enlarged"]["zoomed"] = zoomed
+        report.check(zoomed > enlarged, f"{label}: a click on it zooms it to {zoomed} px")
+    page.keyboard.press("Escape")
+    with contextlib.suppress(Exception):
+        page.locator(".glightbox-container").wait_for(state="detached", timeout=5_000)
+    report.check(
+        not page.locator(".glightbox-container").count(), f"{label}: Escape closes the figure"
+    )
 
 
 def _check_search(page: Any, base: str, width: str, out: Path, report: Report) -> None:
@@ -217,17 +287,53 @@ def _check_search(page: Any, base: str, width: str, out: Path, report: Report) -
     report.pages.append({"page": "search", "width": width, "results": found})
 
 
-def _check_404(page: Any, base: str, width: str, report: Report) -> None:
-    response = page.goto(base + "no/such/page/", wait_until="load")
+def rooted_links(html: str) -> list[str]:
+    """The root-relative links of a page (``href="/gossip/..."``, the theme's config too).
+
+    They work only when the site is served at that very path: not from a folder, nor
+    from another path.
+    """
+    found = re.findall(r"""(?:href|src|action)=["']?(/(?!/)[^"'\s>]*)""", html)
+    config = re.search(r'<script id="__config" type="application/json">(.*?)</script>', html, re.S)
+    if config:
+        settings = json.loads(config.group(1))
+        found += [settings[k] for k in ("base", "search") if str(settings.get(k)).startswith("/")]
+    return found
+
+
+_STYLED = "getComputedStyle(document.querySelector('.md-header')).position === 'sticky'"
+
+
+def _check_404(page: Any, base: str, width: str, site: Path, report: Report) -> None:
     label = f"[{width}] 404"
+    rooted = rooted_links((site / "404.html").read_text())
+    report.check(not rooted, f"{label}: 404.html has no root-relative links {rooted[:3]}")
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    response = page.goto(base + "no/such/page/", wait_until="load")
     report.check(
         response is not None and response.status == 404, f"{label}: missing page answers 404"
     )
     styled = page.evaluate(
-        "[...document.styleSheets].some("
-        "s => s.href && s.href.includes('/gossip/assets/stylesheets/'))"
+        f"[...document.styleSheets].some(s => s.href && s.href.startsWith('{base}assets/'))"
+        f" && {_STYLED}"
     )
     report.check(bool(styled), f"{label}: 404 page loads the site's stylesheet under {PREFIX}")
+    links = page.evaluate(
+        "[document.querySelector('a.md-logo').href, "
+        "document.querySelector('article a').href, "
+        "(document.querySelector('a.md-nav__link[href$=\"getting-started/\"]') || {}).href]"
+    )
+    want = [base, base, base + "getting-started/"]
+    report.check(links == want, f"{label}: its home and nav links lead into the site {links}")
+    report.check(not errors, f"{label}: no page errors {errors if errors else ''}".rstrip())
+    page.goto((site / "404.html").resolve().as_uri(), wait_until="load")
+    styled = page.evaluate(_STYLED)
+    home = page.evaluate("document.querySelector('a.md-logo').href")
+    report.check(
+        bool(styled) and home == (site.resolve() / "index.html").parent.as_uri() + "/",
+        f"{label}: opened from the folder, 404.html is styled and links home ({home})",
+    )
 
 
 def run(site: Path, out: Path, browser_path: str) -> Report:
@@ -243,8 +349,8 @@ def run(site: Path, out: Path, browser_path: str) -> Report:
                 context = browser.new_context(viewport={"width": w, "height": h})
 
                 def gate(route: Any) -> None:
-                    host = urlsplit(route.request.url).hostname
-                    if host in ("127.0.0.1", "localhost"):
+                    url = urlsplit(route.request.url)
+                    if url.scheme == "file" or url.hostname in ("127.0.0.1", "localhost"):
                         route.continue_()
                     else:
                         report.blocked.add(route.request.url)
@@ -257,7 +363,7 @@ def run(site: Path, out: Path, browser_path: str) -> Report:
                     page.close()
                 page = context.new_page()
                 _check_search(page, base, width, out, report)
-                _check_404(page, base, width, report)
+                _check_404(page, base, width, site, report)
                 context.close()
         finally:
             browser.close()

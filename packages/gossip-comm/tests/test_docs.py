@@ -3,6 +3,7 @@ plot), and the user-defined compressor of the "Sending less" page."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,20 @@ def test_gossip_average_tutorial_runs_under_torchrun(
     assert len(plots) == 1
     exec(compile(plots[0], f"{PAGE.name}[plot]", "exec"), {"__name__": "__tutorial__"})
     assert (tmp_path / "gossip_average.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_gossip_average_tutorial_runs_with_a_world_size_not_a_power_of_two(
+    tmp_path: Path,
+) -> None:
+    script = re.search(r'```python title="average.py"\n(.*?)```', PAGE.read_text(), flags=re.S)
+    assert script is not None
+    (tmp_path / "average.py").write_text(script.group(1))
+    args = ["--standalone", "--nproc-per-node", "3", "average.py", "curves.json"]
+    result = run_torchrun(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]  # the script asserts its estimate
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    assert curves["one-peer-exponential"][-1] < curves["one-peer-exponential"][0]
 
 
 SCRIPT = """

@@ -200,3 +200,12 @@ def test_legacy_phone_book_is_a_gossip_option() -> None:
     assert options.ignored_by("sgp") == []
     with pytest.raises(TypeError, match="legacy_phone_book must be a bool"):
         GossipOptions(legacy_phone_book=1)  # type: ignore[arg-type]
+
+
+def test_the_algorithm_lists_agree_with_the_wrappers_own() -> None:
+    """The public tuples are written out (so the reference shows their values); they must
+    stay what the wrappers implement."""
+    from gossip_nn._steps import GOSSIP_ALGORITHMS
+
+    assert ("ar", *GOSSIP_ALGORITHMS, "adpsgd") == ALGORITHMS
+    assert SET_TOPOLOGY_ALGORITHMS == GOSSIP_ALGORITHMS

@@ -128,3 +128,10 @@ def test_every_name_works_at_world_size_one(name: str) -> None:
 def test_names_are_forgiving_about_case_and_underscores() -> None:
     assert isinstance(make_topology("One_Peer_Exponential", 4), OnePeerExponential)
     assert make_topology("hypercube", 8, peers_per_itr=3).peers_per_itr == 3
+
+
+def test_the_written_out_names_are_the_registered_classes() -> None:
+    """TOPOLOGY_NAMES is spelled out so the reference shows it; it must name the classes."""
+    from gossip_topology.registry import _FIXED, _PHONE_BOOKS
+
+    assert (*_PHONE_BOOKS, *_FIXED) == TOPOLOGY_NAMES

@@ -33,8 +33,21 @@ _FIXED: dict[str, Callable[[int], Topology]] = {
     )
 }
 
-TOPOLOGY_NAMES: tuple[str, ...] = (*_PHONE_BOOKS, *_FIXED)
-"""Every name `make_topology` accepts."""
+TOPOLOGY_NAMES: tuple[str, ...] = (
+    "dynamic-directed-exponential",
+    "dynamic-bipartite-exponential",
+    "dynamic-directed-linear",
+    "dynamic-bipartite-linear",
+    "ring",
+    "npeer-dynamic-directed-exponential",
+    "static-exponential",
+    "one-peer-exponential",
+    "torus-2d",
+    "star",
+    "complete",
+    "hypercube",
+)
+"""Every name `make_topology` accepts: the 2019 code's six graphs, then the fixed ones."""
 
 LEGACY_IDS: dict[int, str] = {cls.legacy_id: name for name, cls in _PHONE_BOOKS.items()}
 """The 2019 code's ``--graph_type`` ids and the names they map to."""
