@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gossip_topology import Complete, OnePeerExponential, Ring
+from gossip_topology import Complete, OnePeerExponential, Ring, make_topology
 from gossip_topology.report import consensus_curve, main
 
 
@@ -59,3 +59,15 @@ def test_consensus_curve_reaches_zero_where_averaging_is_exact() -> None:
     assert curve[0] == 1.0 and curve[3] < 1e-14
     np.testing.assert_allclose(consensus_curve(Complete(5), 1)[1], 0.0, atol=1e-15)
     assert np.all(np.diff(consensus_curve(Ring(6, 2), 10)) <= 1e-12)
+
+
+def test_the_plot_draws_graphs_that_mix_alike_once_under_both_names() -> None:
+    from gossip_topology.report import _same_curves
+
+    n, steps = 16, 8
+    names = ["one-peer-exponential", "npeer-dynamic-directed-exponential", "ring"]
+    curves = {name: consensus_curve(make_topology(name, n), steps) for name in names}
+    groups = _same_curves(curves)
+    # the one-peer exponential graph is the 2019 graph 5 with one peer: equal curves
+    assert [g[0] for g in groups] == [names[:2], ["ring"]]
+    np.testing.assert_array_equal(groups[1][1], curves["ring"])

@@ -172,6 +172,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _same_curves(
+    curves: dict[str, NDArray[np.float64]],
+) -> list[tuple[list[str], NDArray[np.float64]]]:
+    """``curves`` with equal ones drawn once: (every name with that curve, the curve).
+
+    Two graphs can mix identically (the one-peer exponential graph and the 2019 graph 5
+    with one peer are the same graph), and a plot that draws both hides one under the
+    other; the legend names them together instead.
+    """
+    groups: list[tuple[list[str], NDArray[np.float64]]] = []
+    for name, curve in curves.items():
+        for names, seen in groups:
+            if seen.shape == curve.shape and np.allclose(seen, curve, rtol=1e-9, atol=1e-15):
+                names.append(name)
+                break
+        else:
+            groups.append(([name], curve))
+    return groups
+
+
 def _plot(curves: dict[str, NDArray[np.float64]], path: Path, n: int) -> None:
     try:
         import matplotlib
@@ -180,22 +200,25 @@ def _plot(curves: dict[str, NDArray[np.float64]], path: Path, n: int) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     floor = 1e-16
-    cmap = plt.get_cmap("tab20")
-    colours = [cmap(i) for i in range(cmap.N)]
-    for i, (name, curve) in enumerate(curves.items()):
+    cmap = plt.get_cmap("tab10")
+    markers = "os^vD<>ph*"
+    for i, (names, curve) in enumerate(_same_curves(curves)):
         ax.semilogy(
             np.maximum(curve, floor),
-            label=name,
-            color=colours[i % len(colours)],
-            linestyle=("-", "--", ":")[i % 3],
+            label=" = ".join(names),
+            color=cmap(i % cmap.N),
+            linestyle=("-", "--", ":", "-.")[i % 4],
+            marker=markers[i % len(markers)],
+            markevery=max(1, len(curve) // 8),
+            markersize=4,
         )
     ax.set_xlabel("step")
     ax.set_ylabel("relative consensus error")
     ax.set_title(f"Push-sum consensus, n = {n}")
     ax.set_ylim(floor, 2)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
