@@ -55,7 +55,11 @@ def install_lines(text: str) -> list[str]:
     lines = []
     for match in _LINE.finditer(text):
         args = re.split(r"&&|;|\|\||, ", match.group(1))[0]
-        lines.append(args.split(" #", 1)[0].strip().strip("'\""))
+        args = args.split(" #", 1)[0].strip()
+        for quote in "'\"":  # a message's own quotes around the command, not the arguments'
+            if args.count(quote) % 2:
+                args = args.strip(quote)
+        lines.append(args)
     return lines
 
 

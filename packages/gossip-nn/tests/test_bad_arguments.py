@@ -42,7 +42,19 @@ _WRAPPER_BAD: dict[str, list[Any]] = {
     "options": [{"topology": "ring"}, "sgp"],
 }
 BAD: dict[str, dict[str, list[Any]]] = {
-    "AllReduceDataParallel": _WRAPPER_BAD,
+    "AllReduceDataParallel": {
+        **_WRAPPER_BAD,
+        "ddp_options": [
+            "find_unused_parameters",
+            {"device_ids": [0]},
+            {"broadcast_buffers": False},
+            {3: True},
+            {"static_graph": "yes"},
+            {"bucket_cap_mb": 0},
+            {"bucket_cap_mb": float("inf")},
+            {"bucket_cap_mb": "25"},
+        ],
+    },
     "BilateralGossipDataParallel": _WRAPPER_BAD,
     "GossipDataParallel": {**_WRAPPER_BAD, "algorithm": ["ar", "adpsgd", "adam", 3]},
     "ExactAveragingSchedule": {"every": [-1, 1.5], "warmup_steps": [-1, "2"]},
@@ -84,6 +96,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "algorithm": ["adam", 3],
         "module": [object()],
         "optimizer": ["sgd"],
+        "ddp_options": [{"static_graph": True}],  # "sgp": the option is for "ar" only
     },
 }
 #: Arguments whose message names them by another word.

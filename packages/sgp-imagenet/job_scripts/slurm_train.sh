@@ -2,11 +2,14 @@
 # ResNet-50 on ImageNet with the settings of Assran et al. 2019 (SGP), for any of the five
 # algorithms, on nodes linked by Ethernet or InfiniBand.
 #
-# Submit from a shell in which `sgp-imagenet` is installed (the job inherits it):
+# Submit from a shell in which `sgp-imagenet` is installed (the job inherits it), here
+# from the root of a clone of the repository; any directory works, and checkpoints and
+# logs go to the one you submit from:
 #
-#     DATA=/path/to/imagenet ALGO=osgp NET=infiniband sbatch slurm_train.sh
-#     DATA=/path/to/imagenet ALGO=ar sbatch --nodes=8 slurm_train.sh
-#     DATA=/path/to/imagenet sbatch --nodes=1 --time=00:20:00 slurm_train.sh \
+#     DATA=/path/to/imagenet ALGO=osgp NET=infiniband sbatch packages/sgp-imagenet/job_scripts/slurm_train.sh
+#     DATA=/path/to/imagenet ALGO=ar sbatch --nodes=8 packages/sgp-imagenet/job_scripts/slurm_train.sh
+#     DATA=/path/to/imagenet sbatch --nodes=1 --time=00:20:00 \
+#         packages/sgp-imagenet/job_scripts/slurm_train.sh \
 #         --epochs 1 --max-iters-per-epoch 50        # a smoke test
 #
 # Arguments after the script name are appended to `sgp-imagenet train` and override the
@@ -196,10 +199,12 @@ echo "data $DATA, checkpoints $CKPT, logs $LOG_DIR"
 # channels-last for speed. --checkpoint-every 1000 iterations guards against crashes
 # that send no signal.
 #
-# Scaling: change --nodes (sbatch --nodes=N); --batch-size stays 32 per GPU and --lr is
-# per 256 images: the app scales it by the global batch / 256 (4 nodes x 8 GPUs x 32 =
-# 1024 images, lr 0.4), with --warmup-epochs of gradual warm-up. For more GPUs per node
-# change --ntasks-per-node and --gres together.
+# Scaling: change --nodes (sbatch --nodes=N); --batch-size stays 32 per GPU (the 2019
+# recipe, and the app's default) and --lr is per 256 images: the app scales it by the
+# global batch / 256 (4 nodes x 8 GPUs x 32 = 1024 images, lr 0.4), with --warmup-epochs
+# of gradual warm-up. Rank 0 prints the global batch and the scaled rate at start-up, and
+# warns above 8192 images per step (32 nodes of 8 GPUs at 32 per GPU). For more GPUs per
+# node change --ntasks-per-node and --gres together.
 recipe=(
     --arch resnet50 --batch-size 32 --lr 0.1 --momentum 0.9 --nesterov --weight-decay 1e-4
     --epochs 90 --lr-schedule "30:0.1 60:0.1 80:0.1" --warmup-epochs 5

@@ -1,17 +1,22 @@
 #!/bin/bash
-# Multi-node training with torchrun, without SLURM: run this same script on every node.
+# Multi-node training with torchrun, without SLURM: run this same script on every node,
+# here from the root of a clone of the repository (any directory works; checkpoints and
+# logs go to the one it runs in).
 #
 # Static rendezvous: each node is told its index and the address of node 0.
 #
-#     node 0:  NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 DATA=/path/to/imagenet ./torchrun_example.sh
-#     node 1:  NNODES=2 NODE_RANK=1 MASTER_ADDR=node0 DATA=/path/to/imagenet ./torchrun_example.sh
+#     node 0:  NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 DATA=/path/to/imagenet \
+#                  packages/sgp-imagenet/job_scripts/torchrun_example.sh
+#     node 1:  NNODES=2 NODE_RANK=1 MASTER_ADDR=node0 DATA=/path/to/imagenet \
+#                  packages/sgp-imagenet/job_scripts/torchrun_example.sh
 #
 # Dynamic (c10d) rendezvous: no node index; torchrun numbers the nodes as they join.
 #
-#     every node:  NNODES=2 RDZV_ENDPOINT=node0:29400 DATA=/path/to/imagenet ./torchrun_example.sh
+#     every node:  NNODES=2 RDZV_ENDPOINT=node0:29400 DATA=/path/to/imagenet \
+#                  packages/sgp-imagenet/job_scripts/torchrun_example.sh
 #
 # Arguments after the script name are appended to `sgp-imagenet train` and override the
-# settings below, for example `./torchrun_example.sh --synch-freq 1` with ALGO=osgp,
+# settings below, for example `torchrun_example.sh --synch-freq 1` with ALGO=osgp,
 # or `--epochs 1 --max-iters-per-epoch 50` for a smoke test. Parameters, as environment
 # variables:
 #   DATA            ImageFolder root with train/ and val/ (required), the same path on
@@ -71,7 +76,8 @@ mkdir -p "$CKPT" "$LOG_DIR"
 # 30, 60 and 80, Nesterov momentum 0.9, weight decay 1e-4; bf16 autocast, channels-last.
 # --checkpoint-all: every rank saves its own model, so gossip resumes exactly (for
 # ALGO=ar, where all ranks agree, it may be dropped to save disk).
-# Scaling: NNODES and GPUS_PER_NODE; keep --batch-size and --lr (the app scales the lr).
+# Scaling: NNODES and GPUS_PER_NODE; keep --batch-size (per GPU) and --lr (per 256
+# images): the app scales the lr to the global batch and prints both at start-up.
 # More peers per iteration: --peers-per-itr-schedule "0:2". One model per node
 # (hierarchical gossip, not for adpsgd): --nprocs-per-node "$GPUS_PER_NODE".
 torchrun \

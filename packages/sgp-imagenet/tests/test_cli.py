@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from gossip_comm.testing import run_torchrun
-from sgp_imagenet.cli import main
+from sgp_imagenet.cli import build_parser, main
+from sgp_imagenet.legacy import translate_2019
 from sgp_imagenet.logs import CSV_COLUMNS
 
 SCRIPT = Path(sys.executable).parent / "sgp-imagenet"
@@ -90,6 +91,14 @@ def test_four_ranks_osgp_on_digits(tmp_path: Path) -> None:
 
 
 DIGITS = ["train", "--dataset", "digits"]
+
+
+def test_the_batch_default_is_the_2019_recipes_per_gpu_batch() -> None:
+    # 32 images per GPU (Assran et al. 2019); 256 per rank made a 256-GPU job's global
+    # batch 65,536 and its learning rate 25.6
+    assert build_parser().parse_args(DIGITS).batch_size == 32
+    exact = translate_2019([])  # the 2019 defaults, written out
+    assert exact[exact.index("--batch-size") + 1] == "32"
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,10 @@ every algorithm (``ALGO``) and network (``NET``) with ``srun``/``sgp-imagenet`` 
 ``torchrun_example.sh``. Each ``sgp-imagenet train`` command is checked by the real
 argument parser against the 2019 recipe.
 
+The scripts are also run the way the docs say, from the root of a clone (the SLURM
+template as sbatch runs it: a copy in a spool directory, in the submit directory), and
+the documentation site's page shows them through ``pymdownx.snippets``, not as copies.
+
 No SLURM, GPU or network is needed. Where ``job_scripts/`` is not next to ``tests/``
 (tests run from an installed wheel) every test here skips.
 """
@@ -24,6 +28,9 @@ from gossip_nn import ALGORITHMS
 from sgp_imagenet.cli import build_parser
 
 JOB_SCRIPTS = Path(__file__).resolve().parents[1] / "job_scripts"
+ROOT = JOB_SCRIPTS.parents[2]  # the repository's root, in a clone
+FROM_ROOT = "packages/sgp-imagenet/job_scripts"  # where the docs say the scripts are
+CLUSTER_PAGE = "docs/guides/cluster.md"
 TEMPLATE = "slurm_train.sh"
 TORCHRUN = "torchrun_example.sh"
 SCRIPTS = (TEMPLATE, TORCHRUN)
@@ -152,8 +159,16 @@ def test_no_unexpected_scripts_and_readme_lists_all() -> None:
         assert f"`{name}`" in readme, f"README.md does not mention {name}"
 
 
+# a command that submits the template; group 1: the path in front of its name
+_SUBMIT = re.compile(rf"\bsbatch\s+(?:[^\s`]+\s+)*?([^\s`]*?){re.escape(TEMPLATE)}\b")
+
+
 def test_readme_shows_a_submit_line_per_algorithm_and_network() -> None:
-    submit_lines = [ln for ln in _read("README.md").splitlines() if f"sbatch {TEMPLATE}" in ln]
+    readme = _read("README.md")
+    # the lines are written from the root of a clone, through `S=...`
+    assert f"S={FROM_ROOT}\n" in readme, f"README.md: no 'S={FROM_ROOT}' line"
+    submit_lines = [ln for ln in readme.splitlines() if _SUBMIT.search(ln)]
+    assert submit_lines and all(_SUBMIT.search(ln).group(1) == "$S/" for ln in submit_lines)  # type: ignore[union-attr]
     for variable, values in (("ALGO", ALGORITHMS), ("NET", NETWORKS)):
         for value in values:
             assert any(re.search(rf"\b{variable}={value}\s", ln) for ln in submit_lines), (
@@ -230,7 +245,7 @@ def _stubs(tmp_path: Path) -> Path:
     """``srun``, ``torchrun`` and ``sgp-imagenet`` that record their arguments and
     environment under ``$STUB_OUT``."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     record = '#!/bin/bash\nprintf "%s\\0" "$@" > "$STUB_OUT/argv"\nenv -0 > "$STUB_OUT/env"\n'
     for tool, body in (("srun", record), ("torchrun", record), ("sgp-imagenet", "#!/bin/bash\n")):
         (bin_dir / tool).write_text(body)
@@ -239,9 +254,18 @@ def _stubs(tmp_path: Path) -> Path:
 
 
 def _dry_run(
-    name: str, tmp_path: Path, env: dict[str, str], *script_args: str
+    name: str,
+    tmp_path: Path,
+    env: dict[str, str],
+    *script_args: str,
+    command: list[str] | None = None,
+    cwd: Path | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], list[str], dict[str, str]]:
-    """Run the script with stubs; returns the result, the stub's argv and environment."""
+    """Run the script with stubs; returns the result, the stub's argv and environment.
+
+    ``command`` replaces ``bash job_scripts/NAME`` (the script's arguments follow it);
+    ``cwd`` replaces ``tmp_path`` as the directory it runs in.
+    """
     _read(name)
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
@@ -253,8 +277,8 @@ def _dry_run(
     }
     assert _BASH is not None
     result = subprocess.run(
-        [_BASH, str(JOB_SCRIPTS / name), *script_args],
-        cwd=tmp_path,
+        [*(command or [_BASH, str(JOB_SCRIPTS / name)]), *script_args],
+        cwd=cwd or tmp_path,
         env=environ,
         capture_output=True,
         text=True,
@@ -473,3 +497,98 @@ def test_template_rejects_what_cannot_be_fault_tolerant(
     result, argv, _ = _dry_run(TEMPLATE, tmp_path, _slurm_env(tmp_path, **settings))
     assert result.returncode == 2 and argv == []
     assert result.stderr.strip() == message
+
+
+# -- from the root of a clone, and on the site ---------------------------------------------
+
+
+def _clone(tmp_path: Path) -> Path:
+    """A directory laid out as the root of a clone, with the real job scripts in it."""
+    root = tmp_path / "clone"
+    (root / FROM_ROOT).parent.mkdir(parents=True)
+    (root / FROM_ROOT).symlink_to(JOB_SCRIPTS, target_is_directory=True)
+    return root
+
+
+@needs_bash
+def test_template_submitted_from_the_repository_root(tmp_path: Path) -> None:
+    # as sbatch runs it: a copy of the script in the spool directory, started in the
+    # submit directory, here the root of a clone
+    root = _clone(tmp_path)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    shutil.copy(root / FROM_ROOT / TEMPLATE, spool / "slurm_script")
+    env = _slurm_env(tmp_path, SLURM_SUBMIT_DIR=str(root))
+    assert _BASH is not None
+    command = [_BASH, str(spool / "slurm_script")]
+    result, argv, _ = _dry_run(TEMPLATE, tmp_path, env, command=command, cwd=root)
+    assert result.returncode == 0, result.stderr
+    args = _srun_train_args(argv, "submitted from the root")
+    run = f"{args.algorithm}-{DEFAULT_NETWORK}-4242"
+    assert (args.checkpoint_dir, args.log_dir) == (
+        str(root / "checkpoints" / run),
+        str(root / "logs" / run),
+    )
+    assert Path(args.checkpoint_dir).is_dir()
+    # and what the docs suggest on the login node, by its path from the root
+    env.pop("SLURM_JOB_ID")
+    login = tmp_path / "login"  # (stubs that have recorded nothing yet)
+    login.mkdir()
+    command = [_BASH, f"{FROM_ROOT}/{TEMPLATE}"]
+    result, argv, _ = _dry_run(TEMPLATE, login, env, command=command, cwd=root)
+    assert result.returncode != 0 and argv == []
+    assert "submit this script with sbatch" in result.stderr
+
+
+@needs_bash
+def test_torchrun_example_started_from_the_repository_root(tmp_path: Path) -> None:
+    root = _clone(tmp_path)
+    env = {"DATA": str(tmp_path / "imagenet"), "RDZV_ENDPOINT": "node0:29400"}
+    command = [f"{FROM_ROOT}/{TORCHRUN}"]  # executed by its path from the root, as documented
+    result, argv, _ = _dry_run(TORCHRUN, tmp_path, env, command=command, cwd=root)
+    assert result.returncode == 0, result.stderr
+    args = _parse(argv[argv.index("--no-python") + 2 :], f"{TORCHRUN} from the root")
+    assert args.checkpoint_dir == str(root / "checkpoints" / "sgp-imagenet-sgp")
+    assert args.log_dir == str(root / "logs" / "sgp-imagenet-sgp")
+
+
+def _page(relative: str) -> str:
+    _read(TEMPLATE)  # (skips where the scripts are not in a clone)
+    path = ROOT / relative
+    if not path.is_file():
+        pytest.skip(f"{path} is missing (not a clone of the repository)")
+    return path.read_text()
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_the_cluster_page_includes_each_script_rather_than_a_copy(name: str) -> None:
+    page = _page(CLUSTER_PAGE)
+    include = f'--8<-- "{FROM_ROOT}/{name}"'
+    fenced = re.search(rf"^```bash[^\n]*\n{re.escape(include)}\n```$", page, re.MULTILINE)
+    assert fenced, f"{CLUSTER_PAGE}: no fenced block that is only {include}"
+    script = _read(name)
+    copied = [ln for ln in script.splitlines() if len(ln) > 40 and ln in page.splitlines()]
+    assert not copied, f"{CLUSTER_PAGE} copies lines of {name}: {copied[:3]}"
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        CLUSTER_PAGE,
+        "docs/tutorials/train-resnet50.md",
+        "packages/sgp-imagenet/README.md",
+        "packages/sgp-imagenet/job_scripts/README.md",
+        *(f"{FROM_ROOT}/{name}" for name in SCRIPTS),
+    ],
+)
+def test_the_paths_the_docs_give_work_from_the_repository_root(relative: str) -> None:
+    text = _page(relative).replace("$S/", f"{FROM_ROOT}/")
+    named = set(re.findall(r"packages/sgp-imagenet/job_scripts/[\w.-]*", text))
+    assert named, f"{relative}: names no script by its path from the root"
+    for path in named:
+        assert (ROOT / path).exists(), f"{relative}: {path} does not exist from the root"
+    # every submit line names the template by that path
+    for line in _logical_lines(text):
+        submit = _SUBMIT.search(line)
+        if submit:
+            assert submit.group(1) == f"{FROM_ROOT}/", f"{relative}: {line.strip()!r}"

@@ -24,6 +24,7 @@ from sgp_imagenet.data import build_datasets
 from sgp_imagenet.evaluate import evaluate_shard, kept_buffers, validate
 from sgp_imagenet.preempt import Preemption
 from sgp_imagenet.run import SIGNAL_HOOK, Position, Preempted, TrainingRun, injected_signal
+from sgp_imagenet.schedule import large_batch_warning, scaling_line
 
 
 @pytest.fixture
@@ -184,3 +185,27 @@ def test_the_average_checkpoint_holds_precise_statistics(one_rank: None, tmp_pat
         for key in means + [k.replace("mean", "var") for k in means]:
             torch.testing.assert_close(state["model"][key], expected[key], rtol=0, atol=0)
             assert not torch.equal(state["model"][key], dict(run.model.named_buffers())[key])
+
+
+def test_rank_0_prints_the_batch_and_the_rate_the_schedule_uses(
+    one_rank: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _args(tmp_path)  # 32 images on 1 rank, --lr 0.4 per 256 images
+    with Preemption() as preempt, _run(args, preempt) as run:
+        out, err = capsys.readouterr()
+        line = scaling_line(run.lr, batch_size=32, world_size=1)
+        assert line in out.splitlines()
+        assert "x 32/256 = 0.05 from the first step" in line
+        assert run.lr.lr_at(0) == pytest.approx(0.4 * 32 / 256)
+        assert "warning" not in err
+
+
+def test_a_global_batch_above_the_limit_is_warned_about(
+    one_rank: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _args(tmp_path, "--batch-size", "8200")  # (the last one given wins)
+    with Preemption() as preempt, _run(args, preempt) as run:
+        out, err = capsys.readouterr()
+        warning = large_batch_warning(run.lr, batch_size=8200, world_size=1)
+        assert warning is not None and warning in err.splitlines()
+        assert scaling_line(run.lr, batch_size=8200, world_size=1) in out.splitlines()

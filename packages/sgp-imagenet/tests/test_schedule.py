@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import doctest
 import itertools
+import re
 import warnings
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sgp_imagenet.schedule import LRSchedule, PeersSchedule, parse_epoch_pairs
+from sgp_imagenet import schedule as schedule_module
+from sgp_imagenet.schedule import (
+    LARGE_GLOBAL_BATCH,
+    LRSchedule,
+    PeersSchedule,
+    large_batch_warning,
+    parse_epoch_pairs,
+    scaling_line,
+)
 
 REL = 1e-12
 
@@ -326,3 +336,99 @@ def test_a_global_batch_below_the_reference_one_has_no_warm_up() -> None:
     assert s.lr_at(0, 0.0) == approx(0.025)
     assert s.lr_at(3, 0.5) == approx(0.025)
     assert s.lr_at(30) == approx(0.0025)
+
+
+# --- what rank 0 prints at start-up ------------------------------------------------------
+
+_LINE = re.compile(
+    r"batch (?P<batch>[\d,]+) per rank x (?P<world>[\d,]+) ranks? = (?P<total>[\d,]+) images "
+    r"per step; lr (?P<lr>\S+) per 256 images x (?P=total)/256 = (?P<peak>[\d.e+-]+)"
+)
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+@pytest.mark.parametrize(
+    ("lr", "batch", "world"),
+    [(0.1, 32, 1), (0.1, 32, 8), (0.1, 32, 32), (0.1, 32, 256), (0.8, 16, 4), (0.1, 256, 256)],
+)
+def test_the_start_up_line_gives_the_closed_form(lr: float, batch: int, world: int) -> None:
+    s = LRSchedule(reference_lr=lr, global_batch=batch * world)
+    line = scaling_line(s, batch_size=batch, world_size=world)
+    match = _LINE.match(line)
+    assert match, line
+    numbers = {k: _number(v) for k, v in match.groupdict().items()}
+    assert (numbers["batch"], numbers["world"], numbers["total"]) == (batch, world, batch * world)
+    assert numbers["lr"] == lr
+    closed_form = lr * batch * world / 256
+    assert numbers["peak"] == pytest.approx(closed_form, rel=1e-5)  # (printed with %g)
+    # what the schedule really uses once warm-up is over, before the first decay
+    assert s.lr_at(5) == approx(closed_form)
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize(
+    ("global_batch", "warmup", "how"),
+    [
+        (1024, 5.0, ", warmed up from 0.1 over 5 epochs"),
+        (1024, 1.0, ", warmed up from 0.1 over 1 epoch"),
+        (1024, 0.0, " from the first step (--warmup-epochs 0)"),
+        (256, 5.0, " from the first step (no warm-up at 256 images or fewer)"),
+        (64, 5.0, " from the first step (no warm-up at 256 images or fewer)"),
+    ],
+)
+def test_the_start_up_line_says_how_the_rate_is_reached(
+    global_batch: int, warmup: float, how: str
+) -> None:
+    s = LRSchedule(reference_lr=0.1, global_batch=global_batch, warmup_epochs=warmup)
+    assert scaling_line(s, batch_size=global_batch, world_size=1).endswith(how)
+    # the same answer as the rates themselves: a ramp exactly when the line says so
+    assert s.warms_up == (s.lr_at(0) < s.lr_at(int(warmup) + 1))
+
+
+def test_the_start_up_line_refuses_another_global_batch() -> None:
+    s = LRSchedule(reference_lr=0.1, global_batch=256)
+    with pytest.raises(ValueError, match="global batch of 256, not 32 per rank x 4 ranks = 128"):
+        scaling_line(s, batch_size=32, world_size=4)
+    with pytest.raises(ValueError, match="world_size must be >= 1"):
+        large_batch_warning(s, batch_size=256, world_size=0)
+
+
+@pytest.mark.parametrize(
+    ("batch", "world"),
+    [(32, 256), (8192, 1), (1, 8192), (32, 8), (16, 512)],  # at or below the limit
+)
+def test_no_warning_at_or_below_the_limit(batch: int, world: int) -> None:
+    assert batch * world <= LARGE_GLOBAL_BATCH == 8192
+    s = LRSchedule(reference_lr=0.1, global_batch=batch * world)
+    assert large_batch_warning(s, batch_size=batch, world_size=world) is None
+
+
+@pytest.mark.parametrize(
+    ("batch", "world", "fits"),
+    [(256, 256, "32"), (8193, 1, "8,192"), (33, 256, "32"), (64, 200, "40"), (1025, 8, "1,024")],
+)
+def test_a_warning_above_the_limit_names_the_numbers_and_the_flag(
+    batch: int, world: int, fits: str
+) -> None:
+    s = LRSchedule(reference_lr=0.1, global_batch=batch * world)
+    line = large_batch_warning(s, batch_size=batch, world_size=world)
+    assert line is not None and "\n" not in line
+    assert line.startswith("sgp-imagenet: warning: a global batch of ")
+    assert f"{batch * world:,} images (--batch-size {batch:,} per rank x {world:,} rank" in line
+    assert "above 8,192" in line
+    assert f"scales the learning rate to {0.1 * batch * world / 256:g};" in line
+    assert line.endswith(f"--batch-size {fits} or less keeps it at 8,192 or below")
+
+
+def test_a_warning_with_more_ranks_than_the_limit_says_so() -> None:
+    s = LRSchedule(reference_lr=0.1, global_batch=10_000)
+    line = large_batch_warning(s, batch_size=1, world_size=10_000)
+    assert line is not None and line.endswith("even --batch-size 1 exceeds it on 10,000 ranks")
+
+
+def test_the_module_examples_hold() -> None:
+    result = doctest.testmod(schedule_module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 20 and result.failed == 0

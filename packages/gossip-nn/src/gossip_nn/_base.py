@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -41,17 +41,21 @@ __all__ = [
 
 
 def make_ddp(
-    module: nn.Module, group: ProcessGroup | None, *, sync_buffers: bool
+    module: nn.Module,
+    group: ProcessGroup | None,
+    *,
+    sync_buffers: bool,
+    ddp_options: Mapping[str, Any] | None = None,
 ) -> DistributedDataParallel:
     """``DistributedDataParallel`` over ``group``; ``sync_buffers``: copy rank 0's buffers
-    before every forward.
+    before every forward; ``ddp_options``: further keywords of DDP, already checked.
 
     torch 2.14 renamed ``broadcast_buffers`` to ``forward_sync_buffers`` (the old name
     warns); older releases know only the old one, so the keyword is chosen by signature.
     """
     params = inspect.signature(DistributedDataParallel.__init__).parameters
     key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
-    options: dict[str, Any] = {key: sync_buffers}
+    options: dict[str, Any] = {**(ddp_options or {}), key: sync_buffers}
     return DistributedDataParallel(module, process_group=group, **options)
 
 
@@ -118,6 +122,44 @@ class DataParallelModule(nn.Module, ABC):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped module."""
         return self.module(*args, **kwargs)
+
+    @contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Context manager: accumulate gradients without communicating (DDP's ``no_sync``).
+
+        For gradient accumulation: run the forward *and* backward passes of every
+        micro-batch but the last inside the block, then the last one and
+        ``optimizer.step()`` outside it. Gradients add up in ``.grad`` as usual.
+
+        - ``"ar"``: the held `DistributedDataParallel`'s ``no_sync()``: inside the block
+          gradients are not all-reduced; the first backward outside it all-reduces the
+          accumulated sum.
+        - The gossip algorithms exchange models in the optimizer's step hooks (AD-PSGD's
+          passive side also from its responder thread), never in a backward pass, so
+          there is nothing to skip and the block does nothing: SGP's, OSGP's and
+          D-PSGD's ``bytes_sent`` grows with the optimizer steps, not the backward
+          passes. Where a node holds one model (``nprocs_per_node > 1``), gradients are
+          all-reduced inside the node during backward, and the block skips that as
+          ``"ar"`` does.
+
+        Example:
+            ```python
+            for i, (x, y) in enumerate(loader):
+                if (i + 1) % accumulate:
+                    with model.no_sync():
+                        (criterion(model(x), y) / accumulate).backward()
+                    continue
+                (criterion(model(x), y) / accumulate).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            ```
+        """
+        ddp = self._modules.get("_ddp")
+        if not isinstance(ddp, DistributedDataParallel):
+            yield  # no collective in backward to skip
+            return
+        with ddp.no_sync():
+            yield
 
     @abstractmethod
     def finish_gossip(self) -> None:

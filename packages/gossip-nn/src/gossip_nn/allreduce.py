@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,9 +17,61 @@ from gossip_nn._base import DataParallelModule, make_ddp
 from gossip_nn._buffers import BufferSync
 from gossip_nn._steps import GOSSIP_ALGORITHMS
 from gossip_nn.options import GossipOptions
-from gossip_nn.validate import check_wrapper_arguments, checked_parameters
+from gossip_nn.validate import check_same_setup, check_wrapper_arguments, checked_parameters
 
 __all__ = ["AllReduceDataParallel"]
+
+
+_DDP_FLAGS = ("find_unused_parameters", "gradient_as_bucket_view", "static_graph")
+# DDP keywords the wrapper sets itself, and what to pass instead
+_MANAGED = {
+    "process_group": "pass process_group= (a GossipOptions field)",
+    "broadcast_buffers": 'pass buffers="broadcast" (a GossipOptions field)',
+    "forward_sync_buffers": 'pass buffers="broadcast" (a GossipOptions field)',
+    "module": "the wrapper passes its module",
+}
+
+
+def _checked_ddp_options(ddp_options: object) -> dict[str, Any]:
+    """``ddp_options`` as a dict, checked against `AllReduceDataParallel.DDP_OPTIONS`.
+
+    Raises:
+        TypeError: If it is not a mapping or ``None``, or a flag is not a bool, or
+            ``bucket_cap_mb`` not a number.
+        ValueError: For a key outside ``DDP_OPTIONS`` (naming it, and what to pass
+            instead where the wrapper sets that keyword itself) or a ``bucket_cap_mb``
+            that is not positive and finite.
+    """
+    if ddp_options is None:
+        return {}
+    if not isinstance(ddp_options, Mapping):
+        raise TypeError(
+            "ddp_options must be a mapping of DistributedDataParallel keyword names to "
+            f"values, or None; got {type(ddp_options).__name__}"
+        )
+    allowed = AllReduceDataParallel.DDP_OPTIONS
+    for key, value in ddp_options.items():
+        if key not in allowed:
+            hint = _MANAGED.get(key) if isinstance(key, str) else None
+            raise ValueError(
+                f"ddp_options: {key!r} is not passed on to DistributedDataParallel"
+                + (f" ({hint})" if hint else "")
+                + f"; the keywords accepted are {', '.join(allowed)}"
+            )
+        _check_ddp_value(key, value)
+    return dict(ddp_options)
+
+
+def _check_ddp_value(key: str, value: object) -> None:
+    if key in _DDP_FLAGS and not isinstance(value, bool):
+        raise TypeError(f"ddp_options[{key!r}] must be a bool; got {type(value).__name__}")
+    if key == "bucket_cap_mb":
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise TypeError(
+                f"ddp_options['bucket_cap_mb'] must be a number; got {type(value).__name__}"
+            )
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"ddp_options['bucket_cap_mb'] must be positive; got {value}")
 
 
 def _ring_bytes(tensors: Sequence[torch.Tensor], n: int) -> int:
@@ -40,33 +93,63 @@ class AllReduceDataParallel(DataParallelModule):
             DDP's ``broadcast_buffers``, ``"average"`` all-reduces floating buffers
             after each optimizer step, ``"local"`` leaves them alone. Other options
             set away from their defaults raise a ``UserWarning``.
+        ddp_options: Keywords passed on to `DistributedDataParallel`, for a model or
+            a job that needs DDP's own settings; only the names in `DDP_OPTIONS`
+            (``find_unused_parameters``, ``static_graph``, ``gradient_as_bucket_view``
+            and ``bucket_cap_mb``), with DDP's meaning. The wrapper sets
+            ``process_group`` and ``broadcast_buffers`` itself, from ``options``.
+            Every rank must pass the same ones. ``None``: DDP's defaults.
 
     Attributes:
         options: The options in force (``GossipOptions()`` when none were given).
 
     Raises:
-        ValueError: If the model differs across ranks or the optimizer does not own it.
+        TypeError: If ``ddp_options`` is not a mapping, or a value has the wrong type.
+        ValueError: If the model differs across ranks, the optimizer does not own it,
+            ``ddp_options`` names a keyword outside `DDP_OPTIONS` or the ranks pass
+            different ``ddp_options``.
+
+    Example:
+        ```python
+        model = AllReduceDataParallel(
+            net, optimizer, ddp_options={"find_unused_parameters": True}
+        )
+        ```
     """
 
     algorithm = "ar"
     """``"ar"``."""
 
+    DDP_OPTIONS: tuple[str, ...] = ("bucket_cap_mb", *_DDP_FLAGS)
+    """The `DistributedDataParallel` keywords ``ddp_options`` may hold."""
+
     _ddp: DistributedDataParallel
 
     def __init__(
-        self, module: nn.Module, optimizer: Optimizer, *, options: GossipOptions | None = None
+        self,
+        module: nn.Module,
+        optimizer: Optimizer,
+        *,
+        options: GossipOptions | None = None,
+        ddp_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_wrapper_arguments(module, optimizer, options)
+        ddp_kwargs = _checked_ddp_options(ddp_options)
         self.options = GossipOptions() if options is None else options
         self.options.check_fault_tolerance("ar")
         group, params = checked_parameters(module, optimizer, "ar", self.options)
+        # different DDP settings on two ranks would hang in backward: refuse them here
+        check_same_setup(group, {"ddp_options": repr(sorted(ddp_kwargs.items()))})
         self.module = module
         self.options.warn_ignored("ar")
         self._buffer_sync = BufferSync(module, self.options.buffers, group)
         self._hold_ddp(
             make_ddp(
-                module, self.options.process_group, sync_buffers=self.options.buffers == "broadcast"
+                module,
+                self.options.process_group,
+                sync_buffers=self.options.buffers == "broadcast",
+                ddp_options=ddp_kwargs,
             )
         )
         n = dist.get_world_size(group)
@@ -86,8 +169,37 @@ class AllReduceDataParallel(DataParallelModule):
         $2(n-1)/n$ times the bytes of the gradients (and, with ``buffers="average"``,
         of the floating buffers), the traffic of a bandwidth-optimal all-reduce. A
         skipped mixed-precision step counts its gradients, which were all-reduced too.
+        Gradients accumulated under `no_sync` are all-reduced once, with the step. A
+        communication hook that compresses (`register_comm_hook`) is not accounted
+        for: the count stays that of the gradients' own dtype.
         """
         return self._sent
+
+    def register_comm_hook(self, state: object, hook: Callable[..., Any]) -> None:
+        """Replace DDP's gradient all-reduce by ``hook`` (DDP's ``register_comm_hook``).
+
+        For example bf16 or fp16 compression, or PowerSGD, from
+        ``torch.distributed.algorithms.ddp_comm_hooks``. As with DDP, call it once,
+        on every rank, before the first forward pass.
+
+        Args:
+            state: Passed to ``hook`` with every bucket (``None`` for the default
+                hooks, a ``PowerSGDState`` for PowerSGD).
+            hook: ``hook(state, bucket) -> torch.futures.Future`` of the bucket's
+                reduced gradients.
+
+        Raises:
+            RuntimeError: From DDP, if a hook is already registered.
+
+        Example:
+            ```python
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            model = make_data_parallel("ar", net, optimizer)
+            model.register_comm_hook(None, default_hooks.bf16_compress_hook)
+            ```
+        """
+        self._ddp.register_comm_hook(state, hook)
 
     def _fixed_topology_reason(self) -> str:
         return (

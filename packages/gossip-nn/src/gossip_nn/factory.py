@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from gossip_nn._base import DataParallelModule
-from gossip_nn._steps import GOSSIP_ALGORITHMS
 from gossip_nn.adpsgd import ADPSGD_TOPOLOGY, BilateralGossipDataParallel
 from gossip_nn.allreduce import AllReduceDataParallel
 from gossip_nn.gossip import GossipDataParallel
@@ -16,10 +16,10 @@ from gossip_nn.options import GossipOptions
 
 __all__ = ["ALGORITHMS", "SET_TOPOLOGY_ALGORITHMS", "gossip_options", "make_data_parallel"]
 
-ALGORITHMS: tuple[str, ...] = ("ar", *GOSSIP_ALGORITHMS, "adpsgd")
+ALGORITHMS: tuple[str, ...] = ("ar", "sgp", "osgp", "dpsgd", "adpsgd")
 """The algorithms `make_data_parallel` builds."""
 
-SET_TOPOLOGY_ALGORITHMS: tuple[str, ...] = GOSSIP_ALGORITHMS
+SET_TOPOLOGY_ALGORITHMS: tuple[str, ...] = ("sgp", "osgp", "dpsgd")
 """The algorithms whose wrapper can change its graph or peer count while training
 ([`set_topology`][gossip_nn.DataParallelModule.set_topology]); the others raise."""
 
@@ -55,7 +55,12 @@ def gossip_options(algorithm: str, **options: Any) -> GossipOptions:
 
 
 def make_data_parallel(
-    algorithm: str, module: nn.Module, optimizer: torch.optim.Optimizer, **options: Any
+    algorithm: str,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    ddp_options: Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> DataParallelModule:
     """Wrap ``module`` for data-parallel training with ``algorithm``.
 
@@ -68,20 +73,29 @@ def make_data_parallel(
             [`ADPSGD_TOPOLOGY`][gossip_nn.ADPSGD_TOPOLOGY]).
         module: The model, identical on every rank.
         optimizer: The optimizer over ``module``'s parameters.
+        ddp_options: ``"ar"`` only: keywords passed on to `DistributedDataParallel`
+            (see [`AllReduceDataParallel`][gossip_nn.AllReduceDataParallel] for the
+            ones accepted).
         **options: Fields of [`GossipOptions`][gossip_nn.GossipOptions].
 
     Returns:
         The wrapped module: a [`DataParallelModule`][gossip_nn.DataParallelModule].
 
     Raises:
-        ValueError: For an unknown algorithm or invalid options.
+        ValueError: For an unknown algorithm or invalid options, or ``ddp_options``
+            with an algorithm other than ``"ar"``.
         TypeError: For a non-str algorithm, an unknown option name or a value of the
             wrong type.
     """
     opts = gossip_options(algorithm, **options)
     key = algorithm.lower()
+    if ddp_options is not None and key != "ar":
+        raise ValueError(
+            f"ddp_options applies only to algorithm 'ar', which runs DistributedDataParallel; "
+            f"{algorithm!r} does not: leave ddp_options unset"
+        )
     if key == "adpsgd":
         return BilateralGossipDataParallel(module, optimizer, options=opts)
     if key == "ar":
-        return AllReduceDataParallel(module, optimizer, options=opts)
+        return AllReduceDataParallel(module, optimizer, options=opts, ddp_options=ddp_options)
     return GossipDataParallel(module, optimizer, algorithm=key, options=opts)

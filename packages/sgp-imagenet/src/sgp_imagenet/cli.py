@@ -103,8 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m = train.add_argument_group("model and optimisation")
     m.add_argument("--arch", default="resnet50", help="a torchvision model, or small-cnn")
-    m.add_argument("--batch-size", type=int, default=256, help="per rank")
-    m.add_argument("--lr", type=float, default=0.1, help="for 256 images; scaled linearly")
+    m.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="images per rank (per GPU) and step (default 32, the 2019 recipe's); the "
+        "global batch is this times the number of ranks",
+    )
+    m.add_argument(
+        "--lr",
+        type=float,
+        default=0.1,
+        help="the rate for 256 images, scaled linearly to the global batch (rank 0 prints "
+        "the result at start-up)",
+    )
     m.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     m.add_argument(
         "--nesterov", action=argparse.BooleanOptionalAction, default=True, help="Nesterov momentum"

@@ -324,7 +324,8 @@ _SAME_VALUE = (
     ("--seed", "--seed"), ("--print_freq", "--print-freq"),
 )  # fmt: skip
 
-# the 2019 defaults that differ from sgp-imagenet's and change the run
+# the 2019 defaults that change the run where sgp-imagenet's differ (the batch no longer
+# does, since 0.1.0, but a translated line still states the batch it reproduces)
 _EXACT_PINS = {
     "--batch-size": ["--batch-size", "32"],
     "--nesterov": ["--no-nesterov"],
@@ -351,9 +352,10 @@ def translate_2019(
             scripts (``srun python -u gossip_sgd.py``) is skipped, and that script is used.
         script: The script the arguments were for, one of ``SCRIPTS`` (a path ending in
             one is accepted).
-        exact: Reproduce the 2019 run: also write the 2019 defaults that differ from
-            sgp-imagenet's (``--batch-size 32``, ``--no-nesterov``, ``--warmup-epochs 0``,
-            ``--seed 47``, ``--checkpoint-all``) and ask for the 2019 peer schedule
+        exact: Reproduce the 2019 run: also write the 2019 defaults the run depends on
+            (``--batch-size 32``, which is sgp-imagenet's default too, ``--no-nesterov``,
+            ``--warmup-epochs 0``, ``--seed 47``, ``--checkpoint-all``, which differ from
+            sgp-imagenet's) and ask for the 2019 peer schedule
             (``--legacy-schedule``) for the gossip algorithms. When false, only the flags
             given are translated.
 

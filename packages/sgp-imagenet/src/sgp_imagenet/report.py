@@ -4,7 +4,7 @@ Only rank 0 reports, so a job's output holds one progress display, not one per r
 ``--progress auto`` draws a tqdm bar when stderr is a terminal and prints lines
 otherwise (a SLURM log file); ``--progress off`` prints only the epoch summaries.
 TensorBoard scalars go to ``LOG_DIR/tensorboard`` when the ``tensorboard`` package is
-installed (``pip install sgp-imagenet[tensorboard]``).
+installed (``pip install tensorboard``, or the ``tensorboard`` extra of sgp-imagenet).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def open_tensorboard(log_dir: str | Path | None, *, enabled: bool) -> tuple[Any,
     except ImportError:
         return None, (
             "TensorBoard scalars are off: the tensorboard package is not installed "
-            "(pip install 'sgp-imagenet[tensorboard]', or pass --no-tensorboard)"
+            "(pip install tensorboard, or pass --no-tensorboard)"
         )
     path = Path(log_dir) / "tensorboard"
     return SummaryWriter(log_dir=str(path)), f"TensorBoard scalars in {path}"

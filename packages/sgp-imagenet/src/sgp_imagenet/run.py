@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -49,7 +50,13 @@ from sgp_imagenet.position import Position, rng_state, set_rng_state
 from sgp_imagenet.precise_bn import recompute_bn_stats
 from sgp_imagenet.preempt import Preemption
 from sgp_imagenet.run_log import IterationTimes, RunLog
-from sgp_imagenet.schedule import LRSchedule, PeersSchedule, parse_epoch_pairs
+from sgp_imagenet.schedule import (
+    LRSchedule,
+    PeersSchedule,
+    large_batch_warning,
+    parse_epoch_pairs,
+    scaling_line,
+)
 
 # (the testing hooks and Position live in their own modules; named here as before)
 __all__ = [
@@ -143,7 +150,7 @@ class TrainingRun:
         try:
             # fault tolerance settles one gossiped buffer: BatchNorm's statistics stay
             # each rank's own (evaluations average them exactly)
-            local = {"buffers": "local"} if self.ft is not None else {}
+            local: dict[str, Any] = {"buffers": "local"} if self.ft is not None else {}
             self.dp = make_data_parallel(
                 args.algorithm, self.model, self.optimizer, fault_tolerance=self.ft,
                 **local, **wrapper_options(args, peers_per_itr=self._peers),
@@ -167,8 +174,19 @@ class TrainingRun:
                 self._take_over(self.ft.received_state)
         self.check_every = a.preempt_check_every or (1 if self.dp.synchronous else 20)
         self.forward: Any = torch.compile(self.dp, backend=a.compile) if a.compile else self.dp
-        if a.compile and self.rank == 0:
-            print(f"forward compiled by torch.compile (backend {a.compile})", flush=True)
+        if self.rank == 0:
+            self._report_scaling()
+            if a.compile:
+                print(f"forward compiled by torch.compile (backend {a.compile})", flush=True)
+
+    def _report_scaling(self) -> None:
+        """Rank 0: the batch per rank and in all, and the learning rate the schedule
+        uses; a warning on standard error when the global batch is very large."""
+        batch = {"batch_size": self.args.batch_size, "world_size": self.world}
+        print(scaling_line(self.lr, **batch), flush=True)
+        warning = large_batch_warning(self.lr, **batch)
+        if warning is not None:
+            print(warning, file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ building
     def _loaders(self) -> tuple[Any, Any, Any]:

@@ -1,5 +1,10 @@
 """Epoch schedules: the learning rate (warm-up, then step decays) and the peers per step.
 
+The learning rate is quoted for 256 images and scaled linearly with the global batch
+(`LRSchedule`); `scaling_line` says at start-up what that gives, and
+`large_batch_warning` warns when the global batch is above the largest with which linear
+scaling has been shown to keep ResNet-50's accuracy (`LARGE_GLOBAL_BATCH`).
+
 Both schedules are keyed by epoch milestones written on the command line as
 ``EPOCH:VALUE`` pairs, for example ``--lr-schedule "30:0.1 60:0.1 80:0.1"``;
 [`parse_epoch_pairs`][sgp_imagenet.schedule.parse_epoch_pairs] reads them. The module is
@@ -17,7 +22,21 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
 
-__all__ = ["LRSchedule", "PeersSchedule", "parse_epoch_pairs"]
+__all__ = [
+    "LARGE_GLOBAL_BATCH",
+    "LRSchedule",
+    "PeersSchedule",
+    "large_batch_warning",
+    "parse_epoch_pairs",
+    "scaling_line",
+]
+
+LARGE_GLOBAL_BATCH = 8192
+"""The largest global batch (images per step, all ranks together) with which Goyal et al.
+2017 ("Accurate, Large Minibatch SGD", arXiv:1706.02677) trained ResNet-50 on ImageNet
+to small-batch accuracy with the linearly scaled rate and warm-up; larger ones lost
+accuracy. It is also the 2019 recipe's largest: 32 images per GPU on 256 GPUs. Above it,
+`large_batch_warning` warns."""
 
 _T = TypeVar("_T")
 
@@ -186,6 +205,14 @@ class LRSchedule:
         """``reference_lr * global_batch / reference_batch``: the rate after warm-up."""
         return self.reference_lr * self.global_batch / self.reference_batch
 
+    @property
+    def warms_up(self) -> bool:
+        """Whether the rate ramps up: only towards a peak above ``reference_lr`` (a global
+        batch above ``reference_batch``), and only with ``warmup_epochs > 0``."""
+        # a global batch below the reference one scales the rate down, and then there is
+        # nothing to ramp up to
+        return self.warmup_epochs > 0 and self.peak_lr > self.reference_lr
+
     def lr_at(self, epoch: int, fraction: float = 0.0) -> float:
         """The learning rate at a point of training.
 
@@ -208,15 +235,118 @@ class LRSchedule:
         epoch, fraction = _check_position(epoch, fraction)
         position = epoch + fraction
         peak = self.peak_lr
-        # warm up only towards a larger rate: a global batch below the reference one
-        # scales the rate down, and then there is nothing to ramp up to
-        if position < self.warmup_epochs and peak > self.reference_lr:
+        if self.warms_up and position < self.warmup_epochs:
             return self.reference_lr + (peak - self.reference_lr) * position / self.warmup_epochs
         rate = peak
         for milestone, factor in self.decays.items():
             if milestone <= epoch:
                 rate *= factor
         return rate
+
+
+def _global_batch(schedule: LRSchedule, batch_size: int, world_size: int) -> int:
+    """``batch_size * world_size``, checked against the batch ``schedule`` was built for."""
+    _check_positive_int("batch_size", batch_size, minimum=1)
+    _check_positive_int("world_size", world_size, minimum=1)
+    if batch_size * world_size != schedule.global_batch:
+        raise ValueError(
+            f"the schedule is for a global batch of {schedule.global_batch}, not "
+            f"{batch_size} per rank x {world_size} ranks = {batch_size * world_size}"
+        )
+    return schedule.global_batch
+
+
+def scaling_line(schedule: LRSchedule, *, batch_size: int, world_size: int) -> str:
+    """What rank 0 prints at start-up: the batch per rank and in all, and the rate the
+    schedule scales ``--lr`` to.
+
+    Args:
+        schedule: The run's learning-rate schedule, built for ``batch_size *
+            world_size`` images per step.
+        batch_size: Images per rank and step (``--batch-size``).
+        world_size: Ranks in the job.
+
+    Returns:
+        One line: the global batch, the scaled rate (`LRSchedule.peak_lr`) and how it is
+        reached (a warm-up, or from the first step).
+
+    Raises:
+        TypeError: If ``batch_size`` or ``world_size`` is not an int.
+        ValueError: If either is below 1, or ``schedule`` is for another global batch.
+
+    Examples:
+        >>> schedule = LRSchedule(reference_lr=0.1, global_batch=32 * 32)
+        >>> print(scaling_line(schedule, batch_size=32, world_size=32))
+        batch 32 per rank x 32 ranks = 1,024 images per step; lr 0.1 per 256 images
+        x 1,024/256 = 0.4, warmed up from 0.1 over 5 epochs
+        >>> schedule = LRSchedule(reference_lr=0.1, global_batch=32 * 4)
+        >>> print(scaling_line(schedule, batch_size=32, world_size=4))
+        batch 32 per rank x 4 ranks = 128 images per step; lr 0.1 per 256 images
+        x 128/256 = 0.05 from the first step (no warm-up at 256 images or fewer)
+    """
+    total = _global_batch(schedule, batch_size, world_size)
+    ref = schedule.reference_batch
+    if schedule.warms_up:
+        epochs = schedule.warmup_epochs
+        how = (
+            f", warmed up from {schedule.reference_lr:g} over {epochs:g} "
+            f"epoch{'' if epochs == 1 else 's'}"
+        )
+    elif schedule.warmup_epochs > 0:
+        how = f" from the first step (no warm-up at {ref:,} images or fewer)"
+    else:
+        how = " from the first step (--warmup-epochs 0)"
+    return (
+        f"batch {batch_size:,} per rank x {world_size:,} rank{'' if world_size == 1 else 's'}"
+        f" = {total:,} images per step; lr {schedule.reference_lr:g} per {ref:,} images"
+        f" x {total:,}/{ref:,} = {schedule.peak_lr:g}{how}"
+    )
+
+
+def large_batch_warning(schedule: LRSchedule, *, batch_size: int, world_size: int) -> str | None:
+    """The warning rank 0 prints when the global batch is above `LARGE_GLOBAL_BATCH`.
+
+    Args:
+        schedule: The run's learning-rate schedule, built for ``batch_size *
+            world_size`` images per step.
+        batch_size: Images per rank and step (``--batch-size``).
+        world_size: Ranks in the job.
+
+    Returns:
+        One line naming the global batch, its factors, the scaled rate and the
+        ``--batch-size`` that stays within the limit; ``None`` at or below the limit.
+
+    Raises:
+        TypeError: If ``batch_size`` or ``world_size`` is not an int.
+        ValueError: If either is below 1, or ``schedule`` is for another global batch.
+
+    Examples:
+        >>> schedule = LRSchedule(reference_lr=0.1, global_batch=256 * 256)
+        >>> print(large_batch_warning(schedule, batch_size=256, world_size=256))
+        sgp-imagenet: warning: a global batch of 65,536 images (--batch-size 256 per rank
+        x 256 ranks) is above 8,192, beyond which linear scaling lost accuracy in Goyal
+        et al. 2017, and scales the learning rate to 25.6; --batch-size 32 or less keeps
+        it at 8,192 or below
+        >>> large_batch_warning(LRSchedule(reference_lr=0.1, global_batch=8192),
+        ...                     batch_size=32, world_size=256) is None
+        True
+    """
+    total = _global_batch(schedule, batch_size, world_size)
+    if total <= LARGE_GLOBAL_BATCH:
+        return None
+    fits = LARGE_GLOBAL_BATCH // world_size
+    advice = (
+        f"--batch-size {fits:,} or less keeps it at {LARGE_GLOBAL_BATCH:,} or below"
+        if fits >= 1
+        else f"even --batch-size 1 exceeds it on {world_size:,} ranks"
+    )
+    return (
+        f"sgp-imagenet: warning: a global batch of {total:,} images (--batch-size "
+        f"{batch_size:,} per rank x {world_size:,} rank{'' if world_size == 1 else 's'}) is "
+        f"above {LARGE_GLOBAL_BATCH:,}, beyond which linear scaling lost accuracy in Goyal "
+        f"et al. 2017, and scales the learning rate to {schedule.peak_lr:g}; "
+        f"{advice}"
+    )
 
 
 def _check_peers(milestones: object, name: str) -> dict[int, int]:
