@@ -36,6 +36,7 @@ DEV_TOOLS = [
     "matplotlib",
     "tensorboard",
     "tqdm",
+    "lightning",  # gossip_nn.lightning: its tests and typecheck
     "mypy",
     "ruff",
     # repository checks (tests/): build each package, twine check, workflow YAML

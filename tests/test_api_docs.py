@@ -194,5 +194,6 @@ def test_external_urls_point_at_the_python_numpy_and_pytorch_docs() -> None:
         "https://docs.python.org/3/",
         "https://numpy.org/doc/stable/",
         "https://docs.pytorch.org/docs/stable/",
+        "https://lightning.ai/docs/pytorch/stable/",
     )
     assert [url for url in external_links.EXTERNAL_URLS.values() if not url.startswith(sites)] == []

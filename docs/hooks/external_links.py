@@ -46,6 +46,7 @@ __all__ = ["EXTERNAL_URLS", "external_names", "missing_urls", "on_config", "on_e
 _PYTHON = "https://docs.python.org/3/"
 _NUMPY = "https://numpy.org/doc/stable/"
 _TORCH = "https://docs.pytorch.org/docs/stable/"
+_LIGHTNING = "https://lightning.ai/docs/pytorch/stable/"
 
 
 def _python(names: str, page: str, *, anchor: bool = True) -> dict[str, str]:
@@ -73,6 +74,7 @@ EXTERNAL_URLS: dict[str, str] = {
         "collections.abc.html",
     ),
     **_python("concurrent.futures.Future", "concurrent.futures.html"),
+    **_python("datetime.timedelta", "datetime.html"),
     **_python("contextlib.AbstractContextManager", "contextlib.html"),
     **_python("importlib.metadata.version", "importlib.metadata.html"),
     **_python("pathlib.Path", "pathlib.html"),
@@ -112,6 +114,18 @@ EXTERNAL_URLS: dict[str, str] = {
     "torch.utils.data.distributed.DistributedSampler": (
         f"{_TORCH}data.html#torch.utils.data.distributed.DistributedSampler"
     ),
+    # PyTorch Lightning, for gossip_nn.lightning (the API pages of its stable docs)
+    "lightning.pytorch": f"{_LIGHTNING}api_references.html",
+    "lightning.pytorch.LightningModule": f"{_LIGHTNING}common/lightning_module.html",
+    "lightning.pytorch.Trainer": f"{_LIGHTNING}common/trainer.html",
+    "lightning.pytorch.accelerators": f"{_LIGHTNING}extensions/accelerator.html",
+    "lightning.pytorch.accelerators.Accelerator": f"{_LIGHTNING}extensions/accelerator.html",
+    "lightning.pytorch.plugins.precision.Precision": f"{_LIGHTNING}extensions/plugins.html",
+    "lightning.pytorch.strategies.DDPStrategy": (
+        f"{_LIGHTNING}api/lightning.pytorch.strategies.DDPStrategy.html"
+    ),
+    "lightning.fabric.plugins.CheckpointIO": f"{_LIGHTNING}extensions/plugins.html",
+    "lightning.fabric.plugins.ClusterEnvironment": f"{_LIGHTNING}extensions/plugins.html",
 }
 """Documentation URL of each external name the public API refers to, by the identifier
 mkdocstrings gives it (the name's resolved path, such as ``torch.nn.Module``)."""

@@ -1,0 +1,347 @@
+"""A PyTorch Lightning strategy that trains with gossip: ``GossipStrategy``.
+
+Install gossip-nn with its ``lightning`` extra (from a clone: ``pip install
+"packages/gossip-nn[lightning]"`` with its siblings). This module imports ``lightning``;
+``import gossip_nn`` does not, so import this module explicitly:
+
+```python
+from lightning import Trainer
+from gossip_nn.lightning import GossipStrategy
+
+trainer = Trainer(strategy=GossipStrategy("osgp", topology="ring"), accelerator="cpu", devices=2)
+```
+
+The strategy is Lightning's DDP strategy (processes, launcher, process group,
+``reduce``, ``barrier``) with the model wrapped by
+[`make_data_parallel`][gossip_nn.make_data_parallel] instead of
+`DistributedDataParallel`; see Lightning's
+[Strategy documentation](https://lightning.ai/docs/pytorch/stable/extensions/strategy.html)
+for what a strategy does. The algorithms are those of Stochastic Gradient Push
+([Assran et al., 2019, arXiv:1811.10792](https://arxiv.org/abs/1811.10792)).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from datetime import timedelta
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
+from lightning.fabric.utilities.optimizer import _optimizers_to_device
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import nn
+from torch.distributed.constants import default_pg_timeout
+from torch.optim import Optimizer
+
+from gossip_nn._base import DataParallelModule, network_average
+from gossip_nn.factory import gossip_options, make_data_parallel
+
+__all__ = ["EVAL_MODELS", "GossipStrategy"]
+
+EVAL_MODELS: tuple[str, ...] = ("average", "local")
+"""What validation and test evaluate: the network-average model or each rank's own."""
+
+
+class GossipStrategy(DDPStrategy):
+    """Train a `LightningModule` with AR-SGD, SGP, OSGP, D-PSGD or AD-PSGD.
+
+    One process per device, launched as by Lightning's ``"ddp"`` strategy. When fitting,
+    the optimizers are set up first and the module is then wrapped by
+    [`make_data_parallel`][gossip_nn.make_data_parallel] (for ``"ar"`` the wrapper is
+    `DistributedDataParallel` itself), whose optimizer step hooks run the gossip.
+    Training starts from global rank 0's model, which is broadcast as DDP does.
+
+    Lightning runs ``training_step`` and ``backward`` in a closure that
+    ``optimizer.step(closure)`` would call after the step's pre-hooks, where the
+    parameters no longer hold the de-biased model. This strategy runs the closure
+    first and only then steps the optimizer, so that forward and backward see the
+    same model as in the plain loop: training with it gives the same parameters as
+    the plain gossip-nn loop. With a gradient scaler (``precision="16-mixed"`` on a
+    GPU) the step goes through the wrapper's
+    [`scaler_step`][gossip_nn.DataParallelModule.scaler_step], so a rank that skips an
+    update still gossips. With ``accumulate_grad_batches`` gossip runs once per
+    optimizer step, and the micro-batches but the last run in the wrapper's
+    [`no_sync`][gossip_nn.DataParallelModule.no_sync].
+
+    Validation and test evaluate, by default, the exact network average of the models
+    on every rank ([`average_for_eval`][gossip_nn.DataParallelModule.average_for_eval]);
+    each rank gets its own parameters back afterwards. ``trainer.validate`` or
+    ``trainer.test`` after ``trainer.fit`` average with the push-sum weights the fit
+    ended with. The end of a fit [`close`][gossip_nn.DataParallelModule.close]s the
+    wrapper, after which every rank keeps its own (de-biased) model.
+
+    Supported in this version: automatic or manual optimization with exactly one
+    optimizer. Not yet: saving the push-sum state in Lightning checkpoints (a
+    checkpoint holds global rank 0's own model), ``predict`` on the average model.
+
+    Args:
+        algorithm: One of [`ALGORITHMS`][gossip_nn.ALGORITHMS]: ``"ar"``, ``"sgp"``,
+            ``"osgp"``, ``"dpsgd"`` or ``"adpsgd"``.
+        eval_model: ``"average"`` (validate and test the network-average model) or
+            ``"local"`` (each rank its own model).
+        ddp_options: ``"ar"`` only: keywords for `DistributedDataParallel`, as for
+            [`make_data_parallel`][gossip_nn.make_data_parallel].
+        accelerator: Lightning's accelerator (normally set by the `Trainer`).
+        parallel_devices: Lightning's devices (normally set by the `Trainer`).
+        cluster_environment: Lightning's cluster environment.
+        checkpoint_io: Lightning's checkpoint plugin.
+        precision_plugin: Lightning's precision plugin.
+        process_group_backend: ``"gloo"`` or ``"nccl"``; by default the device's.
+        process_group_timeout: Timeout of the default process group (``timeout`` is
+            the gossip option).
+        start_method: How Lightning starts the processes, as for ``DDPStrategy``.
+        **options: Fields of [`GossipOptions`][gossip_nn.GossipOptions], such
+            as ``topology="ring"``.
+
+    Raises:
+        ValueError: For an unknown algorithm or ``eval_model``, an invalid option,
+            ``ddp_options`` with an algorithm other than ``"ar"``, or (at ``fit``)
+            a `LightningModule` with more than one optimizer.
+        TypeError: For an unknown option name or a value of the wrong type.
+
+    Example:
+        ```python
+        trainer = Trainer(
+            strategy=GossipStrategy("sgp", topology="ring"),
+            accelerator="cpu",
+            devices=2,
+            max_epochs=3,
+        )
+        trainer.fit(model, train_loader, val_loader)  # validation: the average model
+        ```
+    """
+
+    def __init__(
+        self,
+        algorithm: str = "sgp",
+        *,
+        eval_model: str = "average",
+        ddp_options: Mapping[str, Any] | None = None,
+        accelerator: pl.accelerators.Accelerator | None = None,
+        parallel_devices: list[torch.device] | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        checkpoint_io: CheckpointIO | None = None,
+        precision_plugin: Precision | None = None,
+        process_group_backend: str | None = None,
+        process_group_timeout: timedelta | None = default_pg_timeout,
+        start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+        **options: Any,
+    ) -> None:
+        gossip_options(algorithm, **options)  # raises now for a bad name or value
+        if eval_model not in EVAL_MODELS:
+            raise ValueError(
+                f"eval_model must be one of {', '.join(EVAL_MODELS)}; got {eval_model!r}"
+            )
+        if ddp_options is not None and algorithm.lower() != "ar":
+            raise ValueError(
+                f"ddp_options applies only to algorithm 'ar'; {algorithm!r} runs no "
+                "DistributedDataParallel: leave ddp_options unset"
+            )
+        super().__init__(
+            accelerator=accelerator,
+            parallel_devices=parallel_devices,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+            precision_plugin=precision_plugin,
+            process_group_backend=process_group_backend,
+            timeout=process_group_timeout,
+            start_method=start_method,
+        )
+        self._algorithm = algorithm.lower()
+        self._eval_model = eval_model
+        self._ddp_options = ddp_options
+        self._gossip_options = dict(options)
+        self._wrapper: DataParallelModule | None = None
+        self._ps_weight = 1.0  # the push-sum weight the last fit ended with
+        self._failed = False
+        self._eval = ExitStack()
+
+    @property
+    def algorithm(self) -> str:
+        """The training algorithm, in lower case."""
+        return self._algorithm
+
+    @property
+    def eval_model(self) -> str:
+        """``"average"`` or ``"local"``: what validation and test evaluate."""
+        return self._eval_model
+
+    @property
+    def wrapper(self) -> DataParallelModule | None:
+        """The [`DataParallelModule`][gossip_nn.DataParallelModule] while fitting, else
+        ``None`` (for ``bytes_sent``, ``ps_weight``, ``set_topology``)."""
+        return self._wrapper
+
+    @classmethod
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        """Register no names: pass an instance as ``Trainer(strategy=...)``."""
+
+    def setup(self, trainer: pl.Trainer) -> None:
+        """Move the model to its device; when fitting, set up the optimizer and wrap.
+
+        Unlike ``DDPStrategy``, a ``validate``/``test`` outside a fit does not broadcast
+        rank 0's model: every rank keeps its own, to evaluate it or the average.
+        """
+        assert self.accelerator is not None and self.model is not None
+        self.accelerator.setup(trainer)
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if fitting and self._layer_sync:
+            self.model = self._layer_sync.apply(self.model)
+        self.model = self.precision_plugin.convert_module(self.model)
+        self.model_to_device()
+        if fitting:
+            self.setup_optimizers(trainer)
+            self._wrap()
+        self.setup_precision_plugin()
+        if fitting:
+            _optimizers_to_device(self.optimizers, self.root_device)
+
+    def _wrap(self) -> None:
+        """Wrap the LightningModule with the one optimizer it configured."""
+        if len(self.optimizers) != 1:
+            raise ValueError(
+                "GossipStrategy supports exactly one optimizer, whose step hooks run the "
+                f"gossip; configure_optimizers returned {len(self.optimizers)}"
+            )
+        module = self.lightning_module
+        assert module is not None
+        _broadcast_from_rank0(module)
+        self._failed = False
+        self._wrapper = make_data_parallel(
+            self._algorithm,
+            module,
+            self.optimizers[0],
+            ddp_options=self._ddp_options,
+            **self._gossip_options,
+        )
+        self.model = self._wrapper
+
+    def optimizer_step(
+        self,
+        optimizer: Optimizer,
+        closure: Callable[[], Any],
+        model: pl.LightningModule | nn.Module | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``closure`` (training step and backward), then the optimizer step.
+
+        The precision plugin then steps with a closure that returns the result already
+        computed, so the step hooks (and the gossip in them) come after the backward
+        pass, as in the plain training loop.
+        """
+        if self._wrapper is None:
+            return super().optimizer_step(optimizer, closure, model, **kwargs)
+        result = closure()
+
+        def computed() -> Any:
+            return result
+
+        plugin = self.precision_plugin
+        scaler = getattr(plugin, "scaler", None)
+        if scaler is None:
+            return super().optimizer_step(optimizer, computed, model, **kwargs)
+        plugin.scaler = _ScalerThroughWrapper(scaler, self._wrapper)  # type: ignore[attr-defined]
+        try:
+            return super().optimizer_step(optimizer, computed, model, **kwargs)
+        finally:
+            plugin.scaler = scaler  # type: ignore[attr-defined]
+
+    @contextmanager
+    def block_backward_sync(self) -> Iterator[None]:
+        """The wrapper's ``no_sync()``: Lightning enters it for accumulated micro-batches."""
+        if self._wrapper is None:
+            with super().block_backward_sync():
+                yield
+            return
+        with self._wrapper.no_sync():
+            yield
+
+    def on_validation_start(self) -> None:
+        """Hold the evaluated model (see ``eval_model``) until validation ends."""
+        super().on_validation_start()
+        self._enter_eval()
+
+    def on_validation_end(self) -> None:
+        """Give every rank its own parameters back."""
+        self._eval.close()
+        super().on_validation_end()
+
+    def on_test_start(self) -> None:
+        """Hold the evaluated model (see ``eval_model``) until the test ends."""
+        super().on_test_start()
+        self._enter_eval()
+
+    def on_test_end(self) -> None:
+        """Give every rank its own parameters back."""
+        self._eval.close()
+        super().on_test_end()
+
+    def _enter_eval(self) -> None:
+        if self._eval_model == "local":
+            return
+        if self._wrapper is not None:
+            self._eval.enter_context(self._wrapper.average_for_eval())
+        elif dist.is_available() and dist.is_initialized():
+            module = self.lightning_module
+            assert module is not None
+            self._eval.enter_context(_average_module(module, self._ps_weight))
+
+    def on_exception(self, exception: BaseException) -> None:
+        """Remember the failure: teardown then abandons the wrapper instead of closing it."""
+        self._failed = True
+        super().on_exception(exception)
+
+    def teardown(self) -> None:
+        """Close the wrapper (every rank; abandon it after a failure), then unwrap."""
+        self._eval.close()
+        wrapper, self._wrapper = self._wrapper, None
+        if wrapper is not None:
+            if self._failed:
+                wrapper.abandon()
+            else:
+                wrapper.close()
+                self._ps_weight = wrapper.ps_weight
+            self.model = self.lightning_module
+        super().teardown()
+
+
+class _ScalerThroughWrapper:
+    """A gradient scaler whose ``step`` is the wrapper's ``scaler_step``."""
+
+    def __init__(self, scaler: Any, wrapper: DataParallelModule) -> None:
+        self._scaler, self._wrapper = scaler, wrapper
+
+    def step(self, optimizer: Optimizer, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapper.scaler_step(self._scaler, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._scaler, name)
+
+
+def _state_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """The module's floating parameters and buffers, each once."""
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return [t.data for t in tensors if t.is_floating_point()]
+
+
+@torch.no_grad()
+def _broadcast_from_rank0(module: nn.Module) -> None:
+    """Start every rank from global rank 0's parameters and buffers, as DDP does."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        dist.broadcast(tensor.data, src=0)
+
+
+def _average_module(module: nn.Module, weight: float) -> Any:
+    """The network average of ``module`` (push-sum ``weight``) held until exit."""
+    group = dist.group.WORLD
+    assert group is not None
+    return network_average(_state_tensors(module), weight, group)

@@ -1,0 +1,334 @@
+"""``gossip_nn.lightning.GossipStrategy`` against the plain gossip-nn loop.
+
+The oracle: a LightningModule trained by ``Trainer(strategy=GossipStrategy(...))`` on two
+processes ends with the same parameters as ``make_data_parallel`` and a hand-written
+loop on the same shards and initial model. One torchrun launch runs every scenario (so
+Lightning is imported once per process) and writes what each rank saw to JSON.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("lightning")
+
+from gossip_comm.testing import run_torchrun
+from gossip_nn.lightning import GossipStrategy
+
+WORKER = textwrap.dedent(
+    '''
+    import json, sys
+    from contextlib import nullcontext
+
+    import lightning as L
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from gossip_nn import make_data_parallel
+    from gossip_nn.lightning import GossipStrategy
+    from gossip_topology import CustomMixing
+
+    STEPS, BATCH = 4, 8
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    mse = nn.functional.mse_loss
+    # push-sum with unequal weights, so that the ranks' models and weights differ
+    SKEWED = CustomMixing([[0.75, 0.4], [0.25, 0.6]])
+
+
+    def options(algorithm):
+        return {"topology": "ring", **({"mixing": SKEWED} if algorithm == "sgp" else {})}
+
+
+    def shard(accumulate):
+        """This rank's own training data: STEPS * accumulate batches."""
+        gen = torch.Generator().manual_seed(10 + rank)
+        x = torch.randn(STEPS * accumulate * BATCH, 4, generator=gen)
+        return x, x.sum(1, keepdim=True) + 0.1 * torch.randn(len(x), 1, generator=gen)
+
+
+    gen = torch.Generator().manual_seed(99)  # the same validation data on every rank
+    X_VAL = torch.randn(32, 4, generator=gen)
+    Y_VAL = X_VAL.sum(1, keepdim=True)
+
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+    def sgd(params):
+        return torch.optim.SGD(params, lr=0.05, momentum=0.9)
+
+
+    def flat(module):
+        return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+    def plain(algorithm, accumulate):
+        module = net()
+        optimizer = sgd(module.parameters())
+        model = make_data_parallel(algorithm, module, optimizer, **options(algorithm))
+        x, y = shard(accumulate)
+        for i in range(STEPS * accumulate):
+            last = (i + 1) % accumulate == 0
+            with nullcontext() if last else model.no_sync():
+                xb, yb = x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
+                (mse(model(xb), yb) / accumulate).backward()
+            if last:
+                optimizer.step()
+                optimizer.zero_grad()
+        sent = model.bytes_sent
+        model.close()
+        return flat(module), sent
+
+
+    class Regression(L.LightningModule):
+        def __init__(self, optimizers=1):
+            super().__init__()
+            self.net, self.n_optimizers, self.seen = net(), optimizers, []
+            # Lightning itself allows several optimizers only with manual optimization
+            self.automatic_optimization = optimizers == 1
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return mse(self(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.seen.append(flat(self))
+            self.log("val_loss", mse(self(batch[0]), batch[1]))
+
+        def test_step(self, batch, batch_idx):
+            self.log("test_loss", mse(self(batch[0]), batch[1]))
+
+        def on_validation_start(self):  # runs before the strategy's hook
+            self.before_eval = flat(self)
+
+        def configure_optimizers(self):
+            opts = [sgd(self.parameters()) for _ in range(self.n_optimizers)]
+            return opts[0] if self.n_optimizers == 1 else opts
+
+
+    class Record(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            self.sent = trainer.strategy.wrapper.bytes_sent
+            self.ps_weight = trainer.strategy.wrapper.ps_weight
+
+
+    def trainer(strategy, record=None, **kwargs):
+        return L.Trainer(
+            strategy=strategy, accelerator="cpu", devices=2, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, use_distributed_sampler=False,
+            num_sanity_val_steps=0, callbacks=[record] if record else [], **kwargs,
+        )
+
+
+    def loader(x, y):
+        """Training batches of BATCH, in order."""
+        return DataLoader(TensorDataset(x, y), batch_size=BATCH)
+
+
+    def val_loader():
+        """The validation set, one batch."""
+        return DataLoader(TensorDataset(X_VAL, Y_VAL), batch_size=len(X_VAL))
+
+
+    def fit(algorithm, accumulate, val=False, eval_model="average"):
+        model, record = Regression(), Record()
+        t = trainer(
+            GossipStrategy(algorithm, eval_model=eval_model, **options(algorithm)), record,
+            max_steps=STEPS, accumulate_grad_batches=accumulate,
+        )
+        t.fit(model, loader(*shard(accumulate)), val_loader() if val else None)
+        return model, record, t
+
+
+    def network_average(vector, weight):
+        both = [torch.empty_like(vector) for _ in range(2)]
+        dist.all_gather(both, vector * weight)
+        weights = [torch.empty(1, dtype=torch.float64) for _ in range(2)]
+        dist.all_gather(weights, torch.tensor([weight], dtype=torch.float64))
+        return sum(both) / float(sum(weights).item())
+
+
+    def loss_of(vector):
+        module = net()
+        torch.nn.utils.vector_to_parameters(vector, module.parameters())
+        with torch.no_grad():
+            return mse(module(X_VAL), Y_VAL).item()
+
+
+    out = {}
+    for algorithm, accumulate in (("sgp", 1), ("dpsgd", 1), ("sgp", 2)):
+        name = f"{algorithm}-acc{accumulate}"
+        expected, plain_sent = plain(algorithm, accumulate)
+        model, record, _ = fit(algorithm, accumulate)
+        out[name] = {
+            "max_diff": (flat(model) - expected).abs().max().item(),
+            "sent": record.sent,
+            "plain_sent": plain_sent,
+        }
+
+    # validation inside fit (the wrapper's average), then validate/test after it
+    model, record, t = fit("sgp", 1, val=True)
+    local = flat(model)
+    average = network_average(local, record.ps_weight)
+    at_fit = network_average(model.before_eval, record.ps_weight)
+    val = t.validate(model, val_loader(), verbose=False)[0]["val_loss"]
+    test = t.test(model, val_loader(), verbose=False)[0]["test_loss"]
+    out["eval"] = {
+        "fit_seen_vs_average": (model.seen[0] - at_fit).abs().max().item(),
+        "restored": (flat(model) - local).abs().max().item(),
+        "val": val, "test": test, "average_loss": loss_of(average),
+    }
+    local_trainer = trainer(GossipStrategy("sgp", eval_model="local"))
+    val = local_trainer.validate(model, val_loader(), verbose=False)[0]["val_loss"]
+    out["eval"].update(local_val=val, local_loss=loss_of(local))
+
+    try:
+        trainer(GossipStrategy("sgp"), max_steps=1).fit(Regression(optimizers=2), loader(*shard(1)))
+        out["two_optimizers"] = None
+    except ValueError as err:
+        out["two_optimizers"] = str(err)
+    with open(f"{sys.argv[1]}/rank{rank}.json", "w") as f:
+        json.dump(out, f)
+    dist.barrier()
+    dist.destroy_process_group()
+    '''
+)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Run the worker once on two processes; each rank's JSON record."""
+    tmp = tmp_path_factory.mktemp("lightning")
+    (tmp / "worker.py").write_text(WORKER)
+    args = ["--nproc-per-node", "2", "worker.py", str(tmp)]
+    result = run_torchrun(args, tmp, timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sgp-acc1", "dpsgd-acc1", "sgp-acc2"])
+def test_fit_matches_the_plain_gossip_loop(results: list[dict[str, Any]], name: str) -> None:
+    for rank in results:
+        assert rank[name]["max_diff"] <= 1e-6, rank[name]
+        assert rank[name]["sent"] == rank[name]["plain_sent"] > 0
+
+
+@pytest.mark.slow
+def test_accumulation_gossips_once_per_optimizer_step(results: list[dict[str, Any]]) -> None:
+    # four optimizer steps either way; eight backward passes with accumulate_grad_batches=2
+    for rank in results:
+        assert rank["sgp-acc2"]["sent"] == rank["sgp-acc1"]["sent"]
+
+
+@pytest.mark.slow
+def test_validation_and_test_use_the_network_average(results: list[dict[str, Any]]) -> None:
+    for rank in results:
+        ev = rank["eval"]
+        assert ev["fit_seen_vs_average"] <= 1e-6  # validation inside fit
+        assert ev["restored"] == 0.0  # each rank has its own model back
+        assert ev["val"] == pytest.approx(ev["average_loss"], rel=1e-5, abs=1e-7)
+        assert ev["test"] == pytest.approx(ev["average_loss"], rel=1e-5, abs=1e-7)
+        assert ev["local_val"] == pytest.approx(ev["local_loss"], rel=1e-5, abs=1e-7)
+    # the ranks' own models differ, so "local" is not the average
+    assert results[0]["eval"]["local_val"] != results[1]["eval"]["local_val"]
+
+
+@pytest.mark.slow
+def test_two_optimizers_are_refused(results: list[dict[str, Any]]) -> None:
+    for rank in results:
+        assert rank["two_optimizers"] is not None
+        assert "exactly one optimizer" in rank["two_optimizers"]
+        assert "returned 2" in rank["two_optimizers"]
+
+
+def test_bad_arguments_are_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        GossipStrategy("gossip")
+    with pytest.raises(TypeError):
+        GossipStrategy("sgp", topolgy="ring")
+    with pytest.raises(ValueError, match="eval_model must be one of average, local"):
+        GossipStrategy("sgp", eval_model="mean")
+    with pytest.raises(ValueError, match="ddp_options applies only to algorithm 'ar'"):
+        GossipStrategy("sgp", ddp_options={"static_graph": True})
+    strategy = GossipStrategy("OSGP", topology="ring")
+    assert (strategy.algorithm, strategy.eval_model, strategy.wrapper) == ("osgp", "average", None)
+
+
+LAUNCHED = textwrap.dedent(
+    """
+    import lightning as L
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from gossip_nn.lightning import GossipStrategy
+
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+    x = torch.randn(64, 4)
+    trainer = L.Trainer(
+        strategy=GossipStrategy("osgp", topology="ring"), accelerator="cpu", devices=2,
+        max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Tiny(), DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8))
+    print(f"rank {trainer.global_rank} trained {trainer.global_step} steps")
+    """
+)
+
+
+@pytest.mark.slow
+def test_lightnings_own_launcher_runs_two_processes(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(LAUNCHED)
+    result = subprocess.run(
+        [sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    for rank in (0, 1):
+        assert f"rank {rank} trained 3 steps" in result.stdout, result.stdout
+
+
+def test_import_gossip_nn_does_not_need_lightning() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["lightning"] = None  # any import of lightning now fails
+        import gossip_nn
+        loaded = [m for m, v in sys.modules.items() if v is not None]
+        assert not [m for m in loaded if m.split(".")[0] in ("lightning", "pytorch_lightning")]
+        try:
+            import gossip_nn.lightning
+        except ImportError:
+            print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
