@@ -88,11 +88,16 @@ def test_every_survivor_stops_with_one_line_naming_itself_the_lost_rank_and_the_
         iteration = int(line.split("stopped at iteration ")[1].split()[0])
         # the iteration it names is the rank's own: the iterations it had logged
         assert iteration == _iterations_logged(tmp_path, rank), line
-        if algorithm != "adpsgd":
+        if algorithm in ("ar", "sgp", "dpsgd"):
             # the synchronous ones wait for their peers each step: the iteration of the
-            # kill, or the one after it (a rank may finish its step); AD-PSGD's ranks run
-            # at their own pace, and one may be iterations behind the victim
+            # kill, or the one after it (a rank may finish its step)
             assert AT <= iteration <= AT + 1, line
+        elif algorithm == "osgp":
+            # OSGP's sends do not wait: the victim's messages of its last 1 + synch_freq
+            # (here 0) steps may die with it, and a survivor blocks on them at step t + 1
+            # (CI once saw rank 3 stop at AT - 1); AD-PSGD's ranks run at their own pace,
+            # and one may be iterations behind the victim
+            assert AT - 1 <= iteration <= AT + 1, line
         assert f": rank {VICTIM} is lost (no heartbeat for " in line, line
         assert "Traceback" not in errs[rank], errs[rank][-3000:]
     assert _no_worker_left(tmp_path)
