@@ -60,7 +60,8 @@ EXTERNAL_URLS: dict[str, str] = {
     **_python("bool float int object", "functions.html"),
     **_python("dict frozenset list set str tuple", "stdtypes.html"),
     **_python(
-        "BaseException Exception ImportError OSError RuntimeError TypeError UserWarning ValueError",
+        "BaseException Exception FileNotFoundError ImportError OSError RuntimeError TypeError "
+        "UserWarning ValueError",
         "exceptions.html",
     ),
     # standard-library modules (their pages) and classes
@@ -77,6 +78,8 @@ EXTERNAL_URLS: dict[str, str] = {
     **_python("datetime.timedelta", "datetime.html"),
     **_python("contextlib.AbstractContextManager", "contextlib.html"),
     **_python("importlib.metadata.version", "importlib.metadata.html"),
+    **_python("os", "os.html", anchor=False),
+    **_python("os.PathLike", "os.html"),
     **_python("pathlib.Path", "pathlib.html"),
     **_python("signal", "signal.html", anchor=False),
     **_python("signal.Signals", "signal.html"),

@@ -22,7 +22,7 @@ from gossip_nn.lightning import GossipStrategy
 
 WORKER = textwrap.dedent(
     '''
-    import json, sys
+    import json, os, shutil, sys
     from contextlib import nullcontext
 
     import lightning as L
@@ -31,11 +31,15 @@ WORKER = textwrap.dedent(
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
     from gossip_nn import make_data_parallel
     from gossip_nn.lightning import GossipStrategy
     from gossip_topology import CustomMixing
 
     STEPS, BATCH = 4, 8
+    TMP = sys.argv[1]
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     mse = nn.functional.mse_loss
@@ -44,7 +48,16 @@ WORKER = textwrap.dedent(
 
 
     def options(algorithm):
+        if algorithm == "ar":
+            return {}
         return {"topology": "ring", **({"mixing": SKEWED} if algorithm == "sgp" else {})}
+
+
+    INF_AT = 1  # with 16-mixed, rank 1's loss is infinite at this step: its scaler skips it
+
+
+    def blown_up(loss, step):
+        return loss * float("inf") if rank == 1 and step == INF_AT else loss
 
 
     def shard(accumulate):
@@ -94,6 +107,7 @@ WORKER = textwrap.dedent(
         def __init__(self, optimizers=1):
             super().__init__()
             self.net, self.n_optimizers, self.seen = net(), optimizers, []
+            self.blow_up = False
             # Lightning itself allows several optimizers only with manual optimization
             self.automatic_optimization = optimizers == 1
 
@@ -101,7 +115,8 @@ WORKER = textwrap.dedent(
             return self.net(x)
 
         def training_step(self, batch, batch_idx):
-            return mse(self(batch[0]), batch[1])
+            loss = mse(self(batch[0]), batch[1])
+            return blown_up(loss, batch_idx) if self.blow_up else loss
 
         def validation_step(self, batch, batch_idx):
             self.seen.append(flat(self))
@@ -172,12 +187,84 @@ WORKER = textwrap.dedent(
     for algorithm, accumulate in (("sgp", 1), ("dpsgd", 1), ("sgp", 2)):
         name = f"{algorithm}-acc{accumulate}"
         expected, plain_sent = plain(algorithm, accumulate)
+        if name == "sgp-acc1":
+            out_fp32 = expected
         model, record, _ = fit(algorithm, accumulate)
         out[name] = {
             "max_diff": (flat(model) - expected).abs().max().item(),
             "sent": record.sent,
             "plain_sent": plain_sent,
         }
+
+    # all-reduce through the strategy (DDP itself) against the plain loop
+    expected, plain_sent = plain("ar", 1)
+    model, record, _ = fit("ar", 1)
+    out["ar-acc1"] = {
+        "max_diff": (flat(model) - expected).abs().max().item(),
+        "sent": record.sent,
+        "plain_sent": plain_sent,
+    }
+
+    # mixed precision: autocast around the forward pass, as in the plain loop; with
+    # 16-mixed, a GradScaler whose skipped step (rank 1) still gossips
+    def plain_amp(precision):
+        module = net()
+        optimizer = sgd(module.parameters())
+        model = make_data_parallel("sgp", module, optimizer, **options("sgp"))
+        scaler = small_scaler() if precision == "16-mixed" else None
+        dtype = torch.half if precision == "16-mixed" else torch.bfloat16
+        x, y = shard(1)
+        for i in range(STEPS):
+            xb, yb = x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
+            with torch.autocast("cpu", dtype=dtype):
+                loss = mse(model(xb), yb)
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(blown_up(loss, i)).backward()
+                scaler.unscale_(optimizer)
+                model.scaler_step(scaler)
+                scaler.update()
+            optimizer.zero_grad()
+        sent = model.bytes_sent
+        model.close()
+        return flat(module), sent, None if scaler is None else scaler.get_scale()
+
+
+    def small_scaler():
+        """A scaler under which no fp16 gradient overflows but rank 1's infinite loss."""
+        return torch.amp.GradScaler("cpu", init_scale=256.0)
+
+
+    for precision in ("bf16-mixed", "16-mixed"):
+        expected, plain_sent, plain_scale = plain_amp(precision)
+        model, record = Regression(), Record()
+        model.blow_up = precision == "16-mixed"
+        t = trainer(
+            GossipStrategy("sgp", **options("sgp")), record, max_steps=STEPS,
+            plugins=[MixedPrecision(precision, "cpu", small_scaler() if model.blow_up else None)],
+        )
+        t.fit(model, loader(*shard(1)))
+        scaler = t.precision_plugin.scaler
+        out[f"sgp-{precision}"] = {
+            "max_diff": (flat(model) - expected).abs().max().item(),
+            "sent": record.sent,
+            "plain_sent": plain_sent,
+            "scale": None if scaler is None else scaler.get_scale(),
+            "plain_scale": plain_scale,
+            "vs_fp32": (flat(model) - out_fp32).abs().max().item(),
+        }
+
+    # AD-PSGD: asynchronous, so no step-by-step oracle; its evaluation is the exact
+    # average of the ranks' final models
+    model, record, t = fit("adpsgd", 1)
+    val = t.validate(model, val_loader(), verbose=False)[0]["val_loss"]
+    out["adpsgd"] = {
+        "sent": record.sent, "val": val,
+        "average_loss": loss_of(network_average(flat(model), 1.0)),
+        "moved": (flat(model) - flat(net())).abs().max().item(),
+    }
 
     # validation inside fit (the wrapper's average), then validate/test after it
     model, record, t = fit("sgp", 1, val=True)
@@ -195,12 +282,79 @@ WORKER = textwrap.dedent(
     val = local_trainer.validate(model, val_loader(), verbose=False)[0]["val_loss"]
     out["eval"].update(local_val=val, local_loss=loss_of(local))
 
+    # checkpoints: one epoch, save, resume for the second, against two epochs in one go
+    # (which saves nothing: saving must not change the run)
+    def fit_epochs(algorithm, epochs, folder=None, ckpt_path=None):
+        model = Regression()
+        callbacks = [] if folder is None else [
+            ModelCheckpoint(dirpath=f"{TMP}/{folder}", save_last=True, save_top_k=1)]
+        t = L.Trainer(
+            strategy=GossipStrategy(algorithm, **options(algorithm)), accelerator="cpu",
+            devices=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+            use_distributed_sampler=False, num_sanity_val_steps=0, max_epochs=epochs,
+            enable_checkpointing=folder is not None, callbacks=callbacks,
+        )
+        t.fit(model, loader(*shard(1)), ckpt_path=ckpt_path)
+        return model, t
+
+
+    for algorithm in ("sgp", "osgp", "dpsgd"):
+        whole, _ = fit_epochs(algorithm, 2)
+        first, _ = fit_epochs(algorithm, 1, folder=f"ckpt-{algorithm}")
+        resumed, t = fit_epochs(
+            algorithm, 2, folder=f"ckpt-{algorithm}", ckpt_path=f"{TMP}/ckpt-{algorithm}/last.ckpt"
+        )
+        dist.barrier()
+        out[f"resume-{algorithm}"] = {
+            "max_diff": (flat(resumed) - flat(whole)).abs().max().item(),
+            "moved": (flat(resumed) - flat(first)).abs().max().item(),
+            "files": sorted(os.listdir(f"{TMP}/ckpt-{algorithm}")),
+            "global_step": t.global_step,
+        }
+
+    # validate from a checkpoint: every rank loads its own part; the network average
+    # uses the push-sum weights saved with them
+    model = Regression()
+    saved = torch.load(f"{TMP}/ckpt-sgp/last.ckpt" + ("" if rank == 0 else f".rank{rank}"),
+                       weights_only=True)
+    model.load_state_dict(saved["state_dict"])
+    expected = loss_of(network_average(flat(model), saved["gossip"]["state"]["ps_weight"]))
+    val = trainer(GossipStrategy("sgp")).validate(
+        Regression(), val_loader(), ckpt_path=f"{TMP}/ckpt-sgp/last.ckpt", verbose=False
+    )[0]["val_loss"]
+    out["validate-ckpt"] = {"val": val, "expected": expected,
+                            "ps_weight": saved["gossip"]["state"]["ps_weight"]}
+
+    def refused(strategy, ckpt_path):
+        try:
+            fit_epochs_with(strategy, ckpt_path)
+        except (ValueError, FileNotFoundError) as err:
+            return f"{type(err).__name__}: {err}"
+        return None
+
+
+    def fit_epochs_with(strategy, ckpt_path):
+        t = trainer(strategy, max_epochs=3)
+        t.fit(Regression(), loader(*shard(1)), ckpt_path=ckpt_path)
+
+
+    out["wrong_algorithm"] = refused(GossipStrategy("dpsgd", topology="ring"),
+                                     f"{TMP}/ckpt-sgp/last.ckpt")
+    if rank == 0:  # a checkpoint from three processes, and one whose part is missing
+        bad = torch.load(f"{TMP}/ckpt-sgp/last.ckpt", weights_only=True)
+        bad["gossip"]["world_size"] = 3
+        torch.save(bad, f"{TMP}/three.ckpt")
+        shutil.copy(f"{TMP}/ckpt-sgp/last.ckpt", f"{TMP}/partless.ckpt")
+    dist.barrier()
+    out["wrong_world_size"] = refused(GossipStrategy("sgp", **options("sgp")), f"{TMP}/three.ckpt")
+    out["missing_part"] = refused(GossipStrategy("sgp", **options("sgp")), f"{TMP}/partless.ckpt")
+
     try:
         trainer(GossipStrategy("sgp"), max_steps=1).fit(Regression(optimizers=2), loader(*shard(1)))
         out["two_optimizers"] = None
     except ValueError as err:
         out["two_optimizers"] = str(err)
-    with open(f"{sys.argv[1]}/rank{rank}.json", "w") as f:
+    with open(f"{TMP}/rank{rank}.json", "w") as f:
         json.dump(out, f)
     dist.barrier()
     dist.destroy_process_group()
@@ -220,11 +374,38 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sgp-acc1", "dpsgd-acc1", "sgp-acc2"])
+@pytest.mark.parametrize("name", ["sgp-acc1", "dpsgd-acc1", "sgp-acc2", "ar-acc1"])
 def test_fit_matches_the_plain_gossip_loop(results: list[dict[str, Any]], name: str) -> None:
     for rank in results:
         assert rank[name]["max_diff"] <= 1e-6, rank[name]
         assert rank[name]["sent"] == rank[name]["plain_sent"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_matches_the_plain_autocast_loop(
+    results: list[dict[str, Any]], precision: str
+) -> None:
+    for rank in results:
+        got = rank[f"sgp-{precision}"]
+        assert got["max_diff"] <= 1e-6, got
+        assert got["vs_fp32"] > 1e-5, got  # autocast did change the arithmetic
+        assert got["sent"] == got["plain_sent"] > 0
+        assert got["scale"] == got["plain_scale"]
+    if precision == "16-mixed":
+        # rank 1 skipped one update (its scale halved once), and still gossiped every step
+        assert [rank["sgp-16-mixed"]["scale"] for rank in results] == [256.0, 128.0]
+        assert results[1]["sgp-16-mixed"]["sent"] == results[0]["sgp-16-mixed"]["sent"]
+
+
+@pytest.mark.slow
+def test_adpsgd_through_the_strategy_evaluates_the_exact_average(
+    results: list[dict[str, Any]],
+) -> None:
+    for rank in results:
+        got = rank["adpsgd"]
+        assert got["sent"] > 0 and got["moved"] > 1e-3, got
+        assert got["val"] == pytest.approx(got["average_loss"], rel=1e-5, abs=1e-7)
 
 
 @pytest.mark.slow
@@ -245,6 +426,52 @@ def test_validation_and_test_use_the_network_average(results: list[dict[str, Any
         assert ev["local_val"] == pytest.approx(ev["local_loss"], rel=1e-5, abs=1e-7)
     # the ranks' own models differ, so "local" is not the average
     assert results[0]["eval"]["local_val"] != results[1]["eval"]["local_val"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["sgp", "osgp", "dpsgd"])
+def test_resuming_from_a_checkpoint_continues_exactly(
+    results: list[dict[str, Any]], algorithm: str
+) -> None:
+    # one epoch, saved (OSGP with rounds in flight), then the second from last.ckpt:
+    # the same parameters as two epochs in one go (which saved nothing)
+    for rank in results:
+        got = rank[f"resume-{algorithm}"]
+        assert got["max_diff"] <= 1e-6, got
+        assert got["moved"] > 1e-3, got  # the second epoch did train
+        assert got["global_step"] == 8
+        # save_top_k=1 removed epoch 0's file and rank 1's part of it
+        assert got["files"] == [
+            "epoch=1-step=8.ckpt",
+            "epoch=1-step=8.ckpt.rank1",
+            "last.ckpt",
+            "last.ckpt.rank1",
+        ]
+
+
+@pytest.mark.slow
+def test_validate_from_a_checkpoint_averages_every_ranks_part(
+    results: list[dict[str, Any]],
+) -> None:
+    for rank in results:
+        got = rank["validate-ckpt"]
+        assert got["val"] == pytest.approx(got["expected"], rel=1e-5, abs=1e-7)
+    # with skewed mixing the two parts hold different push-sum weights
+    weights = [rank["validate-ckpt"]["ps_weight"] for rank in results]
+    assert weights[0] != weights[1]
+
+
+@pytest.mark.slow
+def test_checkpoints_that_do_not_fit_are_refused(results: list[dict[str, Any]]) -> None:
+    for rank in results:
+        assert rank["wrong_algorithm"].startswith("ValueError: checkpoint"), rank
+        assert "is from algorithm 'sgp', this strategy runs 'dpsgd'" in rank["wrong_algorithm"]
+        assert "holds the states of 3 processes" in rank["wrong_world_size"]
+        assert "this run has 2" in rank["wrong_world_size"]
+        # rank 1's part is missing: every rank stops, naming it (none waits for it)
+        assert rank["missing_part"].startswith("FileNotFoundError: rank 1's part of"), rank
+        assert "partless.ckpt is missing: " in rank["missing_part"]
+        assert rank["missing_part"].count(".rank1") == 1
 
 
 @pytest.mark.slow

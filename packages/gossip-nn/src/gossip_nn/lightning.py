@@ -23,6 +23,7 @@ for what a strategy does. The algorithms are those of Stochastic Gradient Push
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
@@ -43,7 +44,7 @@ from torch.optim import Optimizer
 from gossip_nn._base import DataParallelModule, network_average
 from gossip_nn.factory import gossip_options, make_data_parallel
 
-__all__ = ["EVAL_MODELS", "GossipStrategy"]
+__all__ = ["EVAL_MODELS", "GossipStrategy", "rank_checkpoint_path"]
 
 EVAL_MODELS: tuple[str, ...] = ("average", "local")
 """What validation and test evaluate: the network-average model or each rank's own."""
@@ -64,7 +65,8 @@ class GossipStrategy(DDPStrategy):
     first and only then steps the optimizer, so that forward and backward see the
     same model as in the plain loop: training with it gives the same parameters as
     the plain gossip-nn loop. With a gradient scaler (``precision="16-mixed"`` on a
-    GPU) the step goes through the wrapper's
+    GPU, or ``plugins=[MixedPrecision("16-mixed", "cpu")]``) the step goes through the
+    wrapper's
     [`scaler_step`][gossip_nn.DataParallelModule.scaler_step], so a rank that skips an
     update still gossips. With ``accumulate_grad_batches`` gossip runs once per
     optimizer step, and the micro-batches but the last run in the wrapper's
@@ -77,9 +79,20 @@ class GossipStrategy(DDPStrategy):
     ended with. The end of a fit [`close`][gossip_nn.DataParallelModule.close]s the
     wrapper, after which every rank keeps its own (de-biased) model.
 
+    Checkpoints (``ModelCheckpoint``, ``trainer.save_checkpoint``) hold every rank's
+    own state, since gossip leaves the ranks with different models: global rank 0
+    writes the file Lightning names, with its model, optimizer and gossip state
+    (push-sum weight, step counters, OSGP's rounds in flight) under the key
+    ``"gossip"``, and every other rank ``r`` writes the same for itself to
+    ``<file>.rank<r>`` ([`rank_checkpoint_path`][gossip_nn.lightning.rank_checkpoint_path]).
+    ``trainer.fit(..., ckpt_path=...)`` then continues exactly where the run was, on
+    the same number of processes; ``LightningModule.load_from_checkpoint(file)``
+    loads rank 0's model. A checkpoint without gossip state (from ``DDPStrategy``,
+    say) starts every rank from its model. Removing a checkpoint (``save_top_k``)
+    removes its parts too.
+
     Supported in this version: automatic or manual optimization with exactly one
-    optimizer. Not yet: saving the push-sum state in Lightning checkpoints (a
-    checkpoint holds global rank 0's own model), ``predict`` on the average model.
+    optimizer. Not yet: ``predict`` on the average model.
 
     Args:
         algorithm: One of [`ALGORITHMS`][gossip_nn.ALGORITHMS]: ``"ar"``, ``"sgp"``,
@@ -159,7 +172,9 @@ class GossipStrategy(DDPStrategy):
         self._ddp_options = ddp_options
         self._gossip_options = dict(options)
         self._wrapper: DataParallelModule | None = None
-        self._ps_weight = 1.0  # the push-sum weight the last fit ended with
+        self._ps_weight = 1.0  # the push-sum weight the last fit (or checkpoint) ended with
+        self._gossip_state: dict[str, Any] | None = None  # of the state dict just taken
+        self._restored: dict[str, Any] | None = None  # the loaded checkpoint's "gossip"
         self._failed = False
         self._eval = ExitStack()
 
@@ -212,6 +227,12 @@ class GossipStrategy(DDPStrategy):
             )
         module = self.lightning_module
         assert module is not None
+        restored, self._restored = self._restored, None
+        own: dict[str, Any] = {}
+        if restored is not None:
+            # Lightning restored this rank's parameters before setup; the wrapper starts
+            # from one model on every rank and then loads them, with the gossip state
+            own = {f"module.{k}": v.clone() for k, v in module.state_dict().items()}
         _broadcast_from_rank0(module)
         self._failed = False
         self._wrapper = make_data_parallel(
@@ -222,6 +243,98 @@ class GossipStrategy(DDPStrategy):
             **self._gossip_options,
         )
         self.model = self._wrapper
+        if restored is not None:
+            self._wrapper.load_state_dict({**own, "_extra_state": restored["state"]})
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        """This rank's model, taken with the wrapper's gossip state (kept for the file)."""
+        if self._wrapper is None:
+            self._gossip_state = None
+            return super().lightning_module_state_dict()
+        state = self._wrapper.state_dict()
+        self._gossip_state = state.pop("_extra_state")
+        return {k.removeprefix("module."): v for k, v in state.items()}
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
+    ) -> None:
+        """Rank 0 writes ``filepath``, every other rank ``r`` its own ``<filepath>.rank<r>``.
+
+        Each holds the rank's model, optimizer and gossip state (``checkpoint["gossip"]``),
+        with the trainer's state that every rank shares.
+        """
+        if self._gossip_state is not None and "gossip" not in checkpoint:
+            checkpoint["gossip"] = {
+                "algorithm": self._algorithm,
+                "world_size": self.world_size,
+                "rank": self.global_rank,
+                "state": self._gossip_state,
+            }
+        if "gossip" in checkpoint and self.global_rank != 0:
+            path = rank_checkpoint_path(filepath, self.global_rank)
+            self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
+        """Load this rank's part of a checkpoint written by ``save_checkpoint``.
+
+        Raises:
+            ValueError: If the checkpoint was written by another number of processes
+                or another algorithm, or its parts are from different steps (on every
+                rank, naming the ranks).
+            FileNotFoundError: If a rank's part is missing (on every rank, naming it).
+        """
+        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        gossip = checkpoint.get("gossip")
+        self._restored = None
+        if gossip is None:  # no gossip state (DDPStrategy's, say): start from rank 0's model
+            return checkpoint
+        if gossip["world_size"] != self.world_size:
+            raise ValueError(
+                f"checkpoint {checkpoint_path} holds the states of {gossip['world_size']} "
+                f"processes, one per rank; this run has {self.world_size}: resume on "
+                f"{gossip['world_size']} processes (or load the model alone with "
+                "LightningModule.load_from_checkpoint and start a new fit)"
+            )
+        if gossip["algorithm"] != self._algorithm:
+            raise ValueError(
+                f"checkpoint {checkpoint_path} is from algorithm {gossip['algorithm']!r}, "
+                f"this strategy runs {self._algorithm!r}"
+            )
+        own, problem = checkpoint, None
+        if self.global_rank != 0:
+            path = rank_checkpoint_path(_resolved(checkpoint_path), self.global_rank)
+            try:
+                own = self.checkpoint_io.load_checkpoint(path, weights_only=weights_only)
+            except FileNotFoundError:
+                problem = f"rank {self.global_rank}'s part of {checkpoint_path} is missing: {path}"
+            else:
+                if own.get("global_step") != checkpoint.get("global_step"):
+                    problem = (
+                        f"rank {self.global_rank}'s part of {checkpoint_path} ({path}) is from "
+                        f"step {own.get('global_step')}, rank 0's from step "
+                        f"{checkpoint.get('global_step')}"
+                    )
+        # every rank raises if one cannot resume, rather than leave the others waiting
+        problems = [p for p in _gathered(problem) if p is not None]
+        if problems:
+            if all(" is missing: " in p for p in problems):
+                raise FileNotFoundError(
+                    "; ".join(problems) + " (every rank writes its own part beside rank 0's "
+                    "file, and each rank must be able to read its own)"
+                )
+            together = ": the parts of a checkpoint must be saved together"
+            raise ValueError("; ".join(problems) + together)
+        checkpoint, gossip = own, own["gossip"]
+        self._restored = gossip
+        self._ps_weight = float(gossip["state"]["ps_weight"])
+        return checkpoint
+
+    def remove_checkpoint(self, filepath: Any) -> None:
+        """Remove ``filepath`` (rank 0) and every rank's own part of it."""
+        if self.global_rank != 0:
+            self.checkpoint_io.remove_checkpoint(rank_checkpoint_path(filepath, self.global_rank))
+        super().remove_checkpoint(filepath)
 
     def optimizer_step(
         self,
@@ -310,6 +423,33 @@ class GossipStrategy(DDPStrategy):
                 self._ps_weight = wrapper.ps_weight
             self.model = self.lightning_module
         super().teardown()
+
+
+def rank_checkpoint_path(filepath: str | os.PathLike[str], rank: int) -> str:
+    """Where global rank ``rank`` (not 0) keeps its part of checkpoint ``filepath``.
+
+    Example:
+        >>> rank_checkpoint_path("checkpoints/last.ckpt", 3)
+        'checkpoints/last.ckpt.rank3'
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be an int of at least 1 (rank 0 owns the file); got {rank!r}")
+    return f"{os.fspath(filepath)}.rank{rank}"
+
+
+def _gathered(item: Any) -> list[Any]:
+    """``item`` from every rank of the default group (just ``[item]`` without one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [item]
+    items: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(items, item)
+    return items
+
+
+def _resolved(filepath: Any) -> Any:
+    """A local symbolic link (``ModelCheckpoint(save_last="link")``) resolved to its file."""
+    path = os.fspath(filepath)
+    return os.path.realpath(path) if os.path.islink(path) else filepath
 
 
 class _ScalerThroughWrapper:
