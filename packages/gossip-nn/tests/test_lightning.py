@@ -17,7 +17,10 @@ import pytest
 
 pytest.importorskip("lightning")
 
+from torch.distributed import HashStore
+
 from gossip_comm.testing import run_torchrun
+from gossip_nn import FaultTolerance
 from gossip_nn.lightning import GossipStrategy
 
 WORKER = textwrap.dedent(
@@ -32,6 +35,7 @@ WORKER = textwrap.dedent(
     from torch.utils.data import DataLoader, TensorDataset
 
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import Logger
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     from gossip_nn import make_data_parallel
@@ -85,19 +89,30 @@ WORKER = textwrap.dedent(
         return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
 
 
-    def plain(algorithm, accumulate):
+    HISTORY = {}  # plain's arguments -> [(bytes sent, push-sum weight)] after each step
+    CLIP = 0.1  # clip_grad_norm_'s max_norm, with a StepLR halving the rate every step
+
+
+    def plain(algorithm, accumulate, clip_and_schedule=False):
         module = net()
         optimizer = sgd(module.parameters())
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
         model = make_data_parallel(algorithm, module, optimizer, **options(algorithm))
         x, y = shard(accumulate)
+        history = HISTORY[algorithm, accumulate, clip_and_schedule] = []
         for i in range(STEPS * accumulate):
             last = (i + 1) % accumulate == 0
             with nullcontext() if last else model.no_sync():
                 xb, yb = x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
                 (mse(model(xb), yb) / accumulate).backward()
             if last:
+                if clip_and_schedule:
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), CLIP)
                 optimizer.step()
                 optimizer.zero_grad()
+                if clip_and_schedule:
+                    schedule.step()
+                history.append((model.bytes_sent, model.ps_weight))
         sent = model.bytes_sent
         model.close()
         return flat(module), sent
@@ -107,7 +122,7 @@ WORKER = textwrap.dedent(
         def __init__(self, optimizers=1):
             super().__init__()
             self.net, self.n_optimizers, self.seen = net(), optimizers, []
-            self.blow_up = False
+            self.blow_up = self.schedule = False
             # Lightning itself allows several optimizers only with manual optimization
             self.automatic_optimization = optimizers == 1
 
@@ -121,6 +136,10 @@ WORKER = textwrap.dedent(
         def validation_step(self, batch, batch_idx):
             self.seen.append(flat(self))
             self.log("val_loss", mse(self(batch[0]), batch[1]))
+            self.log("rank_mean", float(self.global_rank), sync_dist=True)
+
+        def predict_step(self, batch, batch_idx):
+            return self(batch[0])
 
         def test_step(self, batch, batch_idx):
             self.log("test_loss", mse(self(batch[0]), batch[1]))
@@ -130,6 +149,10 @@ WORKER = textwrap.dedent(
 
         def configure_optimizers(self):
             opts = [sgd(self.parameters()) for _ in range(self.n_optimizers)]
+            if self.schedule:
+                step_lr = torch.optim.lr_scheduler.StepLR(opts[0], 1, gamma=0.5)
+                return {"optimizer": opts[0],
+                        "lr_scheduler": {"scheduler": step_lr, "interval": "step"}}
             return opts[0] if self.n_optimizers == 1 else opts
 
 
@@ -141,11 +164,31 @@ WORKER = textwrap.dedent(
 
     def trainer(strategy, record=None, **kwargs):
         return L.Trainer(
-            strategy=strategy, accelerator="cpu", devices=2, logger=False,
+            strategy=strategy, accelerator="cpu", devices=2,
             enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, use_distributed_sampler=False,
-            num_sanity_val_steps=0, callbacks=[record] if record else [], **kwargs,
+            num_sanity_val_steps=0, callbacks=[record] if record else [],
+            **({"logger": False} | kwargs),
         )
+
+
+    class Memory(Logger):
+        """A logger that keeps what it is sent: [(step, metrics)]."""
+
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        name, version = "memory", 0
+
+        def log_metrics(self, metrics, step=None):
+            self.rows.append((step, dict(metrics)))
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+        def gossip(self):
+            return [(step, m) for step, m in self.rows if any(k.startswith("gossip/") for k in m)]
 
 
     def loader(x, y):
@@ -158,11 +201,11 @@ WORKER = textwrap.dedent(
         return DataLoader(TensorDataset(X_VAL, Y_VAL), batch_size=len(X_VAL))
 
 
-    def fit(algorithm, accumulate, val=False, eval_model="average"):
+    def fit(algorithm, accumulate, val=False, eval_model="average", **kwargs):
         model, record = Regression(), Record()
         t = trainer(
             GossipStrategy(algorithm, eval_model=eval_model, **options(algorithm)), record,
-            max_steps=STEPS, accumulate_grad_batches=accumulate,
+            max_steps=STEPS, accumulate_grad_batches=accumulate, **kwargs,
         )
         t.fit(model, loader(*shard(accumulate)), val_loader() if val else None)
         return model, record, t
@@ -174,6 +217,12 @@ WORKER = textwrap.dedent(
         weights = [torch.empty(1, dtype=torch.float64) for _ in range(2)]
         dist.all_gather(weights, torch.tensor([weight], dtype=torch.float64))
         return sum(both) / float(sum(weights).item())
+
+
+    def net_from(vector):
+        module = net()
+        torch.nn.utils.vector_to_parameters(vector, module.parameters())
+        return module.requires_grad_(False)
 
 
     def loss_of(vector):
@@ -266,18 +315,46 @@ WORKER = textwrap.dedent(
         "moved": (flat(model) - flat(net())).abs().max().item(),
     }
 
-    # validation inside fit (the wrapper's average), then validate/test after it
-    model, record, t = fit("sgp", 1, val=True)
+    # gradient clipping and a per-step learning-rate schedule
+    expected, _ = plain("sgp", 1, clip_and_schedule=True)
+    model = Regression()
+    model.schedule = True
+    t = trainer(GossipStrategy("sgp", **options("sgp")), max_steps=STEPS, gradient_clip_val=CLIP)
+    t.fit(model, loader(*shard(1)))
+    out["sgp-clip-schedule"] = {
+        "max_diff": (flat(model) - expected).abs().max().item(),
+        "vs_plain": (flat(model) - out_fp32).abs().max().item(),
+    }
+
+    # validation inside fit (the wrapper's average), then validate/test after it; what
+    # gossip does, logged: bytes and weights each step, the consensus at validation
+    memory = Memory()
+    model, record, t = fit("sgp", 1, val=True, logger=memory, log_every_n_steps=1)
     local = flat(model)
     average = network_average(local, record.ps_weight)
     at_fit = network_average(model.before_eval, record.ps_weight)
+    squares = ((model.before_eval.double() - at_fit.double()) ** 2).sum()
+    dist.all_reduce(squares)
+    rank_mean = t.callback_metrics["rank_mean"].item()
     val = t.validate(model, val_loader(), verbose=False)[0]["val_loss"]
     test = t.test(model, val_loader(), verbose=False)[0]["test_loss"]
+    predicted = torch.cat(t.predict(model, val_loader()))
     out["eval"] = {
         "fit_seen_vs_average": (model.seen[0] - at_fit).abs().max().item(),
         "restored": (flat(model) - local).abs().max().item(),
         "val": val, "test": test, "average_loss": loss_of(average),
+        "rank_mean": rank_mean,
+        "predict_vs_average": (predicted - net_from(average)(X_VAL)).abs().max().item(),
+        "predict_vs_local": (predicted - net_from(local)(X_VAL)).abs().max().item(),
     }
+    out["logged"] = {
+        "rows": memory.gossip(),
+        "plain": HISTORY["sgp", 1, False],
+        "consensus": (squares.item() / 2) ** 0.5,
+    }
+    memory = Memory()
+    fit("dpsgd", 1, logger=memory, log_every_n_steps=2)
+    out["logged"]["every_2"] = memory.gossip()
     local_trainer = trainer(GossipStrategy("sgp", eval_model="local"))
     val = local_trainer.validate(model, val_loader(), verbose=False)[0]["val_loss"]
     out["eval"].update(local_val=val, local_loss=loss_of(local))
@@ -424,8 +501,44 @@ def test_validation_and_test_use_the_network_average(results: list[dict[str, Any
         assert ev["val"] == pytest.approx(ev["average_loss"], rel=1e-5, abs=1e-7)
         assert ev["test"] == pytest.approx(ev["average_loss"], rel=1e-5, abs=1e-7)
         assert ev["local_val"] == pytest.approx(ev["local_loss"], rel=1e-5, abs=1e-7)
+        assert ev["rank_mean"] == 0.5  # log(..., sync_dist=True): the mean of 0 and 1
+        assert ev["predict_vs_average"] <= 1e-6  # predict: the average model too
+        assert ev["predict_vs_local"] > 1e-4
     # the ranks' own models differ, so "local" is not the average
     assert results[0]["eval"]["local_val"] != results[1]["eval"]["local_val"]
+
+
+@pytest.mark.slow
+def test_clipping_and_a_schedule_match_the_plain_loop(results: list[dict[str, Any]]) -> None:
+    for rank in results:
+        got = rank["sgp-clip-schedule"]
+        assert got["max_diff"] <= 1e-6, got
+        assert got["vs_plain"] > 1e-3, got  # clipping and the schedule did change the run
+
+
+@pytest.mark.slow
+def test_what_gossip_does_reaches_the_loggers(results: list[dict[str, Any]]) -> None:
+    logged = results[0]["logged"]  # global rank 0 logs
+    steps = [row for row in logged["rows"] if "gossip/bytes_sent" in row[1]]
+    # every step (log_every_n_steps=1): rank 0's bytes so far and push-sum weight, as
+    # the plain loop's counters after each step
+    assert [step for step, _ in steps] == [0, 1, 2, 3]
+    for (_, metrics), (sent, weight) in zip(steps, logged["plain"], strict=True):
+        assert metrics["gossip/bytes_sent"] == sent
+        assert metrics["gossip/ps_weight"] == pytest.approx(weight, rel=1e-12)
+    # the ranks' RMS distance from their average, at the validation that ends the fit,
+    # then at validate, test and predict after it (the same models)
+    consensus = [row for row in logged["rows"] if "gossip/consensus_distance" in row[1]]
+    assert [step for step, _ in consensus] == [4, 4, 4, 4]
+    for _, metrics in consensus:
+        assert metrics["gossip/consensus_distance"] == pytest.approx(logged["consensus"], rel=1e-6)
+    assert logged["consensus"] > 1e-4
+    # log_every_n_steps=2, D-PSGD (no push-sum weight): steps 1 and 3 only
+    assert [(step, sorted(m)) for step, m in logged["every_2"]] == [
+        (1, ["gossip/bytes_sent"]),
+        (3, ["gossip/bytes_sent"]),
+    ]
+    assert results[1]["logged"]["rows"] == []  # rank 1 logs nothing
 
 
 @pytest.mark.slow
@@ -491,6 +604,10 @@ def test_bad_arguments_are_refused_at_construction() -> None:
         GossipStrategy("sgp", eval_model="mean")
     with pytest.raises(ValueError, match="ddp_options applies only to algorithm 'ar'"):
         GossipStrategy("sgp", ddp_options={"static_graph": True})
+    with pytest.raises(ValueError, match="fault_tolerance is not supported by GossipStrategy"):
+        GossipStrategy("sgp", fault_tolerance=FaultTolerance(HashStore(), world_size=2))
+    with pytest.raises(TypeError, match="log_gossip must be a bool; got 'yes'"):
+        GossipStrategy("sgp", log_gossip="yes")
     strategy = GossipStrategy("OSGP", topology="ring")
     assert (strategy.algorithm, strategy.eval_model, strategy.wrapper) == ("osgp", "average", None)
 

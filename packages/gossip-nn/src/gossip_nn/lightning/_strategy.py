@@ -1,29 +1,8 @@
-"""A PyTorch Lightning strategy that trains with gossip: ``GossipStrategy``.
-
-Install gossip-nn with its ``lightning`` extra (from a clone: ``pip install
-"packages/gossip-nn[lightning]"`` with its siblings). This module imports ``lightning``;
-``import gossip_nn`` does not, so import this module explicitly:
-
-```python
-from lightning import Trainer
-from gossip_nn.lightning import GossipStrategy
-
-trainer = Trainer(strategy=GossipStrategy("osgp", topology="ring"), accelerator="cpu", devices=2)
-```
-
-The strategy is Lightning's DDP strategy (processes, launcher, process group,
-``reduce``, ``barrier``) with the model wrapped by
-[`make_data_parallel`][gossip_nn.make_data_parallel] instead of
-`DistributedDataParallel`; see Lightning's
-[Strategy documentation](https://lightning.ai/docs/pytorch/stable/extensions/strategy.html)
-for what a strategy does. The algorithms are those of Stochastic Gradient Push
-([Assran et al., 2019, arXiv:1811.10792](https://arxiv.org/abs/1811.10792)).
-"""
+"""``GossipStrategy``: Lightning's DDP strategy with a gossip wrapper instead of DDP."""
 
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
@@ -43,8 +22,10 @@ from torch.optim import Optimizer
 
 from gossip_nn._base import DataParallelModule, network_average
 from gossip_nn.factory import gossip_options, make_data_parallel
+from gossip_nn.lightning._checkpoints import check_compatible, own_part, rank_checkpoint_path
+from gossip_nn.lightning._metrics import PREFIX, consensus_distance, log_to_loggers, step_metrics
 
-__all__ = ["EVAL_MODELS", "GossipStrategy", "rank_checkpoint_path"]
+__all__ = ["EVAL_MODELS", "GossipStrategy"]
 
 EVAL_MODELS: tuple[str, ...] = ("average", "local")
 """What validation and test evaluate: the network-average model or each rank's own."""
@@ -72,7 +53,7 @@ class GossipStrategy(DDPStrategy):
     optimizer step, and the micro-batches but the last run in the wrapper's
     [`no_sync`][gossip_nn.DataParallelModule.no_sync].
 
-    Validation and test evaluate, by default, the exact network average of the models
+    Validation, test and prediction use, by default, the exact network average of the models
     on every rank ([`average_for_eval`][gossip_nn.DataParallelModule.average_for_eval]);
     each rank gets its own parameters back afterwards. ``trainer.validate`` or
     ``trainer.test`` after ``trainer.fit`` average with the push-sum weights the fit
@@ -91,14 +72,22 @@ class GossipStrategy(DDPStrategy):
     say) starts every rank from its model. Removing a checkpoint (``save_top_k``)
     removes its parts too.
 
+    What gossip does reaches the trainer's loggers (``log_gossip=True``), from global
+    rank 0, every ``log_every_n_steps`` optimizer steps: ``gossip/bytes_sent`` (the
+    bytes rank 0 has sent so far) and, for SGP and OSGP, ``gossip/ps_weight`` (its
+    push-sum weight); and at each validation, test or prediction on the average model
+    ``gossip/consensus_distance``, the root-mean-square distance of the ranks'
+    parameters from their average (one extra all-reduce of a scalar).
+
     Supported in this version: automatic or manual optimization with exactly one
-    optimizer. Not yet: ``predict`` on the average model.
+    optimizer. Not supported: ``fault_tolerance`` (Lightning owns the process group).
 
     Args:
         algorithm: One of [`ALGORITHMS`][gossip_nn.ALGORITHMS]: ``"ar"``, ``"sgp"``,
             ``"osgp"``, ``"dpsgd"`` or ``"adpsgd"``.
-        eval_model: ``"average"`` (validate and test the network-average model) or
-            ``"local"`` (each rank its own model).
+        eval_model: ``"average"`` (validate, test and predict with the network-average
+            model) or ``"local"`` (each rank its own model).
+        log_gossip: Send what gossip does to the trainer's loggers (see above).
         ddp_options: ``"ar"`` only: keywords for `DistributedDataParallel`, as for
             [`make_data_parallel`][gossip_nn.make_data_parallel].
         accelerator: Lightning's accelerator (normally set by the `Trainer`).
@@ -115,9 +104,10 @@ class GossipStrategy(DDPStrategy):
 
     Raises:
         ValueError: For an unknown algorithm or ``eval_model``, an invalid option,
-            ``ddp_options`` with an algorithm other than ``"ar"``, or (at ``fit``)
-            a `LightningModule` with more than one optimizer.
-        TypeError: For an unknown option name or a value of the wrong type.
+            ``fault_tolerance``, ``ddp_options`` with an algorithm other than
+            ``"ar"``, or (at ``fit``) a `LightningModule` with more than one optimizer.
+        TypeError: For an unknown option name or a value of the wrong type
+            (``log_gossip`` not a bool).
 
     Example:
         ```python
@@ -136,6 +126,7 @@ class GossipStrategy(DDPStrategy):
         algorithm: str = "sgp",
         *,
         eval_model: str = "average",
+        log_gossip: bool = True,
         ddp_options: Mapping[str, Any] | None = None,
         accelerator: pl.accelerators.Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
@@ -148,6 +139,14 @@ class GossipStrategy(DDPStrategy):
         **options: Any,
     ) -> None:
         gossip_options(algorithm, **options)  # raises now for a bad name or value
+        if options.get("fault_tolerance") is not None:
+            raise ValueError(
+                "fault_tolerance is not supported by GossipStrategy: Lightning forms and "
+                "owns the process group, which a FaultTolerance re-forms when a rank is "
+                "lost; train without it, or with the plain gossip-nn loop"
+            )
+        if not isinstance(log_gossip, bool):
+            raise TypeError(f"log_gossip must be a bool; got {log_gossip!r}")
         if eval_model not in EVAL_MODELS:
             raise ValueError(
                 f"eval_model must be one of {', '.join(EVAL_MODELS)}; got {eval_model!r}"
@@ -169,6 +168,7 @@ class GossipStrategy(DDPStrategy):
         )
         self._algorithm = algorithm.lower()
         self._eval_model = eval_model
+        self._log_gossip = log_gossip
         self._ddp_options = ddp_options
         self._gossip_options = dict(options)
         self._wrapper: DataParallelModule | None = None
@@ -289,43 +289,11 @@ class GossipStrategy(DDPStrategy):
         self._restored = None
         if gossip is None:  # no gossip state (DDPStrategy's, say): start from rank 0's model
             return checkpoint
-        if gossip["world_size"] != self.world_size:
-            raise ValueError(
-                f"checkpoint {checkpoint_path} holds the states of {gossip['world_size']} "
-                f"processes, one per rank; this run has {self.world_size}: resume on "
-                f"{gossip['world_size']} processes (or load the model alone with "
-                "LightningModule.load_from_checkpoint and start a new fit)"
-            )
-        if gossip["algorithm"] != self._algorithm:
-            raise ValueError(
-                f"checkpoint {checkpoint_path} is from algorithm {gossip['algorithm']!r}, "
-                f"this strategy runs {self._algorithm!r}"
-            )
-        own, problem = checkpoint, None
-        if self.global_rank != 0:
-            path = rank_checkpoint_path(_resolved(checkpoint_path), self.global_rank)
-            try:
-                own = self.checkpoint_io.load_checkpoint(path, weights_only=weights_only)
-            except FileNotFoundError:
-                problem = f"rank {self.global_rank}'s part of {checkpoint_path} is missing: {path}"
-            else:
-                if own.get("global_step") != checkpoint.get("global_step"):
-                    problem = (
-                        f"rank {self.global_rank}'s part of {checkpoint_path} ({path}) is from "
-                        f"step {own.get('global_step')}, rank 0's from step "
-                        f"{checkpoint.get('global_step')}"
-                    )
-        # every rank raises if one cannot resume, rather than leave the others waiting
-        problems = [p for p in _gathered(problem) if p is not None]
-        if problems:
-            if all(" is missing: " in p for p in problems):
-                raise FileNotFoundError(
-                    "; ".join(problems) + " (every rank writes its own part beside rank 0's "
-                    "file, and each rank must be able to read its own)"
-                )
-            together = ": the parts of a checkpoint must be saved together"
-            raise ValueError("; ".join(problems) + together)
-        checkpoint, gossip = own, own["gossip"]
+        check_compatible(gossip, checkpoint_path, self.world_size, self._algorithm)
+        checkpoint = own_part(
+            self.checkpoint_io, checkpoint_path, checkpoint, self.global_rank, weights_only
+        )
+        gossip = checkpoint["gossip"]
         self._restored = gossip
         self._ps_weight = float(gossip["state"]["ps_weight"])
         return checkpoint
@@ -349,7 +317,8 @@ class GossipStrategy(DDPStrategy):
         computed, so the step hooks (and the gossip in them) come after the backward
         pass, as in the plain training loop.
         """
-        if self._wrapper is None:
+        wrapper = self._wrapper
+        if wrapper is None:
             return super().optimizer_step(optimizer, closure, model, **kwargs)
         result = closure()
 
@@ -359,12 +328,29 @@ class GossipStrategy(DDPStrategy):
         plugin = self.precision_plugin
         scaler = getattr(plugin, "scaler", None)
         if scaler is None:
-            return super().optimizer_step(optimizer, computed, model, **kwargs)
-        plugin.scaler = _ScalerThroughWrapper(scaler, self._wrapper)  # type: ignore[attr-defined]
-        try:
-            return super().optimizer_step(optimizer, computed, model, **kwargs)
-        finally:
-            plugin.scaler = scaler  # type: ignore[attr-defined]
+            output = super().optimizer_step(optimizer, computed, model, **kwargs)
+        else:
+            plugin.scaler = _ScalerThroughWrapper(scaler, wrapper)  # type: ignore[attr-defined]
+            try:
+                output = super().optimizer_step(optimizer, computed, model, **kwargs)
+            finally:
+                plugin.scaler = scaler  # type: ignore[attr-defined]
+        self._log_step(wrapper)
+        return output
+
+    def _log_step(self, wrapper: DataParallelModule) -> None:
+        """Rank 0's gossip counters to the loggers, every ``log_every_n_steps`` steps."""
+        trainer = self._trainer()
+        if not self._log_gossip or trainer is None or not trainer.loggers or self.global_rank:
+            return
+        step = trainer.global_step  # this step's index: Lightning counts it once it returns
+        every = int(getattr(trainer, "log_every_n_steps", 50))  # set by Trainer(...)
+        if (step + 1) % every == 0:
+            log_to_loggers(trainer.loggers, step_metrics(wrapper), step)
+
+    def _trainer(self) -> pl.Trainer | None:
+        module = self.lightning_module
+        return None if module is None else module._trainer
 
     @contextmanager
     def block_backward_sync(self) -> Iterator[None]:
@@ -396,15 +382,35 @@ class GossipStrategy(DDPStrategy):
         self._eval.close()
         super().on_test_end()
 
+    def on_predict_start(self) -> None:
+        """Hold the evaluated model (see ``eval_model``) until prediction ends."""
+        super().on_predict_start()
+        self._enter_eval()
+
+    def on_predict_end(self) -> None:
+        """Give every rank its own parameters back."""
+        self._eval.close()
+        super().on_predict_end()
+
     def _enter_eval(self) -> None:
-        if self._eval_model == "local":
+        """Replace the parameters by the network average; log the consensus distance."""
+        if self._eval_model == "local" or not (dist.is_available() and dist.is_initialized()):
             return
+        module = self.lightning_module
+        assert module is not None
+        trainer = self._trainer()
+        # every rank has the same loggers, so every rank enters the collective or none does
+        logging = self._log_gossip and trainer is not None and bool(trainer.loggers)
+        own = [p.detach().clone() for p in module.parameters()] if logging else []
         if self._wrapper is not None:
             self._eval.enter_context(self._wrapper.average_for_eval())
-        elif dist.is_available() and dist.is_initialized():
-            module = self.lightning_module
-            assert module is not None
+        else:
             self._eval.enter_context(_average_module(module, self._ps_weight))
+        if logging and trainer is not None:
+            distance = consensus_distance(own, [p.detach() for p in module.parameters()])
+            if self.global_rank == 0:
+                metrics = {f"{PREFIX}consensus_distance": distance}
+                log_to_loggers(trainer.loggers, metrics, trainer.global_step)
 
     def on_exception(self, exception: BaseException) -> None:
         """Remember the failure: teardown then abandons the wrapper instead of closing it."""
@@ -423,33 +429,6 @@ class GossipStrategy(DDPStrategy):
                 self._ps_weight = wrapper.ps_weight
             self.model = self.lightning_module
         super().teardown()
-
-
-def rank_checkpoint_path(filepath: str | os.PathLike[str], rank: int) -> str:
-    """Where global rank ``rank`` (not 0) keeps its part of checkpoint ``filepath``.
-
-    Example:
-        >>> rank_checkpoint_path("checkpoints/last.ckpt", 3)
-        'checkpoints/last.ckpt.rank3'
-    """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be an int of at least 1 (rank 0 owns the file); got {rank!r}")
-    return f"{os.fspath(filepath)}.rank{rank}"
-
-
-def _gathered(item: Any) -> list[Any]:
-    """``item`` from every rank of the default group (just ``[item]`` without one)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [item]
-    items: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(items, item)
-    return items
-
-
-def _resolved(filepath: Any) -> Any:
-    """A local symbolic link (``ModelCheckpoint(save_last="link")``) resolved to its file."""
-    path = os.fspath(filepath)
-    return os.path.realpath(path) if os.path.islink(path) else filepath
 
 
 class _ScalerThroughWrapper:
