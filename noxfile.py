@@ -96,7 +96,7 @@ def tests(session: nox.Session) -> None:
     The 15 slowest tests are listed at the end, to keep the suite under its 15 minutes.
     """
     python = _dev_python(session)
-    args = _and_marker(session.posargs or ["--durations=15"], "not faults")
+    args = _and_marker(session.posargs or ["--durations=15"], "not faults and not tutorials")
     session.run(python, "-m", "pytest", *_suites(), *args, external=True)
 
 
@@ -124,6 +124,18 @@ def faults(session: nox.Session) -> None:
     session.run(python, "-m", "pytest", *_suites(), *args, external=True)
 
 
+@nox.session(venv_backend="none")
+def tutorials(session: nox.Session) -> None:
+    """Run the tutorials that train for real at full size (tests marked ``tutorials``).
+
+    Each takes a minute or more (the Lightning tutorial: six strategies on 4 CPU
+    processes), so CI runs them after ``tests`` and ``faults``.
+    """
+    python = _dev_python(session)
+    args = _and_marker(session.posargs or ["--durations=5"], "tutorials")
+    session.run(python, "-m", "pytest", *_suites(), *args, external=True)
+
+
 def _declared_siblings(name: str) -> list[str]:
     """Sibling packages ``name`` declares, transitively, in dependency order."""
     meta = tomllib.loads((_pkg(name) / "pyproject.toml").read_text())["project"]
@@ -140,9 +152,14 @@ def _declared_siblings(name: str) -> list[str]:
 @nox.session
 @nox.parametrize("package", PACKAGES)
 def isolated(session: nox.Session, package: str) -> None:
-    """Install one package (not editable) with only its declared siblings; run its tests."""
+    """Install one package (not editable) with only its declared siblings; run its tests.
+
+    gossip-nn is installed with its ``lightning`` extra too, so that the extra is shown
+    to install from the repository and its tests run there.
+    """
     local = [str(_pkg(s)) for s in _declared_siblings(package)]
-    session.install("-c", str(CONSTRAINTS), *local, f"{_pkg(package)}[test]")
+    extras = "test,lightning" if package == "gossip-nn" else "test"
+    session.install("-c", str(CONSTRAINTS), *local, f"{_pkg(package)}[{extras}]")
     if package == "gossip-topology":
         session.run(
             "python",

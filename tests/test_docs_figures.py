@@ -38,6 +38,10 @@ NOT_MEASURED = {
     },
     "docs/guides/cluster.md": {"22.05": "the Slurm release that changed srun's defaults"},
     "docs/contributing.md": {"0.2": "a version bound in a dependency range"},
+    "docs/tutorials/lightning.md": {
+        "2.6": "the lowest Lightning release the extra allows",
+        "1811.10792": "the paper's arXiv id",
+    },
 }
 _NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
 

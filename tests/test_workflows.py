@@ -131,7 +131,9 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     (command,) = re.findall(
-        r"^(pip install nox && nox -s [^#\n]*?tests(?: faults)?)\s*(?:#.*)?$", readme, flags=re.M
+        r"^(pip install nox && nox -s [^#\n]*?tests(?: faults)?(?: tutorials)?)\s*(?:#.*)?$",
+        readme,
+        flags=re.M,
     )
     ci_lines = [
         line.strip()
@@ -140,7 +142,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     ]
     assert command.strip() in ci_lines, f"{command!r} not a line of .ci/run"
     sessions = command.split("nox -s", 1)[1].split()
-    for session in ("lint", "typecheck", "docs", "docs_browser", "tests", "faults"):
+    for session in ("lint", "typecheck", "docs", "docs_browser", "tests", "faults", "tutorials"):
         assert session in sessions, f"CI must run nox -s {session}"
     assert "apt-get install -y chromium" in ci  # docs_browser needs a browser on a fresh machine
 

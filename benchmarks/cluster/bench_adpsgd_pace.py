@@ -31,9 +31,9 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from emulate import Cluster, install_signal_teardown  # noqa: E402
+from run_accounting import source_digest, timed_run, wait_idle  # noqa: E402
 
 from _results import RESULTS, write_results  # noqa: E402
-from bench_compression import _source_digest, timed_run, wait_idle  # noqa: E402
 
 NAME = "adpsgd_pace"
 MODEL = "linear:8136"  # 3072 x 8136 + 8136 = 25.0 M parameters
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "iters": args.iters,
         "warmup": args.warmup,
         "bound": BOUND,
-        "source_digest": _source_digest(),
+        "source_digest": source_digest(),
         **idle,
     }
     write({"meta": meta, "rows": rows, "runs": raw}, args.quick)

@@ -7,6 +7,8 @@ Lightning is imported once per process) and writes what each rank saw to JSON.
 """
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -245,6 +247,15 @@ WORKER = textwrap.dedent(
             "plain_sent": plain_sent,
         }
 
+    # ranks that start from different models: the strategy starts all from rank 0's
+    model, record = Regression(), Record()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(float(rank))
+    t = trainer(GossipStrategy("sgp", **options("sgp")), record, max_steps=STEPS)
+    t.fit(model, loader(*shard(1)))
+    out["from_rank0"] = (flat(model) - out_fp32).abs().max().item()
+
     # all-reduce through the strategy (DDP itself) against the plain loop
     expected, plain_sent = plain("ar", 1)
     model, record, _ = fit("ar", 1)
@@ -389,6 +400,17 @@ WORKER = textwrap.dedent(
             "global_step": t.global_step,
         }
 
+    # LightningModule.load_from_checkpoint(file): rank 0's model
+    loaded = Regression.load_from_checkpoint(f"{TMP}/ckpt-sgp/last.ckpt")
+    rank0 = torch.load(f"{TMP}/ckpt-sgp/last.ckpt", weights_only=True)["state_dict"]
+    out["load_from_checkpoint"] = max(
+        (p.detach() - rank0[name]).abs().max().item() for name, p in loaded.named_parameters()
+    )
+    rank1 = torch.load(f"{TMP}/ckpt-sgp/last.ckpt.rank1", weights_only=True)["state_dict"]
+    out["differs_from_rank1"] = max(
+        (p.detach() - rank1[name]).abs().max().item() for name, p in loaded.named_parameters()
+    )
+
     # validate from a checkpoint: every rank loads its own part; the network average
     # uses the push-sum weights saved with them
     model = Regression()
@@ -486,6 +508,13 @@ def test_adpsgd_through_the_strategy_evaluates_the_exact_average(
 
 
 @pytest.mark.slow
+def test_every_rank_starts_from_rank_0s_model(results: list[dict[str, Any]]) -> None:
+    # rank 1's parameters were shifted by 1 before fit; the run is that of equal starts
+    for rank in results:
+        assert rank["from_rank0"] == 0.0
+
+
+@pytest.mark.slow
 def test_accumulation_gossips_once_per_optimizer_step(results: list[dict[str, Any]]) -> None:
     # four optimizer steps either way; eight backward passes with accumulate_grad_batches=2
     for rank in results:
@@ -560,6 +589,13 @@ def test_resuming_from_a_checkpoint_continues_exactly(
             "last.ckpt",
             "last.ckpt.rank1",
         ]
+
+
+@pytest.mark.slow
+def test_load_from_checkpoint_gives_rank_0s_model(results: list[dict[str, Any]]) -> None:
+    for rank in results:
+        assert rank["load_from_checkpoint"] == 0.0
+        assert rank["differs_from_rank1"] > 1e-4  # the ranks' models differ
 
 
 @pytest.mark.slow
@@ -641,9 +677,40 @@ LAUNCHED = textwrap.dedent(
         enable_model_summary=False,
     )
     trainer.fit(Tiny(), DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8))
-    print(f"rank {trainer.global_rank} trained {trainer.global_step} steps")
+    environment = type(trainer.strategy.cluster_environment).__name__
+    print(f"rank {trainer.global_rank} trained {trainer.global_step} steps in {environment}")
     """
 )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_under_slurm_each_task_is_one_process(tmp_path: Path) -> None:
+    # what srun gives each of 2 tasks on one node: Lightning's SLURM environment takes
+    # the ranks from it and starts no processes itself
+    (tmp_path / "train.py").write_text(LAUNCHED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK"))}
+    env |= {
+        "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train",
+        "MASTER_PORT": str(_free_port()),
+    }  # fmt: skip
+    tasks = []
+    for rank in (0, 1):
+        task_env = env | {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        task = subprocess.Popen([sys.executable, "train.py"], cwd=tmp_path, env=task_env, **pipes)
+        tasks.append(task)
+    for rank, task in enumerate(tasks):
+        stdout, stderr = task.communicate(timeout=180)
+        assert task.returncode == 0, stderr[-4000:]
+        # one line each: the task trained as its own rank, and only it
+        assert stdout.splitlines()[-1:] == [f"rank {rank} trained 3 steps in SLURMEnvironment"]
 
 
 @pytest.mark.slow
@@ -654,7 +721,7 @@ def test_lightnings_own_launcher_runs_two_processes(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     for rank in (0, 1):
-        assert f"rank {rank} trained 3 steps" in result.stdout, result.stdout
+        assert f"rank {rank} trained 3 steps in LightningEnvironment" in result.stdout
 
 
 def test_import_gossip_nn_does_not_need_lightning() -> None:

@@ -452,11 +452,22 @@ def _state_tensors(module: nn.Module) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def _broadcast_from_rank0(module: nn.Module) -> None:
-    """Start every rank from global rank 0's parameters and buffers, as DDP does."""
+    """Start every rank from global rank 0's parameters and buffers, as DDP does.
+
+    One broadcast per dtype and device: the tensors of each kind travel flattened.
+    """
     if not (dist.is_available() and dist.is_initialized()):
         return
+    kinds: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for tensor in itertools.chain(module.parameters(), module.buffers()):
-        dist.broadcast(tensor.data, src=0)
+        kinds.setdefault((tensor.dtype, tensor.device), []).append(tensor.data)
+    for tensors in kinds.values():
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.broadcast(flat, src=0)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
 
 
 def _average_module(module: nn.Module, weight: float) -> Any:
