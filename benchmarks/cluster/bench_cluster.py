@@ -228,9 +228,14 @@ def plot(rows: list[dict[str, object]], path: Path, *, hosts: int) -> None:
 
 
 def write_targets(
-    name: str, goals: list[dict[str, object]], *, quick: bool, meta: dict[str, object]
+    name: str,
+    goals: list[dict[str, object]],
+    *,
+    quick: bool,
+    meta: dict[str, object],
+    title: str = "Design targets, checked on this run",
 ) -> None:
-    """The targets table, as `targets` computed it."""
+    """A targets table, as a benchmark's ``targets`` computed it."""
     write_results(
         name,
         {"targets": goals},
@@ -244,7 +249,7 @@ def write_targets(
             ]
             for g in goals
         ],
-        title="Design targets, checked on this run",
+        title=title,
         quick=quick,
         meta=meta,
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+from bench_cluster import write_targets  # noqa: E402
 from compression_configs import GPU_HOST, SYNCH_FREQ  # noqa: E402
 
 from _results import RESULTS, write_results  # noqa: E402
@@ -213,22 +214,12 @@ def write_tables(
         notes=_notes(meta, checks, rows),  # type: ignore[arg-type]
         meta=meta,
     )
-    write_results(
-        f"{name.replace(NAME, NAME + '_targets', 1)}",
-        {"targets": goals},
-        header=["target", "measured", "bound", "met"],
-        rows=[
-            [
-                g["target"],
-                f"{g['measured']:.2f}",
-                f"{g['kind']} {g['bound']}",
-                "yes" if g["met"] else "**no**",
-            ]
-            for g in goals
-        ],
-        title="Targets for compressed gossip, from this run",
+    write_targets(
+        name.replace(NAME, NAME + "_targets", 1),
+        goals,
         quick=quick,
         meta=meta,
+        title="Targets for compressed gossip, from this run",
     )
 
 
