@@ -99,8 +99,8 @@ class GossipStrategy(DDPStrategy):
         process_group_timeout: Timeout of the default process group (``timeout`` is
             the gossip option).
         start_method: How Lightning starts the processes, as for ``DDPStrategy``.
-        **options: Fields of [`GossipOptions`][gossip_nn.GossipOptions], such
-            as ``topology="ring"``.
+        **options: Fields of [`GossipOptions`][gossip_nn.GossipOptions] but
+            ``fault_tolerance``, such as ``topology="ring"``.
 
     Raises:
         ValueError: For an unknown algorithm or ``eval_model``, an invalid option,
