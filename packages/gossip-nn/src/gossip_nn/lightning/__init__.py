@@ -21,6 +21,7 @@ for what a strategy does. The algorithms are those of Stochastic Gradient Push
 """
 
 from gossip_nn.lightning._checkpoints import rank_checkpoint_path
+from gossip_nn.lightning._membership import MembershipEnvironment
 from gossip_nn.lightning._strategy import EVAL_MODELS, GossipStrategy
 
-__all__ = ["EVAL_MODELS", "GossipStrategy", "rank_checkpoint_path"]
+__all__ = ["EVAL_MODELS", "GossipStrategy", "MembershipEnvironment", "rank_checkpoint_path"]

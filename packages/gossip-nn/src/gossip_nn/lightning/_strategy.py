@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
 from lightning.fabric.utilities.optimizer import _optimizers_to_device
+from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import nn
+from torch import Tensor, nn
 from torch.distributed.constants import default_pg_timeout
 from torch.optim import Optimizer
 
-from gossip_nn._base import DataParallelModule, network_average
+from gossip_nn._base import DataParallelModule
 from gossip_nn.factory import gossip_options, make_data_parallel
+from gossip_nn.lightning._averaging import average_module, broadcast_from_rank0
 from gossip_nn.lightning._checkpoints import check_compatible, own_part, rank_checkpoint_path
+from gossip_nn.lightning._membership import (
+    Follower,
+    broadcast_from_every_member,
+    leave_alone_on_sigterm,
+    membership_environment,
+    membership_metrics,
+)
 from gossip_nn.lightning._metrics import PREFIX, consensus_distance, log_to_loggers, step_metrics
 
 __all__ = ["EVAL_MODELS", "GossipStrategy"]
+
+T = TypeVar("T")
 
 EVAL_MODELS: tuple[str, ...] = ("average", "local")
 """What validation and test evaluate: the network-average model or each rank's own."""
@@ -79,8 +89,24 @@ class GossipStrategy(DDPStrategy):
     ``gossip/consensus_distance``, the root-mean-square distance of the ranks'
     parameters from their average (one extra all-reduce of a scalar).
 
+    With ``fault_tolerance=`` a started [`FaultTolerance`][gossip_nn.FaultTolerance]
+    (SGP, OSGP, D-PSGD, AD-PSGD), training survives lost ranks: the survivors move to
+    the next generation inside the optimizer step and the fit goes on; Lightning's
+    ranks and world size follow the generation (a
+    [`MembershipEnvironment`][gossip_nn.lightning.MembershipEnvironment]), rank 0 of
+    the new generation takes over logging and the checkpoint's named file, and a
+    Lightning collective (a checkpoint's broadcast, ``log(sync_dist=True)``, an
+    evaluation's average) that a lost member breaks is run again with the survivors.
+    Launch every process on its own (plain processes, ``srun --kill-on-bad-exit=0``),
+    not with Lightning's launcher or ``torchrun``, which end every process when one
+    fails; ``Trainer(devices=1)`` (or ``devices=[LOCAL_RANK]`` on GPUs). Each change is
+    logged as ``gossip/generation``, ``gossip/members`` and ``gossip/lost`` (and with
+    every step's counters), and one line per survivor on the ``gossip_nn.lightning``
+    logger. A survivor keeps its own share of the data: the lost rank's share is
+    skipped for the rest of the fit. Joining a running job is not supported here.
+
     Supported in this version: automatic or manual optimization with exactly one
-    optimizer. Not supported: ``fault_tolerance`` (Lightning owns the process group).
+    optimizer.
 
     Args:
         algorithm: One of [`ALGORITHMS`][gossip_nn.ALGORITHMS]: ``"ar"``, ``"sgp"``,
@@ -99,13 +125,15 @@ class GossipStrategy(DDPStrategy):
         process_group_timeout: Timeout of the default process group (``timeout`` is
             the gossip option).
         start_method: How Lightning starts the processes, as for ``DDPStrategy``.
-        **options: Fields of [`GossipOptions`][gossip_nn.GossipOptions] but
-            ``fault_tolerance``, such as ``topology="ring"``.
+        **options: Fields of [`GossipOptions`][gossip_nn.GossipOptions], such as
+            ``topology="ring"``; ``fault_tolerance`` must be started.
 
     Raises:
         ValueError: For an unknown algorithm or ``eval_model``, an invalid option,
-            ``fault_tolerance``, ``ddp_options`` with an algorithm other than
-            ``"ar"``, or (at ``fit``) a `LightningModule` with more than one optimizer.
+            ``fault_tolerance`` not started yet or started to join, ``ddp_options``
+            with an algorithm other than ``"ar"``, a ``cluster_environment`` with
+            ``fault_tolerance``, or (at ``fit``) a `LightningModule` with more than one
+            optimizer.
         TypeError: For an unknown option name or a value of the wrong type
             (``log_gossip`` not a bool).
 
@@ -139,12 +167,9 @@ class GossipStrategy(DDPStrategy):
         **options: Any,
     ) -> None:
         gossip_options(algorithm, **options)  # raises now for a bad name or value
-        if options.get("fault_tolerance") is not None:
-            raise ValueError(
-                "fault_tolerance is not supported by GossipStrategy: Lightning forms and "
-                "owns the process group, which a FaultTolerance re-forms when a rank is "
-                "lost; train without it, or with the plain gossip-nn loop"
-            )
+        ft = options.get("fault_tolerance")
+        if ft is not None:
+            cluster_environment = membership_environment(ft, cluster_environment)
         if not isinstance(log_gossip, bool):
             raise TypeError(f"log_gossip must be a bool; got {log_gossip!r}")
         if eval_model not in EVAL_MODELS:
@@ -177,6 +202,7 @@ class GossipStrategy(DDPStrategy):
         self._restored: dict[str, Any] | None = None  # the loaded checkpoint's "gossip"
         self._failed = False
         self._eval = ExitStack()
+        self._follower = None if ft is None else Follower(ft)
 
     @property
     def algorithm(self) -> str:
@@ -197,6 +223,82 @@ class GossipStrategy(DDPStrategy):
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
         """Register no names: pass an instance as ``Trainer(strategy=...)``."""
+
+    def setup_distributed(self) -> None:
+        """Form the default process group; with fault tolerance it is already the first
+        generation's (``FaultTolerance.start``)."""
+        if self._follower is None:
+            super().setup_distributed()
+            return
+        reset_seed()
+        self._process_group_backend = self._follower.ft.backend
+        self._follower.changes(self.global_rank)
+        self.set_world_ranks()
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any]:
+        """Shard the data over the processes (with fault tolerance: over the members of
+        the generation the dataloader is made in)."""
+        if self._follower is None:
+            return super().distributed_sampler_kwargs
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+    def barrier(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's barrier (with fault tolerance: again with the survivors if a
+        member is lost)."""
+        self._collective(lambda: super(GossipStrategy, self).barrier(*args, **kwargs))
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Lightning's broadcast (with fault tolerance: an all-gather, again with the
+        survivors if a member is lost)."""
+        if self._follower is None or not dist.is_initialized():
+            return super().broadcast(obj, src)
+        return self._collective(lambda: broadcast_from_every_member(obj, src))
+
+    def on_train_start(self) -> None:
+        """With fault tolerance, a SIGTERM ends only the process that receives it."""
+        super().on_train_start()
+        if self._follower is not None:
+            leave_alone_on_sigterm(self._trainer())
+
+    def reduce(self, tensor: Any, group: Any | None = None, reduce_op: Any | None = "mean") -> Any:
+        """Lightning's reduction (with fault tolerance: again with the survivors if a
+        member is lost)."""
+        if isinstance(tensor, Tensor):  # reduced in place: keep the input to run it again
+            original = tensor.clone() if self._follower is not None else tensor
+
+            def reduce() -> Any:
+                return super(GossipStrategy, self).reduce(tensor.copy_(original), group, reduce_op)
+
+            return self._collective(reduce)
+        return tensor
+
+    def all_gather(
+        self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False
+    ) -> Tensor:
+        """Lightning's all-gather (with fault tolerance: again with the survivors if a
+        member is lost)."""
+        return self._collective(
+            lambda: super(GossipStrategy, self).all_gather(tensor, group, sync_grads)
+        )
+
+    def _collective(self, collective: Callable[[], T]) -> T:
+        """Run one of Lightning's collectives, surviving a lost member if fault tolerant."""
+        if self._follower is None:
+            return collective()
+        out = self._follower.survive(self._wrapper, collective)
+        self._follow()
+        return out
+
+    def _follow(self) -> None:
+        """After a generation change: Lightning's ranks follow, and rank 0 logs it."""
+        assert self._follower is not None
+        if not self._follower.changes(self.global_rank):
+            return
+        trainer = self._trainer()
+        if self._log_gossip and trainer is not None and trainer.loggers and self.global_rank == 0:
+            metrics = membership_metrics(self._follower.ft)
+            log_to_loggers(trainer.loggers, metrics, trainer.global_step)
 
     def setup(self, trainer: pl.Trainer) -> None:
         """Move the model to its device; when fitting, set up the optimizer and wrap.
@@ -233,7 +335,7 @@ class GossipStrategy(DDPStrategy):
             # Lightning restored this rank's parameters before setup; the wrapper starts
             # from one model on every rank and then loads them, with the gossip state
             own = {f"module.{k}": v.clone() for k, v in module.state_dict().items()}
-        _broadcast_from_rank0(module)
+        broadcast_from_rank0(module)
         self._failed = False
         self._wrapper = make_data_parallel(
             self._algorithm,
@@ -335,6 +437,8 @@ class GossipStrategy(DDPStrategy):
                 output = super().optimizer_step(optimizer, computed, model, **kwargs)
             finally:
                 plugin.scaler = scaler  # type: ignore[attr-defined]
+        if self._follower is not None:
+            self._follow()
         self._log_step(wrapper)
         return output
 
@@ -346,7 +450,10 @@ class GossipStrategy(DDPStrategy):
         step = trainer.global_step  # this step's index: Lightning counts it once it returns
         every = int(getattr(trainer, "log_every_n_steps", 50))  # set by Trainer(...)
         if (step + 1) % every == 0:
-            log_to_loggers(trainer.loggers, step_metrics(wrapper), step)
+            metrics = step_metrics(wrapper)
+            if self._follower is not None:
+                metrics.update(membership_metrics(self._follower.ft))
+            log_to_loggers(trainer.loggers, metrics, step)
 
     def _trainer(self) -> pl.Trainer | None:
         module = self.lightning_module
@@ -402,12 +509,14 @@ class GossipStrategy(DDPStrategy):
         # every rank has the same loggers, so every rank enters the collective or none does
         logging = self._log_gossip and trainer is not None and bool(trainer.loggers)
         own = [p.detach().clone() for p in module.parameters()] if logging else []
-        if self._wrapper is not None:
-            self._eval.enter_context(self._wrapper.average_for_eval())
+        wrapper = self._wrapper
+        if wrapper is not None:
+            self._collective(lambda: self._eval.enter_context(wrapper.average_for_eval()))
         else:
-            self._eval.enter_context(_average_module(module, self._ps_weight))
+            self._eval.enter_context(average_module(module, self._ps_weight))
         if logging and trainer is not None:
-            distance = consensus_distance(own, [p.detach() for p in module.parameters()])
+            average = [p.detach() for p in module.parameters()]
+            distance = self._collective(lambda: consensus_distance(own, average))
             if self.global_rank == 0:
                 metrics = {f"{PREFIX}consensus_distance": distance}
                 log_to_loggers(trainer.loggers, metrics, trainer.global_step)
@@ -442,36 +551,3 @@ class _ScalerThroughWrapper:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._scaler, name)
-
-
-def _state_tensors(module: nn.Module) -> list[torch.Tensor]:
-    """The module's floating parameters and buffers, each once."""
-    tensors = itertools.chain(module.parameters(), module.buffers())
-    return [t.data for t in tensors if t.is_floating_point()]
-
-
-@torch.no_grad()
-def _broadcast_from_rank0(module: nn.Module) -> None:
-    """Start every rank from global rank 0's parameters and buffers, as DDP does.
-
-    One broadcast per dtype and device: the tensors of each kind travel flattened.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    kinds: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        kinds.setdefault((tensor.dtype, tensor.device), []).append(tensor.data)
-    for tensors in kinds.values():
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.broadcast(flat, src=0)
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
-
-
-def _average_module(module: nn.Module, weight: float) -> Any:
-    """The network average of ``module`` (push-sum ``weight``) held until exit."""
-    group = dist.group.WORLD
-    assert group is not None
-    return network_average(_state_tensors(module), weight, group)
