@@ -264,14 +264,22 @@ class GossipStrategy(DDPStrategy):
     def reduce(self, tensor: Any, group: Any | None = None, reduce_op: Any | None = "mean") -> Any:
         """Lightning's reduction (with fault tolerance: again with the survivors if a
         member is lost)."""
-        if isinstance(tensor, Tensor):  # reduced in place: keep the input to run it again
-            original = tensor.clone() if self._follower is not None else tensor
+        if not isinstance(tensor, Tensor):
+            return tensor
+        if self._follower is None:
+            return super().reduce(tensor, group, reduce_op)
+        # reduced in place: a failed attempt may leave it half reduced, so keep the input
+        original, attempts = tensor.detach().clone(), 0
 
-            def reduce() -> Any:
-                return super(GossipStrategy, self).reduce(tensor.copy_(original), group, reduce_op)
+        def reduce() -> Any:
+            nonlocal attempts
+            if attempts:
+                with torch.no_grad():
+                    tensor.copy_(original)
+            attempts += 1
+            return super(GossipStrategy, self).reduce(tensor, group, reduce_op)
 
-            return self._collective(reduce)
-        return tensor
+        return self._collective(reduce)
 
     def all_gather(
         self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False
