@@ -93,6 +93,8 @@ EXTERNAL_URLS: dict[str, str] = {
     # NumPy
     "numpy": f"{_NUMPY}reference/index.html",
     "numpy.float64": f"{_NUMPY}reference/arrays.scalars.html#numpy.float64",
+    "numpy.int64": f"{_NUMPY}reference/arrays.scalars.html#numpy.int64",
+    "numpy.intp": f"{_NUMPY}reference/arrays.scalars.html#numpy.intp",
     "numpy.random.Generator": f"{_NUMPY}reference/random/generator.html#numpy.random.Generator",
     "numpy.typing.ArrayLike": f"{_NUMPY}reference/typing.html#numpy.typing.ArrayLike",
     "numpy.typing.NDArray": f"{_NUMPY}reference/typing.html#numpy.typing.NDArray",
