@@ -23,8 +23,8 @@ from torch.utils.hooks import RemovableHandle
 
 from gossip_comm import FlatBuffer, GossipPeerError
 from gossip_nn._buffers import restored_on_exit
+from gossip_nn._outer import OuterStep
 from gossip_nn.averaging import ExactAveragingSchedule
-from gossip_nn.slowmo import SlowMo
 from gossip_topology import Topology
 
 if TYPE_CHECKING:
@@ -380,7 +380,7 @@ def _ddp_keys_not_missing(module: nn.Module, incompatible: Any) -> None:
 
 
 def save_outer_state(
-    state: dict[str, Any], exact: ExactAveragingSchedule, slowmo: SlowMo | None
+    state: dict[str, Any], exact: ExactAveragingSchedule, slowmo: OuterStep | None
 ) -> None:
     """Add the exact-averaging schedule's and SlowMo's counters to a gossip state."""
     state["exact_averaging"] = exact.state_dict()
@@ -389,7 +389,7 @@ def save_outer_state(
 
 
 def load_outer_state(
-    state: dict[str, Any], exact: ExactAveragingSchedule, slowmo: SlowMo | None
+    state: dict[str, Any], exact: ExactAveragingSchedule, slowmo: OuterStep | None
 ) -> None:
     """Restore what `save_outer_state` saved.
 

@@ -59,7 +59,7 @@ from gossip_nn.fault_tolerance import (
 )
 from gossip_nn.options import GossipOptions
 from gossip_nn.progress import GlobalProgress
-from gossip_nn.slowmo import SlowMo
+from gossip_nn.slowmo import slowmo_step
 from gossip_nn.validate import check_wrapper_arguments, checked_parameters
 from gossip_topology import EvenOddExponential, Generation, RankRecord, Topology, topology_at
 
@@ -276,7 +276,9 @@ class BilateralGossipDataParallel(DataParallelModule):
             every=options.global_average_every, warmup_steps=options.allreduce_warmup_steps
         )
         self._slowmo = (
-            SlowMo(options.slowmo, [self._buf[:edited]]) if options.slowmo is not None else None
+            slowmo_step(options.slowmo, [self._buf[:edited]])
+            if options.slowmo is not None
+            else None
         )
         self._edited = edited
         options.warn_ignored("adpsgd")

@@ -48,7 +48,7 @@ from gossip_nn.fault_tolerance import (
 )
 from gossip_nn.hierarchy import Hierarchy, Shards, build_hierarchy
 from gossip_nn.options import GossipOptions
-from gossip_nn.slowmo import SlowMo
+from gossip_nn.slowmo import slowmo_step
 from gossip_nn.validate import check_wrapper_arguments, checked_parameters
 from gossip_topology import Generation, Topology, topology_at
 
@@ -144,7 +144,7 @@ class GossipDataParallel(DataParallelModule):
             every=options.global_average_every, warmup_steps=options.allreduce_warmup_steps
         )
         self._slowmo = (
-            SlowMo(options.slowmo, self._flat.buffers) if options.slowmo is not None else None
+            slowmo_step(options.slowmo, self._flat.buffers) if options.slowmo is not None else None
         )
         options.warn_ignored(algorithm)
         self._ft = options.fault_tolerance
