@@ -11,7 +11,14 @@ import torch
 from torch import nn
 
 from gossip_comm.testing import run_distributed
-from gossip_nn import ALGORITHMS, SET_TOPOLOGY_ALGORITHMS, GossipOptions, make_data_parallel
+from gossip_nn import (
+    ALGORITHMS,
+    OUTER_ALGORITHMS,
+    SET_TOPOLOGY_ALGORITHMS,
+    GossipOptions,
+    LocalSGDDataParallel,
+    make_data_parallel,
+)
 from gossip_topology import make_topology
 from nn_oracles import D, loss, model, problem
 
@@ -19,10 +26,13 @@ from nn_oracles import D, loss, model, problem
 def _answers(rank: int, n: int) -> dict[str, Any]:
     X, y, theta0 = problem(n)
     out: dict[str, Any] = {}
-    for algorithm in ALGORITHMS:
+    for algorithm in (*ALGORITHMS, *OUTER_ALGORITHMS):
         net = model(theta0)
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
-        dp = make_data_parallel(algorithm, net, opt)
+        options = {"average_every": 1} if algorithm in OUTER_ALGORITHMS else {}
+        dp = make_data_parallel(algorithm, net, opt, **options)
+        assert dp.algorithm == algorithm
+        assert isinstance(dp, LocalSGDDataParallel) == (algorithm in OUTER_ALGORITHMS)
         loss(dp, X[rank], y[rank]).backward()
         opt.step()
         opt.zero_grad()
@@ -40,7 +50,7 @@ def test_every_wrapper_answers_synchronous_set_topology_and_bytes_sent() -> None
     n = 2
     answers = run_distributed(_answers, n)
     for rank, got in enumerate(answers):
-        assert set(got) == set(ALGORITHMS)
+        assert set(got) == {*ALGORITHMS, *OUTER_ALGORITHMS}
         for algorithm, (synchronous, error, sent) in got.items():
             assert synchronous == (algorithm != "adpsgd"), algorithm
             assert (error == "") == (algorithm in SET_TOPOLOGY_ALGORITHMS), (algorithm, error)
@@ -48,9 +58,11 @@ def test_every_wrapper_answers_synchronous_set_topology_and_bytes_sent() -> None
                 assert "AR-SGD all-reduces over every rank" in error
             elif algorithm == "adpsgd":
                 assert "AD-PSGD's pairs are fixed" in error
+            elif algorithm in OUTER_ALGORITHMS:
+                assert f"algorithm {algorithm!r} cannot change its topology" in error
             # one step of the float64 linear model: D values of 8 bytes
-            if algorithm == "ar":  # a ring all-reduce's 2 (n - 1) / n of the gradient
-                assert sent == 2 * (n - 1) * D * 8 // n
+            if algorithm in ("ar", *OUTER_ALGORITHMS):  # a ring all-reduce's 2 (n - 1) / n
+                assert sent == 2 * (n - 1) * D * 8 // n  # of the gradient, or the model
             elif algorithm in ("sgp", "osgp", "dpsgd"):  # one peer, one message a step
                 assert sent >= D * 8, (algorithm, sent)
             else:  # one request (a 16-byte header and the model) or at most one reply

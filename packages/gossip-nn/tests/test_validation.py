@@ -55,7 +55,8 @@ def test_bad_construction_is_named() -> None:
         assert "module: 'weight' differs across ranks" in res["differs"]
         assert "optimizer must hold exactly the module's trainable parameters" in res["optimizer"]
         assert (
-            "algorithm must be one of ar, sgp, osgp, dpsgd, adpsgd; got 'adam'" in res["algorithm"]
+            "algorithm must be one of ar, sgp, osgp, dpsgd, adpsgd, localsgd, diloco; got 'adam'"
+            in res["algorithm"]
         )
         assert "needs a bipartite topology" in res["adpsgd_ring"]
         assert res["option"].startswith("TypeError")

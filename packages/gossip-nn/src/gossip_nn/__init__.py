@@ -22,6 +22,7 @@ from gossip_nn.factory import (
 )
 from gossip_nn.fault_tolerance import FaultTolerance, GenerationChange
 from gossip_nn.gossip import GossipDataParallel
+from gossip_nn.localsgd import OUTER_ALGORITHMS, LocalSGDDataParallel
 from gossip_nn.options import (
     BUFFER_MODES,
     DPSGD_ORDERS,
@@ -41,6 +42,7 @@ __all__ = [
     "BUFFER_MODES",
     "DPSGD_ORDERS",
     "FAULT_TOLERANT_ALGORITHMS",
+    "OUTER_ALGORITHMS",
     "SET_TOPOLOGY_ALGORITHMS",
     "AllReduceDataParallel",
     "BilateralGossipDataParallel",
@@ -51,6 +53,7 @@ __all__ = [
     "GlobalProgress",
     "GossipDataParallel",
     "GossipOptions",
+    "LocalSGDDataParallel",
     "SlowMoOptions",
     "__version__",
     "check_same_setup",

@@ -12,12 +12,14 @@ from gossip_nn._base import DataParallelModule
 from gossip_nn.adpsgd import ADPSGD_TOPOLOGY, BilateralGossipDataParallel
 from gossip_nn.allreduce import AllReduceDataParallel
 from gossip_nn.gossip import GossipDataParallel
+from gossip_nn.localsgd import OUTER_ALGORITHMS, LocalSGDDataParallel
 from gossip_nn.options import GossipOptions
 
 __all__ = ["ALGORITHMS", "SET_TOPOLOGY_ALGORITHMS", "gossip_options", "make_data_parallel"]
 
 ALGORITHMS: tuple[str, ...] = ("ar", "sgp", "osgp", "dpsgd", "adpsgd")
-"""The algorithms `make_data_parallel` builds."""
+"""The five algorithms of the SGP paper, which `make_data_parallel` builds; it builds
+[`OUTER_ALGORITHMS`][gossip_nn.OUTER_ALGORITHMS] (local SGD, DiLoCo) too."""
 
 SET_TOPOLOGY_ALGORITHMS: tuple[str, ...] = ("sgp", "osgp", "dpsgd")
 """The algorithms whose wrapper can change its graph or peer count while training
@@ -34,7 +36,8 @@ def gossip_options(algorithm: str, **options: Any) -> GossipOptions:
     [`ignored_by`][gossip_nn.GossipOptions.ignored_by] on the result.
 
     Args:
-        algorithm: One of `ALGORITHMS` (any case).
+        algorithm: One of `ALGORITHMS` or
+            [`OUTER_ALGORITHMS`][gossip_nn.OUTER_ALGORITHMS] (any case).
         **options: Fields of [`GossipOptions`][gossip_nn.GossipOptions].
 
     Returns:
@@ -47,8 +50,9 @@ def gossip_options(algorithm: str, **options: Any) -> GossipOptions:
     """
     if not isinstance(algorithm, str):
         raise TypeError(f"algorithm must be a str; got {type(algorithm).__name__} {algorithm!r}")
-    if algorithm.lower() not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}")
+    if algorithm.lower() not in (*ALGORITHMS, *OUTER_ALGORITHMS):
+        known = ", ".join((*ALGORITHMS, *OUTER_ALGORITHMS))
+        raise ValueError(f"algorithm must be one of {known}; got {algorithm!r}")
     if algorithm.lower() == "adpsgd":
         return GossipOptions(**{"topology": ADPSGD_TOPOLOGY, **options})
     return GossipOptions(**options)
@@ -68,9 +72,11 @@ def make_data_parallel(
     ``optimizer.step()``, ``optimizer.zero_grad()``.
 
     Args:
-        algorithm: ``"ar"`` (all-reduce), ``"sgp"``, ``"osgp"``, ``"dpsgd"`` or
+        algorithm: ``"ar"`` (all-reduce), ``"sgp"``, ``"osgp"``, ``"dpsgd"``,
             ``"adpsgd"`` (whose topology defaults to
-            [`ADPSGD_TOPOLOGY`][gossip_nn.ADPSGD_TOPOLOGY]).
+            [`ADPSGD_TOPOLOGY`][gossip_nn.ADPSGD_TOPOLOGY]), ``"localsgd"`` or
+            ``"diloco"`` (an exact average every ``average_every`` steps; see
+            [`LocalSGDDataParallel`][gossip_nn.LocalSGDDataParallel]).
         module: The model, identical on every rank.
         optimizer: The optimizer over ``module``'s parameters.
         ddp_options: ``"ar"`` only: keywords passed on to `DistributedDataParallel`
@@ -98,4 +104,6 @@ def make_data_parallel(
         return BilateralGossipDataParallel(module, optimizer, options=opts)
     if key == "ar":
         return AllReduceDataParallel(module, optimizer, options=opts, ddp_options=ddp_options)
+    if key in OUTER_ALGORITHMS:
+        return LocalSGDDataParallel(module, optimizer, algorithm=key, options=opts)
     return GossipDataParallel(module, optimizer, algorithm=key, options=opts)

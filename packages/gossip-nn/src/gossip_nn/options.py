@@ -15,6 +15,7 @@ from gossip_topology import (
     LEGACY_IDS,
     TOPOLOGY_NAMES,
     Mixing,
+    OuterOptimizer,
     Topology,
     check_doubly_stochastic,
     make_topology,
@@ -60,6 +61,9 @@ _USED_BY: dict[str, frozenset[str]] = {
     "adpsgd": frozenset(
         _GOSSIP - {"mixing", "wire_dtype", "nprocs_per_node"} | {"fault_tolerance"}
     ),
+    # many local steps, then one exact average (and, for DiLoCo, an outer step)
+    "localsgd": frozenset(_COMMON | {"average_every"}),
+    "diloco": frozenset(_COMMON | {"average_every", "outer"}),
 }
 
 
@@ -114,6 +118,10 @@ class GossipOptions:
             average after every update), then gossip; 0 gossips from the start.
         slowmo: A slow momentum outer step every ``slowmo.every`` iterations (see
             [`SlowMoOptions`][gossip_nn.SlowMoOptions]); ``None`` for none.
+        average_every: Local SGD and DiLoCo: inner steps between two averages.
+        outer: DiLoCo: the outer optimizer acting on the averaged pseudo-gradient
+            ([`OuterOptimizer`][gossip_topology.OuterOptimizer]); ``None``: DiLoCo's
+            Nesterov step (learning rate 0.7, momentum 0.9).
         fault_tolerance: Survive lost ranks (see
             [`FaultTolerance`][gossip_nn.FaultTolerance]); SGP, OSGP, D-PSGD and
             AD-PSGD, on gloo.
@@ -142,6 +150,8 @@ class GossipOptions:
     slowmo: SlowMoOptions | None = None
     compression: Compressor | str | None = None
     consensus_step: float | None = None
+    average_every: int = 32
+    outer: OuterOptimizer | None = None
     fault_tolerance: FaultTolerance | None = None
 
     def __post_init__(self) -> None:
@@ -150,6 +160,12 @@ class GossipOptions:
         check_int("synch_freq", self.synch_freq, minimum=0)
         check_int("global_average_every", self.global_average_every, minimum=0)
         check_int("allreduce_warmup_steps", self.allreduce_warmup_steps, minimum=0)
+        check_int("average_every", self.average_every, minimum=1)
+        if self.outer is not None and not isinstance(self.outer, OuterOptimizer):
+            raise TypeError(
+                "outer must be a gossip_topology.OuterOptimizer or None; got "
+                f"{type(self.outer).__name__}"
+            )
         if not isinstance(self.legacy_phone_book, bool):
             raise TypeError(
                 f"legacy_phone_book must be a bool; got {type(self.legacy_phone_book).__name__}"
@@ -227,7 +243,8 @@ class GossipOptions:
             world_size: The ranks the group will hold.
 
         Returns:
-            The topology the wrapper would build (``None`` for ``"ar"``, which has none).
+            The topology the wrapper would build (``None`` for ``"ar"``, ``"localsgd"``
+            and ``"diloco"``, which average exactly and have none).
 
         Raises:
             TypeError: If ``world_size`` is not an int.
@@ -236,7 +253,7 @@ class GossipOptions:
         check_int("world_size", world_size, minimum=1)
         if algorithm not in _USED_BY:
             raise ValueError(f"algorithm must be one of {', '.join(_USED_BY)}; got {algorithm!r}")
-        if algorithm == "ar":
+        if algorithm in ("ar", "localsgd", "diloco"):  # exact averages: no graph
             return None
         if world_size % self.nprocs_per_node:
             raise ValueError(
