@@ -91,6 +91,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "consensus_step": [0.5],
         "fault_tolerance": ["yes"],
         "average_every": [0, 1.5],
+        "average_by": ["gossip", 3],
         "outer": [0.7, "diloco"],
     },
     "SlowMoOptions": {"beta": [1.0, -0.1, "x"], "lr": [0, "x"], "every": [0, 1.5]},

@@ -17,7 +17,7 @@ import torch
 
 from gossip_comm.testing import run_distributed
 from gossip_nn import GossipOptions, LocalSGDDataParallel, make_data_parallel
-from gossip_topology import OuterOptimizer, simulate_local_sgd
+from gossip_topology import OuterOptimizer, Ring, Star, simulate_local_sgd
 from nn_oracles import loss, model, problem, quadratic
 
 N, LR = 3, 0.05
@@ -43,7 +43,12 @@ def _train(
         path.append(net.weight.detach()[0].numpy().copy())
     with dp.average_for_eval():
         average = net.weight.detach()[0].numpy().copy()
-    out = {"path": np.array(path), "average": average, "sent": dp.bytes_sent}
+    out = {
+        "path": np.array(path),
+        "average": average,
+        "sent": dp.bytes_sent,
+        "weight": dp.ps_weight,
+    }
     dp.close()
     return out
 
@@ -85,6 +90,35 @@ def test_diloco_follows_the_numpy_oracle_step_by_step(outer: OuterOptimizer | No
     np.testing.assert_allclose(got[0]["path"][every - 1], got[1]["path"][every - 1], atol=1e-12)
     # three averages of 4 float64 parameters, each a ring all-reduce: 2 (n-1)/n of them
     assert got[0]["sent"] == 3 * (2 * (N - 1) * 4 * 8 // N)
+
+
+@pytest.mark.parametrize(
+    ("average_by", "graph", "gossip"),
+    [("sgp", Star(N), "push_sum"), ("dpsgd", Ring(N), "push_pull")],
+)
+def test_gossip_averaging_follows_the_numpy_oracle(
+    average_by: str, graph: Any, gossip: str
+) -> None:
+    # the star's mixing is not doubly stochastic: push-sum weights become unequal
+    steps, every = 13, 3
+    options = {"average_every": every, "average_by": average_by, "topology": graph}
+    got = run_distributed(_train, N, ("diloco", options, steps))
+    X, y, theta0 = problem(N)
+    trace = simulate_local_sgd(
+        quadratic(X, y), theta0, steps, inner_lr=LR, every=every,
+        optimizer=OuterOptimizer.diloco(), topology=graph, gossip=gossip,
+    )  # fmt: skip
+    weights = np.array([g["weight"] for g in got])
+    np.testing.assert_allclose(weights, trace.weights[:, 0], rtol=0, atol=1e-12)
+    finals = np.array([g["path"][-1] for g in got])
+    for r in range(N):
+        np.testing.assert_allclose(got[r]["path"], trace.models[1:, r], rtol=0, atol=1e-10)
+        # the evaluation holds the push-sum average sum(w z) / sum(w)
+        np.testing.assert_allclose(got[r]["average"], weights @ finals / weights.sum(), atol=1e-12)
+    assert np.abs(finals[0] - finals[1]).max() > 1e-6  # one round does not agree exactly
+    if average_by == "sgp":
+        assert np.abs(weights - 1).max() > 0.1
+        assert got[0]["sent"] > 0
 
 
 def _resume(rank: int, n: int, tmp: str) -> dict[str, Any]:
@@ -143,5 +177,7 @@ def test_options_are_checked() -> None:
     assert GossipOptions().ignored_by("localsgd") == []
     assert GossipOptions(outer=OuterOptimizer()).ignored_by("localsgd") == ["outer"]
     assert GossipOptions(average_every=8).ignored_by("sgp") == ["average_every"]
+    with pytest.raises(ValueError, match="average_by must be one of 'allreduce', 'sgp', 'dpsgd'"):
+        GossipOptions(average_by="gossip")
     with pytest.raises(ValueError, match="algorithm must be one of localsgd, diloco"):
         LocalSGDDataParallel(torch.nn.Linear(2, 1), None, algorithm="sgp")  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from gossip_nn.fault_tolerance import FaultTolerance, GenerationChange
 from gossip_nn.gossip import GossipDataParallel
 from gossip_nn.localsgd import OUTER_ALGORITHMS, LocalSGDDataParallel
 from gossip_nn.options import (
+    AVERAGE_BY,
     BUFFER_MODES,
     DPSGD_ORDERS,
     FAULT_TOLERANT_ALGORITHMS,
@@ -39,6 +40,7 @@ __version__ = _version("gossip-nn")
 __all__ = [
     "ADPSGD_TOPOLOGY",
     "ALGORITHMS",
+    "AVERAGE_BY",
     "BUFFER_MODES",
     "DPSGD_ORDERS",
     "FAULT_TOLERANT_ALGORITHMS",

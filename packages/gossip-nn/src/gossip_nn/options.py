@@ -22,7 +22,16 @@ from gossip_topology import (
 )
 from gossip_topology._checks import check_int
 
-__all__ = ["BUFFER_MODES", "DPSGD_ORDERS", "FAULT_TOLERANT_ALGORITHMS", "GossipOptions"]
+__all__ = [
+    "AVERAGE_BY",
+    "BUFFER_MODES",
+    "DPSGD_ORDERS",
+    "FAULT_TOLERANT_ALGORITHMS",
+    "GossipOptions",
+]
+
+AVERAGE_BY: tuple[str, ...] = ("allreduce", "sgp", "dpsgd")
+"""How local SGD and DiLoCo average: exactly, or by one push-sum or push-pull gossip round."""
 
 BUFFER_MODES: tuple[str, ...] = ("average", "local", "broadcast")
 """What happens to floating-point buffers (BatchNorm statistics); see `GossipOptions`."""
@@ -52,6 +61,18 @@ _GOSSIP = _COMMON | {
     "compression",
     "consensus_step",
 }
+_OUTER = _COMMON | {
+    "average_every",
+    "average_by",
+    "topology",
+    "peers_per_itr",
+    "legacy_phone_book",
+    "mixing",
+    "wire_dtype",
+    "timeout",
+    "chunk_bytes",
+    "check_finite",
+}
 _USED_BY: dict[str, frozenset[str]] = {
     "ar": frozenset(_COMMON),
     "sgp": frozenset(_GOSSIP | {"fault_tolerance"}),
@@ -62,8 +83,9 @@ _USED_BY: dict[str, frozenset[str]] = {
         _GOSSIP - {"mixing", "wire_dtype", "nprocs_per_node"} | {"fault_tolerance"}
     ),
     # many local steps, then one exact average (and, for DiLoCo, an outer step)
-    "localsgd": frozenset(_COMMON | {"average_every"}),
-    "diloco": frozenset(_COMMON | {"average_every", "outer"}),
+    # (with gossip averaging, the graph and communication options too)
+    "localsgd": frozenset(_OUTER),
+    "diloco": frozenset(_OUTER | {"outer"}),
 }
 
 
@@ -119,6 +141,9 @@ class GossipOptions:
         slowmo: A slow momentum outer step every ``slowmo.every`` iterations (see
             [`SlowMoOptions`][gossip_nn.SlowMoOptions]); ``None`` for none.
         average_every: Local SGD and DiLoCo: inner steps between two averages.
+        average_by: Local SGD and DiLoCo: ``"allreduce"`` (the exact average),
+            ``"sgp"`` (one push-sum gossip round on ``topology``: no global collective)
+            or ``"dpsgd"`` (one push-pull round, a doubly-stochastic graph).
         outer: DiLoCo: the outer optimizer acting on the averaged pseudo-gradient
             ([`OuterOptimizer`][gossip_topology.OuterOptimizer]); ``None``: DiLoCo's
             Nesterov step (learning rate 0.7, momentum 0.9).
@@ -151,6 +176,7 @@ class GossipOptions:
     compression: Compressor | str | None = None
     consensus_step: float | None = None
     average_every: int = 32
+    average_by: str = "allreduce"
     outer: OuterOptimizer | None = None
     fault_tolerance: FaultTolerance | None = None
 
@@ -174,7 +200,11 @@ class GossipOptions:
             raise TypeError(
                 f"slowmo must be a SlowMoOptions or None; got {type(self.slowmo).__name__}"
             )
-        for name, allowed in (("buffers", BUFFER_MODES), ("dpsgd_order", DPSGD_ORDERS)):
+        for name, allowed in (
+            ("buffers", BUFFER_MODES),
+            ("dpsgd_order", DPSGD_ORDERS),
+            ("average_by", AVERAGE_BY),
+        ):
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(
@@ -253,7 +283,9 @@ class GossipOptions:
         check_int("world_size", world_size, minimum=1)
         if algorithm not in _USED_BY:
             raise ValueError(f"algorithm must be one of {', '.join(_USED_BY)}; got {algorithm!r}")
-        if algorithm in ("ar", "localsgd", "diloco"):  # exact averages: no graph
+        if algorithm == "ar" or (
+            algorithm in ("localsgd", "diloco") and self.average_by == "allreduce"
+        ):  # exact averages: no graph
             return None
         if world_size % self.nprocs_per_node:
             raise ValueError(
@@ -273,7 +305,7 @@ class GossipOptions:
                 f"topology: AD-PSGD needs a bipartite graph with one peer per step; "
                 f"{topology!r} is not: try dynamic-bipartite-exponential"
             )
-        if algorithm == "dpsgd":
+        if algorithm == "dpsgd" or self.average_by == "dpsgd":
             check_doubly_stochastic(topology, self.mixing, owner="topology: D-PSGD")
         return topology
 
