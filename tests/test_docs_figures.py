@@ -37,6 +37,7 @@ NOT_MEASURED = {
         "1.32": "the loopback benchmark's MLP size in millions of parameters",
     },
     "docs/guides/cluster.md": {"22.05": "the Slurm release that changed srun's defaults"},
+    "docs/guides/choosing.md": {"2311.08105": "DiLoCo's arXiv id"},
     "docs/contributing.md": {"0.2": "a version bound in a dependency range"},
     "docs/tutorials/lightning.md": {
         "2.6": "the lowest Lightning release the extra allows",
